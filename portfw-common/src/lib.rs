@@ -1,0 +1,245 @@
+//! Map layouts, constants and event records shared by the kernel program and userspace.
+//!
+//! Everything here is `#[repr(C)]` and read by both sides, so it is the single source of
+//! truth for the kernel ABI of portfw. Changing a layout means bumping [`ABI_VERSION`].
+#![no_std]
+
+/// Bumped whenever a map layout or the meaning of a field changes, so that `portfw apply`
+/// knows it must load a fresh program instead of updating maps in place.
+pub const ABI_VERSION: u32 = 1;
+
+/// Verdict actions stored in the tables.
+pub mod action {
+    /// Let the packet through (`XDP_PASS`).
+    pub const ALLOW: u8 = 0;
+    /// Drop the packet (`XDP_DROP`).
+    pub const DROP: u8 = 1;
+}
+
+/// Protocol slots of the port table. Each slot holds [`PORTS_PER_PROTO`] entries.
+pub mod proto {
+    pub const TCP: u32 = 0;
+    pub const UDP: u32 = 1;
+    pub const SCTP: u32 = 2;
+    pub const UDPLITE: u32 = 3;
+    /// Number of protocol slots per generation.
+    pub const COUNT: u32 = 4;
+}
+
+/// IP protocol numbers the kernel program looks at.
+pub mod ipproto {
+    pub const HOPOPTS: u8 = 0;
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const ESP: u8 = 50;
+    pub const AH: u8 = 51;
+    pub const ICMPV6: u8 = 58;
+    pub const NONE: u8 = 59;
+    pub const DSTOPTS: u8 = 60;
+    pub const SCTP: u8 = 132;
+    pub const MOBILITY: u8 = 135;
+    pub const UDPLITE: u8 = 136;
+}
+
+pub const PORTS_PER_PROTO: u32 = 65536;
+
+/// Entries of one generation of the port table.
+pub const PORT_TABLE_GEN_ENTRIES: u32 = proto::COUNT * PORTS_PER_PROTO;
+
+/// The port table is double-buffered: generation 0 and 1 live side by side and
+/// [`ACTIVE_GEN`](MapNames::ACTIVE) says which one the kernel reads.
+pub const GENERATIONS: u32 = 2;
+
+/// Index of the port-table entry for `(generation, protocol slot, port)`.
+#[inline(always)]
+pub const fn port_index(generation: u32, proto_slot: u32, port: u16) -> u32 {
+    generation * PORT_TABLE_GEN_ENTRIES + proto_slot * PORTS_PER_PROTO + port as u32
+}
+
+/// Most rules a policy may have. Rule hit counters are sized by it.
+pub const MAX_RULES: u32 = 65536;
+
+/// Rule index used when no rule decided the packet and the policy default did.
+pub const RULE_DEFAULT: u32 = u32::MAX;
+/// Rule index used when a policy setting (icmp, fragments, non-ip, other-ip) decided.
+pub const RULE_SETTING: u32 = u32::MAX - 1;
+/// Rule index used for packets judged malformed.
+pub const RULE_MALFORMED: u32 = u32::MAX - 2;
+
+/// Flags of a [`PortEntry`].
+pub mod port_flags {
+    /// Send an event for every packet this entry judges.
+    pub const LOG: u8 = 1 << 0;
+}
+
+/// One slot of the port table: the verdict for a (protocol, destination port).
+///
+/// Every port of every protocol has an entry, so a lookup never misses: ports no rule
+/// covers carry the policy default with `rule == RULE_DEFAULT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortEntry {
+    /// Index of the deciding rule, or [`RULE_DEFAULT`].
+    pub rule: u32,
+    /// [`action::ALLOW`] or [`action::DROP`].
+    pub action: u8,
+    /// [`port_flags`] bits.
+    pub flags: u8,
+    pub _pad: u16,
+}
+
+/// What a generation does with packets that the port table does not judge.
+///
+/// Each field is an [`action`] value; `log` holds [`settings_log`] bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// ICMP and ICMPv6.
+    pub icmp: u8,
+    /// Non-first IPv4/IPv6 fragments, which carry no ports.
+    pub fragments: u8,
+    /// IP protocols other than TCP, UDP, SCTP, UDP-Lite, ICMP and ICMPv6.
+    pub other_ip: u8,
+    /// Frames whose EtherType is not IPv4 or IPv6 (ARP, LLDP, ...).
+    pub non_ip: u8,
+    /// Which setting-decided and malformed verdicts produce events.
+    pub log: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Bits of [`Settings::log`].
+pub mod settings_log {
+    /// Log allowed packets decided by a setting.
+    pub const ALLOW: u8 = 1 << 0;
+    /// Log dropped packets decided by a setting, and malformed packets.
+    pub const DROP: u8 = 1 << 1;
+}
+
+/// Indices of the per-CPU verdict counters.
+pub mod counter {
+    /// Allowed by a rule.
+    pub const ALLOW_RULE: u32 = 0;
+    /// Dropped by a rule.
+    pub const DROP_RULE: u32 = 1;
+    /// Allowed by the policy default.
+    pub const ALLOW_DEFAULT: u32 = 2;
+    /// Dropped by the policy default.
+    pub const DROP_DEFAULT: u32 = 3;
+    /// Dropped as malformed or truncated.
+    pub const MALFORMED: u32 = 4;
+    /// ICMP/ICMPv6 allowed.
+    pub const ICMP_ALLOW: u32 = 5;
+    /// ICMP/ICMPv6 dropped.
+    pub const ICMP_DROP: u32 = 6;
+    /// Non-IP frames allowed.
+    pub const NON_IP_ALLOW: u32 = 7;
+    /// Non-IP frames dropped.
+    pub const NON_IP_DROP: u32 = 8;
+    /// Other IP protocols allowed.
+    pub const OTHER_IP_ALLOW: u32 = 9;
+    /// Other IP protocols dropped.
+    pub const OTHER_IP_DROP: u32 = 10;
+    /// Non-first fragments allowed.
+    pub const FRAGMENT_ALLOW: u32 = 11;
+    /// Non-first fragments dropped.
+    pub const FRAGMENT_DROP: u32 = 12;
+    /// Events lost because the ring buffer was full.
+    pub const EVENTS_LOST: u32 = 13;
+    /// Number of counters.
+    pub const COUNT: u32 = 16;
+
+    /// Human names, indexed by counter.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "allow_rule",
+        "drop_rule",
+        "allow_default",
+        "drop_default",
+        "malformed",
+        "icmp_allow",
+        "icmp_drop",
+        "non_ip_allow",
+        "non_ip_drop",
+        "other_ip_allow",
+        "other_ip_drop",
+        "fragment_allow",
+        "fragment_drop",
+        "events_lost",
+        "reserved14",
+        "reserved15",
+    ];
+}
+
+/// Slots of the per-CPU rule hit counters: one per rule per generation.
+pub const RULE_HIT_SLOTS: u32 = GENERATIONS * MAX_RULES;
+
+/// Event verdict values (match [`action`]).
+pub mod event_kind {
+    pub const ALLOW: u8 = 0;
+    pub const DROP: u8 = 1;
+}
+
+/// One drop or allow event, written to the ring buffer by the kernel program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub timestamp_ns: u64,
+    /// Interface the packet arrived on.
+    pub ifindex: u32,
+    /// Deciding rule, or one of the `RULE_*` markers.
+    pub rule: u32,
+    /// [`action::ALLOW`] or [`action::DROP`].
+    pub verdict: u8,
+    /// 4, 6, or 0 when the packet was malformed before the IP header was read.
+    pub ip_version: u8,
+    /// IP protocol number (after IPv6 extension headers).
+    pub protocol: u8,
+    /// TCP flags byte (FIN=0x01 ... CWR=0x80), 0 for other protocols.
+    pub tcp_flags: u8,
+    /// Source port, host byte order (0 when the protocol has none).
+    pub src_port: u16,
+    /// Destination port, host byte order.
+    pub dst_port: u16,
+    /// Source address: IPv4 in the first 4 bytes, network order.
+    pub src_addr: [u8; 16],
+    /// Destination address: IPv4 in the first 4 bytes, network order.
+    pub dst_addr: [u8; 16],
+}
+
+/// Size of the event ring buffer in bytes (a power-of-two number of pages).
+pub const EVENT_RING_BYTES: u32 = 1 << 20;
+
+/// Names of the maps in the object file, which are also their pin names.
+pub struct MapNames;
+
+impl MapNames {
+    /// `Array<u32>`, one entry: the generation the kernel reads (0 or 1).
+    pub const ACTIVE: &'static str = "PFW_ACTIVE";
+    /// `Array<Settings>`, one entry per generation.
+    pub const SETTINGS: &'static str = "PFW_SETTINGS";
+    /// `Array<PortEntry>` of `GENERATIONS * PORT_TABLE_GEN_ENTRIES`, mmapable.
+    pub const PORTS: &'static str = "PFW_PORTS";
+    /// `PerCpuArray<u64>` of `counter::COUNT`.
+    pub const COUNTERS: &'static str = "PFW_COUNTERS";
+    /// `PerCpuArray<u64>` of `RULE_HIT_SLOTS`.
+    pub const RULE_HITS: &'static str = "PFW_RULE_HITS";
+    /// Ring buffer of [`Event`]s.
+    pub const EVENTS: &'static str = "PFW_EVENTS";
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "portfw";
+
+/// `BPF_F_MMAPABLE`: lets userspace write whole tables through a memory mapping.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, `#[repr(C)]`, every bit pattern valid, no padding left implicit.
+    unsafe impl aya::Pod for super::PortEntry {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Event {}
+}

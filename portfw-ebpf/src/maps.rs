@@ -1,0 +1,43 @@
+//! The kernel program's maps. Layouts and names come from portfw-common.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+use portfw_common::{
+    BPF_F_MMAPABLE, EVENT_RING_BYTES, Event, GENERATIONS, PORT_TABLE_GEN_ENTRIES, PortEntry,
+    RULE_HIT_SLOTS, Settings, counter,
+};
+
+// The generation index, the settings and the port table are memory-mapped by the loader,
+// which writes a whole generation in place and then flips PFW_ACTIVE with one store.
+
+#[map(name = "PFW_ACTIVE")]
+pub static PFW_ACTIVE: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+#[map(name = "PFW_SETTINGS")]
+pub static PFW_SETTINGS: Array<Settings> = Array::with_max_entries(GENERATIONS, BPF_F_MMAPABLE);
+
+#[map(name = "PFW_PORTS")]
+pub static PFW_PORTS: Array<PortEntry> =
+    Array::with_max_entries(GENERATIONS * PORT_TABLE_GEN_ENTRIES, BPF_F_MMAPABLE);
+
+#[map(name = "PFW_COUNTERS")]
+pub static PFW_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[map(name = "PFW_RULE_HITS")]
+pub static PFW_RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RULE_HIT_SLOTS, 0);
+
+#[map(name = "PFW_EVENTS")]
+pub static PFW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// Adds one to a per-CPU counter. Per-CPU slots need no atomics.
+#[inline(always)]
+pub fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = map.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from a successful lookup and is this CPU's slot.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Size check: the event record must keep the 8-byte alignment the ring buffer gives.
+const _: () = assert!(core::mem::size_of::<Event>() % 8 == 0);

@@ -1,0 +1,110 @@
+//! `portfw apply`: validate, compile and put a policy in force.
+use std::{
+    fs,
+    process::ExitCode,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+use sha2::{Digest as _, Sha256};
+
+use super::{ApplyArgs, EXIT_OK, report_invalid};
+use crate::{
+    compile,
+    loader::{self, ApplyRequest, PolicyRecord, RuleRecord},
+    policy,
+};
+
+pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let file = args.policy.display().to_string();
+    let bytes = fs::read(&args.policy).with_context(|| format!("cannot read policy {file}"))?;
+    let source = String::from_utf8(bytes.clone())
+        .with_context(|| format!("policy {file} is not valid UTF-8"))?;
+    let parsed = match policy::parse(&source, &file) {
+        Ok(parsed) => parsed,
+        Err(diagnostics) => {
+            return Ok(report_invalid(
+                &file,
+                &diagnostics,
+                "nothing was changed, the running filter (if any) keeps its policy",
+            ));
+        }
+    };
+    for warning in &parsed.warnings {
+        eprintln!("{warning}");
+    }
+    let policy = parsed.policy;
+    let interfaces = if args.ifaces.is_empty() {
+        policy.interfaces.clone()
+    } else {
+        args.ifaces.clone()
+    };
+    if interfaces.is_empty() {
+        bail!(
+            "no interface to filter: name one with --iface, or list them under `interfaces:` in {file}"
+        );
+    }
+    let compiled = compile::compile(&policy);
+    let compiled_at = started.elapsed();
+
+    let record = PolicyRecord {
+        file: fs::canonicalize(&args.policy)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| file.clone()),
+        sha256: Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        applied_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        default: policy.default.to_string(),
+        rules: compiled
+            .rules
+            .iter()
+            .map(|r| RuleRecord {
+                name: r.name.clone(),
+                summary: r.summary.clone(),
+                line: r.line,
+            })
+            .collect(),
+    };
+    let sha_short = record.sha256[..12].to_string();
+    let outcome = loader::apply(ApplyRequest {
+        compiled: &compiled,
+        record,
+        interfaces: &interfaces,
+        mode: args.mode,
+    })
+    .with_context(|| format!("applying {file} failed"))?;
+
+    for note in &outcome.notes {
+        eprintln!("portfw: note: {note}");
+    }
+    let ifaces: Vec<String> = outcome
+        .attachments
+        .iter()
+        .map(|a| format!("{} ({})", a.iface, a.mode))
+        .collect();
+    println!(
+        "portfw: applied {file} (sha256 {sha_short}…): {} rule{}, default {}, on {}",
+        compiled.rules.len(),
+        if compiled.rules.len() == 1 { "" } else { "s" },
+        policy.default,
+        ifaces.join(", "),
+    );
+    if !outcome.detached.is_empty() {
+        println!("portfw: detached from {}", outcome.detached.join(", "));
+    }
+    println!(
+        "portfw: {} program {}, generation {}; compiled in {:.1} ms, in force after {:.1} ms",
+        if outcome.fresh { "loaded" } else { "updated" },
+        outcome.program_id,
+        outcome.generation,
+        compiled_at.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64() * 1e3,
+    );
+    Ok(ExitCode::from(EXIT_OK))
+}

@@ -1,0 +1,30 @@
+//! `portfw check`: validate a policy and print what it compiles to.
+use std::process::ExitCode;
+
+use super::{CheckArgs, EXIT_ERROR, EXIT_OK, report_invalid};
+use crate::{compile, policy};
+
+pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let file = args.policy.display().to_string();
+    let parsed = match policy::load(&args.policy) {
+        Ok(parsed) => parsed,
+        Err(policy::LoadError::Invalid(diagnostics)) => {
+            return Ok(report_invalid(&file, &diagnostics, "the policy is invalid"));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    for warning in &parsed.warnings {
+        eprintln!("{warning}");
+    }
+    if args.strict && !parsed.warnings.is_empty() {
+        eprintln!(
+            "portfw: {file}: {} warning{} (--strict makes them errors)",
+            parsed.warnings.len(),
+            if parsed.warnings.len() == 1 { "" } else { "s" }
+        );
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    let compiled = compile::compile(&parsed.policy);
+    print!("{}", compile::summary(&parsed.policy, &compiled));
+    Ok(ExitCode::from(EXIT_OK))
+}

@@ -1,0 +1,135 @@
+//! `portfw events`: stream the running filter's drop and allow events.
+use std::{
+    fs,
+    io::{self, Write as _},
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use portfw_common::Event;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::Instant,
+};
+
+use super::{EXIT_OK, EventsArgs};
+use crate::{
+    events::{decode, human_line, mono_to_wall_offset},
+    loader::{self, Paths, State},
+};
+
+/// Rule names of the active policy, re-read when the state file changes (a new apply).
+struct RuleNames {
+    paths: Paths,
+    modified: Option<SystemTime>,
+    names: Vec<Option<String>>,
+}
+
+impl RuleNames {
+    fn new(paths: Paths) -> Self {
+        let mut names = Self {
+            paths,
+            modified: None,
+            names: Vec::new(),
+        };
+        names.refresh();
+        names
+    }
+
+    fn refresh(&mut self) {
+        let modified = fs::metadata(&self.paths.state)
+            .and_then(|m| m.modified())
+            .ok();
+        if modified == self.modified {
+            return;
+        }
+        self.modified = modified;
+        let active = loader::open_tables(&self.paths)
+            .map(|t| t.active())
+            .unwrap_or(0);
+        self.names = State::read(&self.paths.state)
+            .ok()
+            .flatten()
+            .and_then(|s| s.generations[active as usize].clone())
+            .map(|p| p.rules.into_iter().map(|r| r.name).collect())
+            .unwrap_or_default();
+    }
+
+    fn get(&self, index: u32) -> Option<String> {
+        self.names.get(index as usize).cloned().flatten()
+    }
+}
+
+pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    runtime.block_on(stream(args))
+}
+
+async fn stream(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    let (ring, paths) = loader::open_events()?;
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
+    // (which owns the RingBuf) is dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("watching the event ring buffer")?;
+    let offset = mono_to_wall_offset();
+    let mut rules = RuleNames::new(paths);
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let deadline = args
+        .timeout
+        .map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
+    let never = Instant::now() + Duration::from_secs(100 * 365 * 86400);
+    let mut seen = 0u64;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    if args.count == Some(0) {
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = tokio::time::sleep_until(deadline.unwrap_or(never)) => break,
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting for events")?;
+                rules.refresh();
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    if item.len() < size_of::<Event>() {
+                        continue;
+                    }
+                    // SAFETY: the record is at least as long as an Event, which is plain data;
+                    // read_unaligned makes no alignment assumption.
+                    let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                    drop(item);
+                    let view = decode(&event, offset, loader::ifname, |i| rules.get(i));
+                    let line = if args.json {
+                        serde_json::to_string(&view)?
+                    } else {
+                        human_line(&view)
+                    };
+                    if writeln!(out, "{line}").is_err() {
+                        // The reader went away (for example `| head`): stop quietly.
+                        return Ok(ExitCode::from(EXIT_OK));
+                    }
+                    seen += 1;
+                    if args.count.is_some_and(|n| seen >= n) {
+                        let _ = out.flush();
+                        return Ok(ExitCode::from(EXIT_OK));
+                    }
+                }
+                guard.clear_ready();
+                if out.flush().is_err() {
+                    return Ok(ExitCode::from(EXIT_OK));
+                }
+            }
+        }
+    }
+    let _ = out.flush();
+    Ok(ExitCode::from(EXIT_OK))
+}

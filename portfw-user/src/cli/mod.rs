@@ -1,0 +1,121 @@
+//! The `portfw` command line: argument definitions and dispatch to one module per subcommand.
+mod apply;
+mod check;
+mod detach;
+mod events;
+mod status;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::loader::Mode;
+
+/// Exit code of a successful run.
+pub const EXIT_OK: u8 = 0;
+/// Exit code when a policy is invalid, or any other error.
+pub const EXIT_ERROR: u8 = 1;
+
+/// portfw: an XDP firewall that filters by port at line rate.
+///
+/// A YAML policy is compiled into O(1) kernel tables; the XDP program judges each packet by
+/// its protocol and destination port before the kernel network stack sees it. The filter
+/// stays in force after `portfw apply` exits; `portfw detach` removes it. Filters belong to
+/// a network namespace: run portfw inside the namespace it should filter (with
+/// `nsenter --net=/run/netns/NAME`, which keeps /sys/fs/bpf visible).
+#[derive(Debug, Parser)]
+#[command(name = "portfw", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate and compile POLICY, then put it in force (replacing any running policy).
+    Apply(ApplyArgs),
+    /// Validate POLICY and print what it does, without touching the kernel.
+    Check(CheckArgs),
+    /// Show the running filter: interfaces, mode, program, policy, and counters.
+    Status(StatusArgs),
+    /// Remove the filter from some or all interfaces, with its pins.
+    Detach(DetachArgs),
+    /// Stream drop and allow events from the running filter until interrupted.
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Policy file (YAML).
+    pub policy: PathBuf,
+    /// Interface to filter; repeat for several. Overrides the policy's `interfaces:` list.
+    #[arg(long = "iface", short = 'i', value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+    /// XDP attach mode: native (in the driver), generic (in the kernel stack), or auto
+    /// (native where the driver supports it, otherwise generic).
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Policy file (YAML).
+    pub policy: PathBuf,
+    /// Treat warnings as errors.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// Interface to detach from; repeat for several. Without it, detach everywhere.
+    #[arg(long = "iface", short = 'i', value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Print one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit after this many events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Exit after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Apply(args) => apply::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Detach(args) => detach::run(args),
+        Command::Events(args) => events::run(args),
+    }
+}
+
+/// Prints the diagnostics of an invalid policy and returns the exit code for it.
+fn report_invalid(file: &str, diagnostics: &crate::policy::Diagnostics, action: &str) -> ExitCode {
+    eprintln!("{diagnostics}");
+    let errors = diagnostics
+        .0
+        .iter()
+        .filter(|d| d.severity == crate::policy::Severity::Error)
+        .count();
+    eprintln!(
+        "portfw: {file}: {errors} error{} found; {action}",
+        if errors == 1 { "" } else { "s" }
+    );
+    ExitCode::from(EXIT_ERROR)
+}

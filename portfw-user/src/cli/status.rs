@@ -1,0 +1,84 @@
+//! `portfw status`: what is loaded in this network namespace, and its counters.
+use std::{
+    process::ExitCode,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use super::{EXIT_OK, StatusArgs};
+use crate::{events::datetime, loader};
+
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let status = loader::status()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    println!(
+        "portfw filter in network namespace {} (pins {})",
+        status.netns,
+        status.pins.display()
+    );
+    println!(
+        "program id {}, policy generation {}",
+        status.program_id, status.generation
+    );
+    if status.attachments.is_empty() {
+        println!("interfaces: none");
+    }
+    for a in &status.attachments {
+        println!(
+            "interface {} (ifindex {}, {} mode){}",
+            a.attachment.iface,
+            a.attachment.ifindex,
+            a.attachment.mode,
+            if a.live {
+                ""
+            } else {
+                " GONE: the interface no longer exists"
+            }
+        );
+    }
+    match &status.policy {
+        None => println!("policy: unknown (no record of the active generation)"),
+        Some(p) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            println!("policy {} (sha256 {})", p.file, p.sha256);
+            println!(
+                "applied {} ({} ago), default {}",
+                datetime(p.applied_at),
+                ago(now.saturating_sub(p.applied_at)),
+                p.default
+            );
+            if !p.rules.is_empty() {
+                println!("{:>5}  {:>12}  {:<16}  rule", "#", "packets", "name");
+            }
+            for (i, rule) in p.rules.iter().enumerate() {
+                println!(
+                    "{:>5}  {:>12}  {:<16}  {} (line {})",
+                    i + 1,
+                    status.rule_hits.get(i).copied().unwrap_or(0),
+                    rule.name.as_deref().unwrap_or("-"),
+                    rule.summary,
+                    rule.line
+                );
+            }
+        }
+    }
+    println!("counters (packets since load):");
+    for (name, value) in &status.counters {
+        println!("  {name:<16} {value}");
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d{}h", secs / 86400, (secs % 86400) / 3600),
+    }
+}

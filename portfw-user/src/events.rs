@@ -1,0 +1,317 @@
+//! Decoding and rendering of the kernel's drop/allow event records.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use portfw_common::{Event, RULE_DEFAULT, RULE_MALFORMED, RULE_SETTING, action};
+use serde::Serialize;
+
+/// What decided an event's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecidedBy {
+    /// Rule index (0-based).
+    Rule(u32),
+    Default,
+    Setting,
+    Malformed,
+}
+
+impl DecidedBy {
+    pub fn from_raw(rule: u32) -> Self {
+        match rule {
+            RULE_DEFAULT => Self::Default,
+            RULE_SETTING => Self::Setting,
+            RULE_MALFORMED => Self::Malformed,
+            n => Self::Rule(n),
+        }
+    }
+}
+
+/// An event, decoded and ready to print.
+#[derive(Clone, Debug, Serialize)]
+pub struct EventView {
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    pub iface: String,
+    pub ifindex: u32,
+    pub verdict: &'static str,
+    pub decided_by: DecidedBy,
+    /// 1-based rule number, when a rule decided.
+    pub rule: Option<u32>,
+    pub rule_name: Option<String>,
+    pub ip_version: u8,
+    pub protocol: String,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+    pub tcp_flags: Vec<&'static str>,
+}
+
+const TCP_FLAG_NAMES: [(u8, &str); 8] = [
+    (0x02, "SYN"),
+    (0x10, "ACK"),
+    (0x01, "FIN"),
+    (0x04, "RST"),
+    (0x08, "PSH"),
+    (0x20, "URG"),
+    (0x40, "ECE"),
+    (0x80, "CWR"),
+];
+
+pub fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        136 => "udplite".into(),
+        n => format!("proto-{n}"),
+    }
+}
+
+fn has_ports(protocol: u8) -> bool {
+    matches!(protocol, 6 | 17 | 132 | 136)
+}
+
+/// Decodes `event`. `mono_to_wall_ns` is added to the kernel's monotonic timestamp;
+/// `ifname` and `rule_name` resolve names (both may return `None`).
+pub fn decode(
+    event: &Event,
+    mono_to_wall_ns: i128,
+    ifname: impl Fn(u32) -> Option<String>,
+    rule_name: impl Fn(u32) -> Option<String>,
+) -> EventView {
+    let (src, dst) = match event.ip_version {
+        4 => {
+            let s: [u8; 4] = [
+                event.src_addr[0],
+                event.src_addr[1],
+                event.src_addr[2],
+                event.src_addr[3],
+            ];
+            let d: [u8; 4] = [
+                event.dst_addr[0],
+                event.dst_addr[1],
+                event.dst_addr[2],
+                event.dst_addr[3],
+            ];
+            (
+                Some(IpAddr::V4(Ipv4Addr::from(s))),
+                Some(IpAddr::V4(Ipv4Addr::from(d))),
+            )
+        }
+        6 => (
+            Some(IpAddr::V6(Ipv6Addr::from(event.src_addr))),
+            Some(IpAddr::V6(Ipv6Addr::from(event.dst_addr))),
+        ),
+        _ => (None, None),
+    };
+    let ports = has_ports(event.protocol) && event.ip_version != 0;
+    let decided_by = DecidedBy::from_raw(event.rule);
+    let (rule, rule_name) = match decided_by {
+        DecidedBy::Rule(n) => (Some(n + 1), rule_name(n)),
+        _ => (None, None),
+    };
+    let time_ns = (i128::from(event.timestamp_ns) + mono_to_wall_ns).max(0) as u64;
+    EventView {
+        time_ns,
+        iface: ifname(event.ifindex).unwrap_or_else(|| format!("if{}", event.ifindex)),
+        ifindex: event.ifindex,
+        verdict: if event.verdict == action::DROP {
+            "drop"
+        } else {
+            "allow"
+        },
+        decided_by,
+        rule,
+        rule_name,
+        ip_version: event.ip_version,
+        protocol: if event.ip_version == 0 {
+            "-".into()
+        } else {
+            protocol_name(event.protocol)
+        },
+        src,
+        dst,
+        src_port: ports.then_some(event.src_port),
+        dst_port: ports.then_some(event.dst_port),
+        tcp_flags: if event.protocol == 6 {
+            TCP_FLAG_NAMES
+                .iter()
+                .filter(|(bit, _)| event.tcp_flags & bit != 0)
+                .map(|(_, name)| *name)
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> String {
+    match (addr, port) {
+        (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), None) => a.to_string(),
+        (None, _) => "?".into(),
+    }
+}
+
+fn local_time(secs: u64) -> Option<libc::tm> {
+    let secs = secs as libc::time_t;
+    // SAFETY: an all-zero `tm` is valid; localtime_r writes into the struct we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
+    ok.then_some(tm)
+}
+
+/// `HH:MM:SS.mmm` in local time.
+pub fn clock(time_ns: u64) -> String {
+    let secs = time_ns / 1_000_000_000;
+    let millis = (time_ns / 1_000_000) % 1000;
+    match local_time(secs) {
+        Some(tm) => format!(
+            "{:02}:{:02}:{:02}.{millis:03}",
+            tm.tm_hour, tm.tm_min, tm.tm_sec
+        ),
+        None => format!("{secs}.{millis:03}"),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in local time.
+pub fn datetime(secs: u64) -> String {
+    match local_time(secs) {
+        Some(tm) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday,
+            tm.tm_hour,
+            tm.tm_min,
+            tm.tm_sec
+        ),
+        None => secs.to_string(),
+    }
+}
+
+/// Nanoseconds to add to a CLOCK_MONOTONIC timestamp (what `bpf_ktime_get_ns` returns) to get
+/// wall-clock time.
+pub fn mono_to_wall_offset() -> i128 {
+    let read = |clock| {
+        // SAFETY: an all-zero timespec is valid and clock_gettime fills it.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointer; both clocks always exist on Linux.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    };
+    read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
+}
+
+/// One human line, e.g. `12:00:01.123 eth0 DROP tcp 10.0.0.1:51234 -> 10.0.0.2:8080 rule 3 [SYN]`.
+pub fn human_line(view: &EventView) -> String {
+    let decided = match &view.decided_by {
+        DecidedBy::Rule(_) => match (&view.rule, &view.rule_name) {
+            (Some(n), Some(name)) => format!("rule {n} ({name})"),
+            (Some(n), None) => format!("rule {n}"),
+            _ => "rule ?".into(),
+        },
+        DecidedBy::Default => "default".into(),
+        DecidedBy::Setting => "setting".into(),
+        DecidedBy::Malformed => "malformed".into(),
+    };
+    let mut line = format!(
+        "{} {} {} {} {} -> {} {decided}",
+        clock(view.time_ns),
+        view.iface,
+        view.verdict.to_uppercase(),
+        view.protocol,
+        endpoint(view.src, view.src_port),
+        endpoint(view.dst, view.dst_port),
+    );
+    if !view.tcp_flags.is_empty() {
+        line.push_str(&format!(" [{}]", view.tcp_flags.join(",")));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Event {
+        let mut e = Event {
+            timestamp_ns: 5_000_000_000,
+            ifindex: 7,
+            rule: 2,
+            verdict: action::DROP,
+            ip_version: 4,
+            protocol: 6,
+            tcp_flags: 0x02,
+            src_port: 51234,
+            dst_port: 8080,
+            ..Default::default()
+        };
+        e.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        e.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        e
+    }
+
+    #[test]
+    fn human_line_reads_like_the_docs() {
+        let view = decode(&sample(), 0, |_| Some("eth0".into()), |_| None);
+        let line = human_line(&view);
+        let rest = line.split_once(' ').map(|(_, r)| r).unwrap_or_default();
+        assert_eq!(
+            rest,
+            "eth0 DROP tcp 10.0.0.1:51234 -> 10.0.0.2:8080 rule 3 [SYN]"
+        );
+    }
+
+    #[test]
+    fn named_rules_and_markers() {
+        let view = decode(&sample(), 0, |_| None, |i| (i == 2).then(|| "web".into()));
+        assert!(human_line(&view).contains("if7 DROP"));
+        assert!(human_line(&view).contains("rule 3 (web)"));
+        let mut e = sample();
+        e.rule = RULE_DEFAULT;
+        assert_eq!(
+            decode(&e, 0, |_| None, |_| None).decided_by,
+            DecidedBy::Default
+        );
+        e.rule = RULE_MALFORMED;
+        assert!(human_line(&decode(&e, 0, |_| None, |_| None)).contains("malformed"));
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed() {
+        let mut e = sample();
+        e.ip_version = 6;
+        e.protocol = 17;
+        e.src_addr = "2001:2::2"
+            .parse::<Ipv6Addr>()
+            .map(|a| a.octets())
+            .unwrap_or_default();
+        e.dst_addr = "2001:2::1"
+            .parse::<Ipv6Addr>()
+            .map(|a| a.octets())
+            .unwrap_or_default();
+        let line = human_line(&decode(&e, 0, |_| None, |_| None));
+        assert!(
+            line.contains("udp [2001:2::2]:51234 -> [2001:2::1]:8080"),
+            "{line}"
+        );
+        assert!(!line.contains('['.to_string().repeat(2).as_str()));
+    }
+
+    #[test]
+    fn json_has_the_fields() {
+        let view = decode(&sample(), 1_000, |_| Some("eth0".into()), |_| None);
+        let json = serde_json::to_value(&view).unwrap_or_default();
+        assert_eq!(json["verdict"], "drop");
+        assert_eq!(json["dst_port"], 8080);
+        assert_eq!(json["src"], "10.0.0.1");
+        assert_eq!(json["time_ns"], 5_000_001_000u64);
+        assert_eq!(json["tcp_flags"][0], "SYN");
+    }
+}

@@ -1,0 +1,128 @@
+//! Where portfw's pins live: the bpf filesystem, one directory per network namespace.
+use std::{
+    ffi::CString,
+    fs, io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use super::LoaderError;
+
+/// The bpffs mount point the kernel and tools agree on.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// portfw's directory on bpffs.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/portfw";
+/// Where `portfw apply` records what it applied, next to nothing else that outlives a reboot,
+/// like the pins themselves.
+pub const STATE_ROOT: &str = "/run/portfw";
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The inode of this process's network namespace: it names the namespace for as long as it
+/// exists, and interface indexes (so filters) belong to one namespace.
+pub fn netns_inode() -> Result<u64, LoaderError> {
+    let path = "/proc/self/ns/net";
+    fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|source| LoaderError::Io {
+            what: format!("reading {path}"),
+            source,
+        })
+}
+
+/// The pin and state locations of the filter of one network namespace.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub netns: u64,
+    pub pins: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Paths {
+    pub fn for_netns(netns: u64) -> Self {
+        Self {
+            netns,
+            pins: Path::new(PIN_ROOT).join(netns.to_string()),
+            state: Path::new(STATE_ROOT).join(format!("{netns}.json")),
+        }
+    }
+
+    pub fn current() -> Result<Self, LoaderError> {
+        Ok(Self::for_netns(netns_inode()?))
+    }
+
+    pub fn prog(&self) -> PathBuf {
+        self.pins.join("prog")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.pins.join(name)
+    }
+
+    pub fn link(&self, iface: &str) -> PathBuf {
+        self.pins.join(format!("link-{iface}"))
+    }
+}
+
+fn is_bpffs(path: &str) -> io::Result<bool> {
+    let c_path = CString::new(path).map_err(io::Error::other)?;
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c_path` is a valid C string and `buf` is large enough for statfs.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), buf.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs succeeded and filled the struct.
+    let buf = unsafe { buf.assume_init() };
+    Ok(buf.f_type as i64 == BPF_FS_MAGIC)
+}
+
+fn same_mount_ns_as_init() -> bool {
+    match (
+        fs::metadata("/proc/self/ns/mnt"),
+        fs::metadata("/proc/1/ns/mnt"),
+    ) {
+        (Ok(me), Ok(init)) => me.ino() == init.ino() && me.dev() == init.dev(),
+        // If pid 1's namespace cannot be read we cannot tell; assume the normal case.
+        _ => true,
+    }
+}
+
+/// Makes sure /sys/fs/bpf is a bpffs, mounting it in the host's mount namespace if needed.
+///
+/// Under `ip netns exec` /sys is a private remount: a bpffs mounted there vanishes with the
+/// command, and the filter with it, so we refuse and say what to run instead.
+pub fn ensure_mounted() -> Result<(), LoaderError> {
+    let mounted = is_bpffs(BPFFS).map_err(|source| LoaderError::Io {
+        what: format!("checking {BPFFS}"),
+        source,
+    })?;
+    if mounted {
+        return Ok(());
+    }
+    if !same_mount_ns_as_init() {
+        return Err(LoaderError::BpffsPrivate);
+    }
+    let source = CString::new("bpf").map_err(io::Error::other);
+    let target = CString::new(BPFFS).map_err(io::Error::other);
+    let (Ok(source), Ok(target)) = (source, target) else {
+        return Err(LoaderError::BpffsPrivate);
+    };
+    // SAFETY: valid C strings; a null data pointer is allowed for bpffs.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            source.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(LoaderError::Io {
+            what: format!("mounting bpffs at {BPFFS} (mount -t bpf bpf {BPFFS})"),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! What `portfw apply` recorded about the running filter, for `status` and `events`.
+//!
+//! The kernel's PFW_ACTIVE map is the truth about which policy runs; the state keeps one
+//! record per generation, so whichever generation is active, its description is on file,
+//! even if an apply was killed half-way.
+use std::{fs, io, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use super::LoaderError;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    /// "native" or "generic".
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct RuleRecord {
+    pub name: Option<String>,
+    pub summary: String,
+    pub line: usize,
+}
+
+/// Description of the policy loaded into one generation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct PolicyRecord {
+    pub file: String,
+    pub sha256: String,
+    /// Seconds since the Unix epoch.
+    pub applied_at: u64,
+    pub default: String,
+    pub rules: Vec<RuleRecord>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct State {
+    pub abi: u32,
+    pub program_id: u32,
+    pub attachments: Vec<Attachment>,
+    pub generations: [Option<PolicyRecord>; 2],
+}
+
+impl State {
+    pub fn read(path: &Path) -> Result<Option<Self>, LoaderError> {
+        match fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| LoaderError::State {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(LoaderError::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            }),
+        }
+    }
+
+    /// Writes via a temporary file and a rename, so a reader never sees half a file.
+    pub fn write(&self, path: &Path) -> Result<(), LoaderError> {
+        let io_err = |what: String| move |source| LoaderError::Io { what, source };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let json = serde_json::to_vec_pretty(self).map_err(|e| LoaderError::State {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        fs::write(&tmp, json).map_err(io_err(format!("writing {}", tmp.display())))?;
+        fs::rename(&tmp, path).map_err(io_err(format!(
+            "renaming {} to {}",
+            tmp.display(),
+            path.display()
+        )))
+    }
+
+    pub fn remove(path: &Path) -> Result<(), LoaderError> {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(LoaderError::Io {
+                what: format!("removing {}", path.display()),
+                source,
+            }),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The policy tables in kernel memory: memory-mapped, written a whole generation at a time,
+//! and switched with one atomic store.
+use std::{
+    io,
+    os::fd::{AsRawFd as _, BorrowedFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+use portfw_common::{
+    GENERATIONS, MAX_RULES, PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS, Settings,
+};
+
+use super::LoaderError;
+use crate::compile::CompiledPolicy;
+
+/// A shared, writable mapping of an mmapable BPF array of `len` values of `T`.
+struct Mapped<T> {
+    ptr: NonNull<T>,
+    len: usize,
+    bytes: usize,
+}
+
+impl<T> Mapped<T> {
+    fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = (len * size_of::<T>()).div_ceil(page) * page;
+        // SAFETY: mapping a BPF array fd the kernel sized for at least `bytes` (array maps are
+        // page-rounded); the result is checked before use.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(addr.cast::<T>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(Self { ptr, len, bytes })
+    }
+
+    /// Copies `values` to `[start, start + values.len())`.
+    fn write(&mut self, start: usize, values: &[T]) {
+        assert!(
+            start + values.len() <= self.len,
+            "table write out of bounds"
+        );
+        // SAFETY: in bounds (checked above) of a live mapping; the kernel only reads the
+        // other generation while we write this one, and `T` is plain data.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr(),
+                self.ptr.as_ptr().add(start),
+                values.len(),
+            )
+        };
+    }
+
+    fn read(&self, index: usize) -> T
+    where
+        T: Copy,
+    {
+        assert!(index < self.len, "table read out of bounds");
+        // SAFETY: in bounds of a live mapping of plain data.
+        unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(index)) }
+    }
+}
+
+impl<T> Drop for Mapped<T> {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// The maps a policy is written into.
+pub struct Tables {
+    active: Mapped<u32>,
+    settings: Mapped<Settings>,
+    ports: Mapped<PortEntry>,
+    rule_hits: PerCpuArray<MapData, u64>,
+}
+
+fn mmap_err(map: &'static str) -> impl FnOnce(io::Error) -> LoaderError {
+    move |source| LoaderError::Io {
+        what: format!("memory-mapping map {map}"),
+        source,
+    }
+}
+
+impl Tables {
+    pub fn new(
+        active: &MapData,
+        settings: &MapData,
+        ports: &MapData,
+        rule_hits: PerCpuArray<MapData, u64>,
+    ) -> Result<Self, LoaderError> {
+        use std::os::fd::AsFd as _;
+        Ok(Self {
+            active: Mapped::new(active.fd().as_fd(), 1).map_err(mmap_err("PFW_ACTIVE"))?,
+            settings: Mapped::new(settings.fd().as_fd(), GENERATIONS as usize)
+                .map_err(mmap_err("PFW_SETTINGS"))?,
+            ports: Mapped::new(
+                ports.fd().as_fd(),
+                (GENERATIONS * PORT_TABLE_GEN_ENTRIES) as usize,
+            )
+            .map_err(mmap_err("PFW_PORTS"))?,
+            rule_hits,
+        })
+    }
+
+    /// The generation the kernel reads now.
+    pub fn active(&self) -> u32 {
+        // SAFETY: the mapping is live and 4-byte aligned (page aligned).
+        let cell = unsafe { AtomicU32::from_ptr(self.active.ptr.as_ptr()) };
+        cell.load(Ordering::Acquire) & 1
+    }
+
+    /// The generation `install` would write next.
+    pub fn inactive(&self) -> u32 {
+        self.active() ^ 1
+    }
+
+    /// Writes `policy` into the inactive generation without switching to it.
+    pub fn stage(&mut self, policy: &CompiledPolicy) -> Result<u32, LoaderError> {
+        if policy.ports.len() != PORT_TABLE_GEN_ENTRIES as usize {
+            return Err(LoaderError::Internal(format!(
+                "compiled port table has {} entries, expected {PORT_TABLE_GEN_ENTRIES}",
+                policy.ports.len()
+            )));
+        }
+        if policy.rules.len() > MAX_RULES as usize {
+            return Err(LoaderError::TooManyRules {
+                rules: policy.rules.len(),
+            });
+        }
+        let generation = self.inactive();
+        self.reset_rule_hits(generation, policy.rules.len())?;
+        self.settings
+            .write(generation as usize, std::slice::from_ref(&policy.settings));
+        self.ports.write(
+            (generation * PORT_TABLE_GEN_ENTRIES) as usize,
+            &policy.ports,
+        );
+        Ok(generation)
+    }
+
+    /// Makes `generation` the one the kernel reads: one aligned store, so each packet sees
+    /// either the old or the new policy, never a mix.
+    pub fn switch_to(&mut self, generation: u32) {
+        // SAFETY: as in `active`.
+        let cell = unsafe { AtomicU32::from_ptr(self.active.ptr.as_ptr()) };
+        cell.store(generation & 1, Ordering::SeqCst);
+    }
+
+    /// Writes `policy` into the inactive generation and switches to it.
+    pub fn install(&mut self, policy: &CompiledPolicy) -> Result<u32, LoaderError> {
+        let generation = self.stage(policy)?;
+        self.switch_to(generation);
+        Ok(generation)
+    }
+
+    /// The port entry of the active generation (for `explain`-style queries and tests).
+    pub fn port_entry(&self, proto_slot: u32, port: u16) -> PortEntry {
+        let generation = self.active();
+        self.ports
+            .read(portfw_common::port_index(generation, proto_slot, port) as usize)
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings.read(self.active() as usize)
+    }
+
+    /// Hits of each of the first `rules` rules of the active generation, summed over CPUs.
+    pub fn rule_hits(&self, rules: usize) -> Result<Vec<u64>, LoaderError> {
+        let base = self.active() * MAX_RULES;
+        (0..rules.min(MAX_RULES as usize) as u32)
+            .map(|i| {
+                self.rule_hits
+                    .get(&(base + i), 0)
+                    .map(|values| values.iter().sum())
+                    .map_err(|source| LoaderError::Map {
+                        map: "PFW_RULE_HITS",
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    fn reset_rule_hits(&mut self, generation: u32, rules: usize) -> Result<(), LoaderError> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, source)| LoaderError::Io {
+            what: what.to_string(),
+            source,
+        })?;
+        let base = generation * MAX_RULES;
+        debug_assert!(base + (rules as u32) <= RULE_HIT_SLOTS);
+        for i in 0..rules as u32 {
+            let zeros =
+                PerCpuValues::try_from(vec![0u64; cpus]).map_err(|source| LoaderError::Io {
+                    what: "building per-CPU values".into(),
+                    source,
+                })?;
+            self.rule_hits
+                .set(base + i, zeros, 0)
+                .map_err(|source| LoaderError::Map {
+                    map: "PFW_RULE_HITS",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
