@@ -1,0 +1,605 @@
+//! Packet-level tests of the kernel program through BPF_PROG_TEST_RUN (`Xdp::test_run`):
+//! each fixture is a policy, a crafted frame and the verdict the frame must get.
+//! Needs root (or CAP_BPF + CAP_NET_ADMIN) to load the program.
+mod common;
+
+use common::packet::*;
+use portfw::{
+    compile,
+    loader::{Loaded, LoaderError},
+    policy,
+};
+use portfw_common::{Event, RULE_DEFAULT, RULE_MALFORMED, RULE_SETTING, counter};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+const POLICY: &str = "\
+default: drop
+log: drops
+rules:
+  - allow: [ssh, 80/tcp, https/tcp]
+  - name: dns
+    allow: 53
+  - drop: 8000-8999/tcp
+  - allow: 5001/udp
+  - allow: 9000-9100
+  - allow: 2905/sctp
+  - allow: 7000/udplite
+";
+
+fn load(policy_src: &str) -> Loaded {
+    let parsed = match policy::parse(policy_src, "test.yaml") {
+        Ok(p) => p,
+        Err(d) => panic!("test policy invalid:\n{d}"),
+    };
+    let compiled = compile::compile(&parsed.policy);
+    let mut loaded = match Loaded::load() {
+        Ok(l) => l,
+        Err(e @ LoaderError::Load(_)) | Err(e @ LoaderError::Program { .. }) => {
+            panic!("loading the XDP program needs root: {e:#?}")
+        }
+        Err(e) => panic!("{e:#?}"),
+    };
+    loaded.tables.install(&compiled).expect("install policy");
+    loaded
+}
+
+fn verdict(loaded: &Loaded, frame: &[u8]) -> u32 {
+    loaded.test_run(frame).expect("test run")
+}
+
+fn name(v: u32) -> &'static str {
+    match v {
+        XDP_DROP => "DROP",
+        XDP_PASS => "PASS",
+        _ => "OTHER",
+    }
+}
+
+struct Fixture {
+    what: &'static str,
+    frame: Vec<u8>,
+    expect: u32,
+}
+
+fn fx(what: &'static str, p: Packet, expect: u32) -> Fixture {
+    Fixture {
+        what,
+        frame: p.build(),
+        expect,
+    }
+}
+
+fn check_all(loaded: &Loaded, fixtures: &[Fixture]) {
+    let mut failures = Vec::new();
+    for f in fixtures {
+        let got = verdict(loaded, &f.frame);
+        if got != f.expect {
+            failures.push(format!(
+                "{}: expected {}, got {} (frame {:02x?})",
+                f.what,
+                name(f.expect),
+                name(got),
+                f.frame
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} fixture(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn ports_allowed_dropped_and_default_over_both_ip_versions() {
+    let loaded = load(POLICY);
+    let mut fixtures = Vec::new();
+    for (ver, mk) in [
+        ("v4", v4 as fn(L4) -> Packet),
+        ("v6", v6 as fn(L4) -> Packet),
+    ] {
+        let _ = ver;
+        fixtures.extend([
+            fx("tcp 22 allowed by service name", mk(tcp(22)), XDP_PASS),
+            fx("tcp 80 allowed", mk(tcp(80)), XDP_PASS),
+            fx("tcp 443 allowed", mk(tcp(443)), XDP_PASS),
+            fx("udp 22 not allowed (ssh is tcp)", mk(udp(22)), XDP_DROP),
+            fx("udp 80 default drop", mk(udp(80)), XDP_DROP),
+            fx("tcp 53 allowed (no protocol = both)", mk(tcp(53)), XDP_PASS),
+            fx("udp 53 allowed", mk(udp(53)), XDP_PASS),
+            fx("tcp 8080 dropped by range rule", mk(tcp(8080)), XDP_DROP),
+            fx("tcp 8000 range start", mk(tcp(8000)), XDP_DROP),
+            fx("tcp 8999 range end", mk(tcp(8999)), XDP_DROP),
+            fx("udp 8080 default drop", mk(udp(8080)), XDP_DROP),
+            fx("udp 5001 allowed", mk(udp(5001)), XDP_PASS),
+            fx("tcp 5001 default drop", mk(tcp(5001)), XDP_DROP),
+            fx("udp 9050 allowed (range, both)", mk(udp(9050)), XDP_PASS),
+            fx("tcp 9100 allowed (range end)", mk(tcp(9100)), XDP_PASS),
+            fx("tcp 9101 default drop", mk(tcp(9101)), XDP_DROP),
+            fx("tcp 65535 default drop", mk(tcp(65535)), XDP_DROP),
+            fx("udp 0 default drop", mk(udp(0)), XDP_DROP),
+            fx(
+                "sctp 2905 allowed",
+                mk(L4::Sctp { src: 1, dst: 2905 }),
+                XDP_PASS,
+            ),
+            fx(
+                "sctp 22 default drop",
+                mk(L4::Sctp { src: 1, dst: 22 }),
+                XDP_DROP,
+            ),
+            fx(
+                "udplite 7000 allowed",
+                mk(L4::UdpLite { src: 1, dst: 7000 }),
+                XDP_PASS,
+            ),
+            fx(
+                "udplite 53 default drop (not udp)",
+                mk(L4::UdpLite { src: 1, dst: 53 }),
+                XDP_DROP,
+            ),
+        ]);
+    }
+    check_all(&loaded, &fixtures);
+}
+
+#[test]
+fn default_allow_policy_passes_unlisted_ports() {
+    let loaded = load("default: allow\nrules:\n  - drop: [23, 8000-8100/udp]\n");
+    check_all(
+        &loaded,
+        &[
+            fx("tcp 80 default allow", v4(tcp(80)), XDP_PASS),
+            fx("tcp 23 dropped", v4(tcp(23)), XDP_DROP),
+            fx("udp 23 dropped", v6(udp(23)), XDP_DROP),
+            fx("udp 8050 dropped", v4(udp(8050)), XDP_DROP),
+            fx("tcp 8050 default allow", v4(tcp(8050)), XDP_PASS),
+        ],
+    );
+}
+
+#[test]
+fn vlan_tags_one_and_two_get_the_same_verdicts() {
+    let loaded = load(POLICY);
+    let mut fixtures = Vec::new();
+    for tags in [
+        vec![(TPID_8021Q, 10)],
+        vec![(TPID_8021AD, 100), (TPID_8021Q, 10)],
+        vec![(0x9100, 100), (TPID_8021Q, 10)],
+    ] {
+        let tag = |mut p: Packet| {
+            p.vlans = tags.clone();
+            p
+        };
+        fixtures.extend([
+            fx("vlan tcp 22 allowed", tag(v4(tcp(22))), XDP_PASS),
+            fx("vlan tcp 8080 dropped", tag(v4(tcp(8080))), XDP_DROP),
+            fx("vlan v6 udp 53 allowed", tag(v6(udp(53))), XDP_PASS),
+            fx(
+                "vlan v6 tcp 9200 default drop",
+                tag(v6(tcp(9200))),
+                XDP_DROP,
+            ),
+        ]);
+    }
+    let three = v4(tcp(22))
+        .vlan(TPID_8021AD, 1)
+        .vlan(TPID_8021Q, 2)
+        .vlan(TPID_8021Q, 3);
+    fixtures.push(fx("three vlan tags are malformed", three, XDP_DROP));
+    check_all(&loaded, &fixtures);
+}
+
+#[test]
+fn non_ip_icmp_and_other_protocols() {
+    let loaded = load(POLICY);
+    let mut arp = Vec::new();
+    arp.extend_from_slice(&[0xff; 6]);
+    arp.extend_from_slice(&SRC_MAC);
+    arp.extend_from_slice(&0x0806u16.to_be_bytes());
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&[0; 20]);
+    let fixtures = vec![
+        Fixture {
+            what: "ARP passes",
+            frame: arp,
+            expect: XDP_PASS,
+        },
+        fx(
+            "ICMP echo passes",
+            v4(L4::Icmp { kind: 8, code: 0 }),
+            XDP_PASS,
+        ),
+        fx(
+            "ICMPv6 echo passes",
+            v6(L4::Icmpv6 { kind: 128, code: 0 }),
+            XDP_PASS,
+        ),
+        fx(
+            "ICMPv6 neighbour solicitation passes",
+            v6(L4::Icmpv6 { kind: 135, code: 0 }),
+            XDP_PASS,
+        ),
+        // other-ip defaults to the policy default (drop here).
+        fx(
+            "GRE follows other-ip (default: the policy default)",
+            v4(L4::Raw {
+                protocol: 47,
+                payload: vec![0; 8],
+            }),
+            XDP_DROP,
+        ),
+    ];
+    check_all(&loaded, &fixtures);
+
+    let open = load("default: drop\nother-ip: allow\nicmp: drop\n");
+    check_all(
+        &open,
+        &[
+            fx(
+                "GRE allowed by other-ip: allow",
+                v4(L4::Raw {
+                    protocol: 47,
+                    payload: vec![0; 8],
+                }),
+                XDP_PASS,
+            ),
+            fx(
+                "ICMP echo dropped by icmp: drop",
+                v4(L4::Icmp { kind: 8, code: 0 }),
+                XDP_DROP,
+            ),
+            fx(
+                "ICMPv6 echo dropped",
+                v6(L4::Icmpv6 { kind: 128, code: 0 }),
+                XDP_DROP,
+            ),
+            fx(
+                "NDP still passes with icmp: drop",
+                v6(L4::Icmpv6 { kind: 136, code: 0 }),
+                XDP_PASS,
+            ),
+            fx(
+                "packet-too-big still passes",
+                v6(L4::Icmpv6 { kind: 2, code: 0 }),
+                XDP_PASS,
+            ),
+            fx(
+                "frag-needed still passes",
+                v4(L4::Icmp { kind: 3, code: 4 }),
+                XDP_PASS,
+            ),
+            fx(
+                "port unreachable dropped",
+                v4(L4::Icmp { kind: 3, code: 3 }),
+                XDP_DROP,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn ipv4_options_and_ipv6_extension_headers() {
+    let loaded = load(POLICY);
+    let with_opts = |dst, opts: Vec<u8>| {
+        let mut p = v4(tcp(dst));
+        if let L3::V4 { options, .. } = &mut p.l3 {
+            *options = opts;
+        }
+        p
+    };
+    let with_ext = |l4, ext: Vec<(u8, Vec<u8>)>| {
+        let mut p = v6(l4);
+        if let L3::V6 { ext: e, .. } = &mut p.l3 {
+            *e = ext;
+        }
+        p
+    };
+    let fixtures = vec![
+        // Record-route option (IHL 8): the ports sit after the options, not at offset 20.
+        fx(
+            "v4 options: tcp 22 allowed",
+            with_opts(22, vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            XDP_PASS,
+        ),
+        fx(
+            "v4 options: tcp 8080 dropped",
+            with_opts(8080, vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            XDP_DROP,
+        ),
+        fx(
+            "v4 max options (IHL 15)",
+            with_opts(80, vec![1; 40]),
+            XDP_PASS,
+        ),
+        fx(
+            "v6 hop-by-hop + dstopts: tcp 22",
+            with_ext(tcp(22), vec![(0, ext_opts8()), (60, ext_opts8())]),
+            XDP_PASS,
+        ),
+        fx(
+            "v6 hop-by-hop + dstopts: tcp 8080",
+            with_ext(tcp(8080), vec![(0, ext_opts8()), (60, ext_opts8())]),
+            XDP_DROP,
+        ),
+        fx(
+            "v6 first fragment: judged by port (allowed)",
+            with_ext(udp(53), vec![(44, ext_fragment(0, true))]),
+            XDP_PASS,
+        ),
+        fx(
+            "v6 first fragment: judged by port (dropped)",
+            with_ext(udp(99), vec![(44, ext_fragment(0, true))]),
+            XDP_DROP,
+        ),
+        fx(
+            "v6 non-first fragment: fragments setting (allow)",
+            with_ext(udp(99), vec![(44, ext_fragment(10, false))]),
+            XDP_PASS,
+        ),
+        fx(
+            "v6 routing header",
+            with_ext(tcp(443), vec![(43, vec![0, 4, 0, 0, 0, 0, 0])]),
+            XDP_PASS,
+        ),
+    ];
+    check_all(&loaded, &fixtures);
+}
+
+#[test]
+fn fragments_follow_the_fragments_setting() {
+    let frag = |offset: u16, more: bool, l4: L4| {
+        let mut p = v4(l4);
+        if let L3::V4 {
+            frag_offset,
+            more_fragments,
+            ..
+        } = &mut p.l3
+        {
+            *frag_offset = offset;
+            *more_fragments = more;
+        }
+        p
+    };
+    let allow = load(POLICY);
+    let drop = load(&format!("{POLICY}fragments: drop\n"));
+    check_all(
+        &allow,
+        &[
+            fx(
+                "first fragment judged by port: allowed",
+                frag(0, true, udp(53)),
+                XDP_PASS,
+            ),
+            fx(
+                "first fragment judged by port: dropped",
+                frag(0, true, udp(54)),
+                XDP_DROP,
+            ),
+            fx(
+                "non-first fragment allowed by default",
+                frag(100, false, udp(54)),
+                XDP_PASS,
+            ),
+            fx(
+                "TCP fragment at offset 1 is malformed (RFC 1858)",
+                frag(1, true, tcp(22)),
+                XDP_DROP,
+            ),
+        ],
+    );
+    check_all(
+        &drop,
+        &[
+            fx(
+                "non-first fragment dropped",
+                frag(100, false, udp(53)),
+                XDP_DROP,
+            ),
+            fx(
+                "first fragment still judged by port",
+                frag(0, true, udp(53)),
+                XDP_PASS,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn malformed_and_truncated_frames_are_dropped() {
+    let loaded = load("default: allow\n");
+    let mut fixtures = Vec::new();
+    // The full frame passes; every truncation of it is malformed and dropped. The kernel's
+    // test run refuses frames shorter than an Ethernet header, and no driver delivers one.
+    for (what, packet) in [
+        ("tcp/ipv4", v4(tcp(80))),
+        ("udp/ipv6", v6(udp(80))),
+        (
+            "tcp/ipv4 in two vlans",
+            v4(tcp(80)).vlan(TPID_8021AD, 5).vlan(TPID_8021Q, 6),
+        ),
+    ] {
+        let full = packet.build();
+        assert_eq!(
+            verdict(&loaded, &full),
+            XDP_PASS,
+            "{what}: full frame must pass"
+        );
+        for len in 14..full.len() {
+            let got = verdict(&loaded, &full[..len]);
+            assert_eq!(
+                got, XDP_DROP,
+                "{what} truncated to {len} bytes must be dropped"
+            );
+        }
+    }
+    let mut bad_ihl = v4(tcp(80)).build();
+    bad_ihl[14] = 0x44; // IHL 4 < 5
+    fixtures.push(Fixture {
+        what: "IHL below 5",
+        frame: bad_ihl,
+        expect: XDP_DROP,
+    });
+    let mut bad_version = v4(tcp(80)).build();
+    bad_version[14] = 0x55;
+    fixtures.push(Fixture {
+        what: "IP version 5 in an IPv4 frame",
+        frame: bad_version,
+        expect: XDP_DROP,
+    });
+    let mut short_total = v4(tcp(80)).build();
+    short_total[16..18].copy_from_slice(&24u16.to_be_bytes()); // tot_len ends inside TCP
+    fixtures.push(Fixture {
+        what: "total length cuts the TCP header",
+        frame: short_total,
+        expect: XDP_DROP,
+    });
+    let mut long_total = v4(tcp(80)).build();
+    long_total[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    fixtures.push(Fixture {
+        what: "total length beyond the frame",
+        frame: long_total,
+        expect: XDP_DROP,
+    });
+    let mut padded = v4(udp(80)).build();
+    padded.truncate(14 + 20 + 4); // ports only, no full UDP header
+    padded[16..18].copy_from_slice(&24u16.to_be_bytes());
+    padded.extend_from_slice(&[0; 22]); // Ethernet padding must not be read as UDP header
+    fixtures.push(Fixture {
+        what: "UDP header only in link padding",
+        frame: padded,
+        expect: XDP_DROP,
+    });
+    fixtures.push(fx("TCP destination port 0", v4(tcp(0)), XDP_DROP));
+    fixtures.push(fx(
+        "TCP source port 0",
+        v6(L4::Tcp {
+            src: 0,
+            dst: 80,
+            flags: 2,
+        }),
+        XDP_DROP,
+    ));
+    let mut bad_doff = v4(tcp(80)).build();
+    bad_doff[14 + 20 + 12] = 4 << 4;
+    fixtures.push(Fixture {
+        what: "TCP data offset below 5",
+        frame: bad_doff,
+        expect: XDP_DROP,
+    });
+    let mut long_chain = v6(tcp(80));
+    if let L3::V6 { ext, .. } = &mut long_chain.l3 {
+        *ext = (0..9).map(|_| (60u8, ext_opts8())).collect();
+    }
+    fixtures.push(fx(
+        "IPv6 chain over the bound (9 headers)",
+        long_chain,
+        XDP_DROP,
+    ));
+    check_all(&loaded, &fixtures);
+}
+
+#[test]
+fn counters_and_rule_hits_follow_verdicts() {
+    let loaded = load(POLICY);
+    let before = loaded.counters().expect("counters");
+    for frame in [
+        v4(tcp(22)).build(),
+        v4(tcp(8080)).build(),
+        v4(tcp(9999)).build(),
+        v4(tcp(0)).build(),
+    ] {
+        verdict(&loaded, &frame);
+    }
+    let after = loaded.counters().expect("counters");
+    let delta = |i: u32| after[i as usize] - before[i as usize];
+    assert_eq!(delta(counter::ALLOW_RULE), 1);
+    assert_eq!(delta(counter::DROP_RULE), 1);
+    assert_eq!(delta(counter::DROP_DEFAULT), 1);
+    assert_eq!(delta(counter::MALFORMED), 1);
+    let hits = loaded.tables.rule_hits(7).expect("rule hits");
+    assert_eq!(hits[0], 1, "rule 1 (ssh) hit once: {hits:?}");
+    assert_eq!(hits[2], 1, "rule 3 (8000-8999) hit once: {hits:?}");
+}
+
+fn drain_events(loaded: &mut Loaded) -> Vec<Event> {
+    let mut ring = loaded.events().expect("event ring");
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        assert!(item.len() >= size_of::<Event>());
+        // SAFETY: the record is an Event written by the kernel program.
+        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+    }
+    events
+}
+
+#[test]
+fn events_record_logged_verdicts() {
+    let mut loaded = load(&format!(
+        "{POLICY}  - name: web\n    allow: 7443/tcp\n    log: true\n"
+    ));
+    drain_events(&mut loaded);
+    verdict(&loaded, &v4(tcp(8080)).build()); // drop by rule 3: logged (log: drops)
+    verdict(&loaded, &v4(tcp(22)).build()); // allow: not logged
+    verdict(&loaded, &v6(udp(4444)).build()); // default drop: logged
+    verdict(&loaded, &v4(tcp(7443)).build()); // allow with log: true
+    verdict(&loaded, &v4(tcp(0)).build()); // malformed: logged as a drop
+    let events = drain_events(&mut loaded);
+    assert_eq!(events.len(), 4, "{events:#?}");
+    let e = &events[0];
+    assert_eq!(
+        (e.verdict, e.rule, e.protocol, e.dst_port, e.src_port),
+        (1, 2, 6, 8080, 40000)
+    );
+    assert_eq!(e.ip_version, 4);
+    assert_eq!(&e.src_addr[..4], &[198, 18, 0, 2]);
+    assert_eq!(&e.dst_addr[..4], &[198, 18, 0, 1]);
+    assert_eq!(e.tcp_flags, 0x02);
+    assert!(e.timestamp_ns > 0);
+    assert_eq!(
+        (events[1].rule, events[1].ip_version, events[1].protocol),
+        (RULE_DEFAULT, 6, 17)
+    );
+    assert_eq!(
+        events[1].dst_addr,
+        "2001:2::1"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("addr")
+            .octets()
+    );
+    assert_eq!(
+        (events[2].verdict, events[2].rule, events[2].dst_port),
+        (0, 7, 7443)
+    );
+    assert_eq!(events[3].rule, RULE_MALFORMED);
+    let _ = RULE_SETTING;
+}
+
+#[test]
+fn a_policy_swap_changes_verdicts_at_once() {
+    let mut loaded = load("default: drop\nrules:\n  - allow: 80/tcp\n");
+    let frame80 = v4(tcp(80)).build();
+    let frame81 = v4(tcp(81)).build();
+    assert_eq!(verdict(&loaded, &frame80), XDP_PASS);
+    assert_eq!(verdict(&loaded, &frame81), XDP_DROP);
+    let next =
+        policy::parse("default: drop\nrules:\n  - allow: 81/tcp\n", "b.yaml").expect("policy");
+    let gen_before = loaded.tables.active();
+    let generation = loaded
+        .tables
+        .install(&compile::compile(&next.policy))
+        .expect("install");
+    assert_ne!(generation, gen_before);
+    assert_eq!(verdict(&loaded, &frame80), XDP_DROP);
+    assert_eq!(verdict(&loaded, &frame81), XDP_PASS);
+    // Staging without switching changes nothing the kernel sees.
+    let third = policy::parse("default: allow\n", "c.yaml").expect("policy");
+    loaded
+        .tables
+        .stage(&compile::compile(&third.policy))
+        .expect("stage");
+    assert_eq!(verdict(&loaded, &frame80), XDP_DROP);
+}
