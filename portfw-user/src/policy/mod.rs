@@ -1,0 +1,302 @@
+//! The policy model and its YAML language: parsing, validation and diagnostics.
+//!
+//! [`parse`] turns a policy file into a [`Policy`] or into every error it can find at once,
+//! each pointing at a line and column. See docs/policy.md for the language itself.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use portfw_common::{action, ipproto, proto};
+use thiserror::Error;
+
+pub mod diag;
+pub mod ports;
+pub mod services;
+mod validate;
+mod yaml;
+
+pub use diag::{Diagnostic, Diagnostics, Location, Severity};
+
+/// What happens to a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Allow,
+    Drop,
+}
+
+impl Action {
+    /// The [`portfw_common::action`] value the kernel tables hold.
+    pub fn to_kernel(self) -> u8 {
+        match self {
+            Action::Allow => action::ALLOW,
+            Action::Drop => action::DROP,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Drop => "drop",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which verdicts go to the event stream when a rule does not say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LogMode {
+    None,
+    #[default]
+    Drops,
+    All,
+}
+
+impl LogMode {
+    /// Whether a verdict of `action` is logged under this mode.
+    pub fn logs(self, action: Action) -> bool {
+        match self {
+            LogMode::None => false,
+            LogMode::Drops => action == Action::Drop,
+            LogMode::All => true,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LogMode::None => "none",
+            LogMode::Drops => "drops",
+            LogMode::All => "all",
+        }
+    }
+}
+
+impl fmt::Display for LogMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A transport protocol with ports, one slot of the kernel port table each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+    UdpLite,
+}
+
+impl Protocol {
+    /// In slot order.
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Tcp,
+        Protocol::Udp,
+        Protocol::Sctp,
+        Protocol::UdpLite,
+    ];
+
+    /// The protocol's slot in the port table ([`portfw_common::proto`]).
+    pub fn slot(self) -> u32 {
+        match self {
+            Protocol::Tcp => proto::TCP,
+            Protocol::Udp => proto::UDP,
+            Protocol::Sctp => proto::SCTP,
+            Protocol::UdpLite => proto::UDPLITE,
+        }
+    }
+
+    /// The IP protocol number.
+    pub fn ip_proto(self) -> u8 {
+        match self {
+            Protocol::Tcp => ipproto::TCP,
+            Protocol::Udp => ipproto::UDP,
+            Protocol::Sctp => ipproto::SCTP,
+            Protocol::UdpLite => ipproto::UDPLITE,
+        }
+    }
+
+    /// The protocol for an IP protocol number, if it has ports.
+    pub fn from_ip_proto(number: u8) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.ip_proto() == number)
+    }
+
+    /// The name used in policies: `tcp`, `udp`, `sctp` or `udplite`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+            Protocol::UdpLite => "udplite",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Ports `low..=high` of one protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub protocol: Protocol,
+    pub low: u16,
+    pub high: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, protocol: Protocol, port: u16) -> bool {
+        self.protocol == protocol && (self.low..=self.high).contains(&port)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: Option<String>,
+    pub action: Action,
+    /// Every (protocol, range) the rule names, in the order written; may overlap.
+    pub ports: Vec<PortRange>,
+    /// The rule's own `log:`, which overrides the policy's log mode.
+    pub log: Option<bool>,
+    pub location: Location,
+    /// The rule as written, e.g. "allow ssh, 80/tcp".
+    pub summary: String,
+}
+
+impl Rule {
+    /// Whether packets this rule decides are logged under `mode`.
+    pub fn logs(&self, mode: LogMode) -> bool {
+        self.log.unwrap_or_else(|| mode.logs(self.action))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// The file name shown in diagnostics.
+    pub file: String,
+    /// The verdict for a port no rule names.
+    pub default: Action,
+    pub log: LogMode,
+    /// Interfaces the policy asks to be attached to; empty when it leaves that to the CLI.
+    pub interfaces: Vec<String>,
+    pub icmp: Action,
+    /// Non-first IP fragments, which carry no ports.
+    pub fragments: Action,
+    /// IP protocols other than TCP, UDP, SCTP, UDP-Lite and ICMP.
+    pub other_ip: Action,
+    /// Frames that are not IPv4 or IPv6.
+    pub non_ip: Action,
+    /// First match wins.
+    pub rules: Vec<Rule>,
+}
+
+/// A valid policy and the warnings found on the way.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    pub policy: Policy,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Parses and validates a policy. `file` is only used to label diagnostics.
+///
+/// On failure the error holds every error found, in file order.
+pub fn parse(source: &str, file: &str) -> Result<Parsed, Diagnostics> {
+    validate::parse(source, file)
+}
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("cannot read policy {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+/// Reads and parses the policy at `path`; diagnostics name the path as given.
+pub fn load(path: &Path) -> Result<Parsed, LoadError> {
+    let source = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&source, &path.display().to_string()).map_err(LoadError::Invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_constants_match_the_kernel_abi() {
+        let slots: Vec<u32> = Protocol::ALL.iter().map(|p| p.slot()).collect();
+        assert_eq!(slots, [0, 1, 2, 3]);
+        assert_eq!(Protocol::Tcp.ip_proto(), 6);
+        assert_eq!(Protocol::Udp.ip_proto(), 17);
+        assert_eq!(Protocol::Sctp.ip_proto(), 132);
+        assert_eq!(Protocol::UdpLite.ip_proto(), 136);
+        assert_eq!(Protocol::from_ip_proto(132), Some(Protocol::Sctp));
+        assert_eq!(Protocol::from_ip_proto(1), None);
+        assert_eq!(Protocol::UdpLite.to_string(), "udplite");
+    }
+
+    #[test]
+    fn action_and_log_mode() {
+        assert_eq!(Action::Allow.to_kernel(), action::ALLOW);
+        assert_eq!(Action::Drop.to_kernel(), action::DROP);
+        assert_eq!(Action::Drop.to_string(), "drop");
+        assert!(LogMode::Drops.logs(Action::Drop));
+        assert!(!LogMode::Drops.logs(Action::Allow));
+        assert!(LogMode::All.logs(Action::Allow));
+        assert!(!LogMode::None.logs(Action::Drop));
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let missing = Path::new("/nonexistent/portfw-policy.yaml");
+        let err = load(missing).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("cannot read policy /nonexistent/portfw-policy.yaml")
+        );
+
+        let dir = std::env::temp_dir().join(format!("portfw-policy-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("bad.yaml");
+        std::fs::write(&path, "default: maybe\n").expect("write policy");
+        let err = load(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            err.starts_with(&format!("{}:1:10: `default` must be", path.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn example_policies_parse_cleanly() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("policies/ exists") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let parsed = load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+                seen += 1;
+            }
+        }
+        assert!(
+            seen >= 4,
+            "expected the example policies in {}",
+            dir.display()
+        );
+    }
+}

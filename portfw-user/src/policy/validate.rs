@@ -1,0 +1,552 @@
+//! Turns the YAML tree into a [`Policy`], reporting every problem it finds in one pass.
+
+use std::collections::{BTreeSet, HashMap};
+
+use portfw_common::{MAX_RULES, RULE_DEFAULT};
+
+use super::{
+    Action, LogMode, Parsed, Policy, PortRange, Protocol, Rule,
+    diag::{Diagnostics, Location, Reporter},
+    ports::{self, SpecForm},
+    yaml::{self, Entry, Node, ScalarKind, Tree, Value},
+};
+use crate::compile;
+
+const TOP_KEYS: &[&str] = &[
+    "default",
+    "log",
+    "interfaces",
+    "rules",
+    "icmp",
+    "fragments",
+    "other-ip",
+    "non-ip",
+];
+const RULE_KEYS: &[&str] = &["name", "allow", "drop", "log"];
+
+/// Linux's IFNAMSIZ less the terminating NUL.
+const MAX_INTERFACE_NAME: usize = 15;
+const MAX_RULE_NAME: usize = 64;
+/// How many earlier rules a shadowing warning names before saying "and others".
+const SHADOWERS_SHOWN: usize = 3;
+/// How many port specs a warning quotes from a rule before eliding the rest.
+const SPECS_QUOTED: usize = 4;
+
+pub(super) fn parse(source: &str, file: &str) -> Result<Parsed, Diagnostics> {
+    let mut reporter = Reporter::new(source, file);
+    let checked = match yaml::parse(source, &mut reporter) {
+        Tree::Root(root) => Some(
+            Validator {
+                reporter: &mut reporter,
+            }
+            .policy(&root, file),
+        ),
+        Tree::Empty => {
+            reporter.error(
+                Location::new(1, 1),
+                "the policy is empty; it needs at least `default: allow` or `default: drop`",
+            );
+            None
+        }
+        Tree::Broken => None,
+    };
+    match checked {
+        Some((policy, written)) if !reporter.has_errors() => {
+            shadowed_rules(&policy, &written, &mut reporter);
+            let (_, warnings) = reporter.finish();
+            Ok(Parsed { policy, warnings })
+        }
+        _ => Err(Diagnostics(reporter.finish().0)),
+    }
+}
+
+struct Validator<'r, 's> {
+    reporter: &'r mut Reporter<'s>,
+}
+
+/// A rule's port specs as written, for messages.
+type Written = Vec<String>;
+
+impl Validator<'_, '_> {
+    /// Checks the whole document. The policy returned is only meaningful when no error was
+    /// reported; fallbacks stand in for invalid values so checking can go on.
+    fn policy(&mut self, root: &Node, file: &str) -> (Policy, Vec<Written>) {
+        let mut policy = Policy {
+            file: file.to_owned(),
+            default: Action::Drop,
+            log: LogMode::default(),
+            interfaces: Vec::new(),
+            icmp: Action::Allow,
+            fragments: Action::Allow,
+            other_ip: Action::Drop,
+            non_ip: Action::Allow,
+            rules: Vec::new(),
+        };
+        let mut written = Vec::new();
+        let Value::Mapping(entries) = &root.value else {
+            if !matches!(root.value, Value::Invalid) {
+                self.reporter.error(
+                    root.location,
+                    format!(
+                        "a policy is a mapping of keys ({}), but this is {}",
+                        TOP_KEYS.join(", "),
+                        root.describe()
+                    ),
+                );
+            }
+            return (policy, written);
+        };
+        let mut default_given = false;
+        let mut other_ip = None;
+        for entry in entries {
+            match entry.key.as_str() {
+                "default" => {
+                    default_given = true;
+                    policy.default = self.action(entry).unwrap_or(policy.default);
+                }
+                "log" => policy.log = self.log_mode(entry).unwrap_or(policy.log),
+                "interfaces" => policy.interfaces = self.interfaces(entry),
+                "rules" => (policy.rules, written) = self.rules(entry),
+                "icmp" => policy.icmp = self.action(entry).unwrap_or(policy.icmp),
+                "fragments" => policy.fragments = self.action(entry).unwrap_or(policy.fragments),
+                "other-ip" => other_ip = self.action(entry),
+                "non-ip" => policy.non_ip = self.action(entry).unwrap_or(policy.non_ip),
+                _ => self.unknown_key(entry, "", TOP_KEYS),
+            }
+        }
+        if !default_given {
+            self.reporter.error(
+                root.location,
+                "missing required key `default`: the verdict for ports no rule names \
+                 (`allow` or `drop`)",
+            );
+        }
+        policy.other_ip = other_ip.unwrap_or(policy.default);
+        (policy, written)
+    }
+
+    fn unknown_key(&mut self, entry: &Entry, place: &str, allowed: &[&str]) {
+        self.reporter.error(
+            entry.key_location,
+            format!(
+                "unknown key `{}`{place}; expected one of: {}",
+                entry.key,
+                allowed.join(", ")
+            ),
+        );
+    }
+
+    /// The text of a scalar that is not null; anything else is `None`.
+    fn text(node: &Node) -> Option<&str> {
+        match &node.value {
+            Value::Scalar(s) if s.kind() != ScalarKind::Null => Some(&s.text),
+            _ => None,
+        }
+    }
+
+    fn action(&mut self, entry: &Entry) -> Option<Action> {
+        match Self::text(&entry.value) {
+            Some("allow") => Some(Action::Allow),
+            Some("drop") => Some(Action::Drop),
+            _ => {
+                self.invalid(
+                    &entry.value,
+                    format!("`{}` must be `allow` or `drop`", entry.key),
+                );
+                None
+            }
+        }
+    }
+
+    fn log_mode(&mut self, entry: &Entry) -> Option<LogMode> {
+        match Self::text(&entry.value) {
+            Some("none") => Some(LogMode::None),
+            Some("drops") => Some(LogMode::Drops),
+            Some("all") => Some(LogMode::All),
+            _ => {
+                self.invalid(&entry.value, "`log` must be `none`, `drops` or `all`");
+                None
+            }
+        }
+    }
+
+    /// Reports that `node` is not what `expected` says, unless it was already reported.
+    fn invalid(&mut self, node: &Node, expected: impl std::fmt::Display) {
+        if !matches!(node.value, Value::Invalid) {
+            self.reporter.error(
+                node.location,
+                format!("{expected}, found {}", node.describe()),
+            );
+        }
+    }
+
+    /// The items of a value that may be one item or a list of them; `None` when it is neither.
+    fn one_or_many(node: &Node) -> Option<&[Node]> {
+        match &node.value {
+            Value::Sequence(items) => Some(items),
+            Value::Scalar(_) | Value::Invalid => Some(std::slice::from_ref(node)),
+            Value::Mapping(_) => None,
+        }
+    }
+
+    fn interfaces(&mut self, entry: &Entry) -> Vec<String> {
+        if Self::is_null(&entry.value) {
+            return Vec::new();
+        }
+        let Some(items) = Self::one_or_many(&entry.value) else {
+            self.invalid(
+                &entry.value,
+                "`interfaces` must be a list of interface names",
+            );
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        let mut first_line: HashMap<&str, usize> = HashMap::new();
+        for item in items {
+            let Some(name) = Self::text(item) else {
+                self.invalid(item, "expected an interface name");
+                continue;
+            };
+            if let Some(problem) = interface_name_problem(name) {
+                self.reporter.error(
+                    item.location,
+                    format!("invalid interface name `{name}`: {problem}"),
+                );
+                continue;
+            }
+            if let Some(line) = first_line.get(name) {
+                self.reporter.error(
+                    item.location,
+                    format!("interface `{name}` is listed twice (first at line {line})"),
+                );
+                continue;
+            }
+            first_line.insert(name, item.location.line);
+            names.push(name.to_owned());
+        }
+        names
+    }
+
+    fn is_null(node: &Node) -> bool {
+        matches!(&node.value, Value::Scalar(s) if s.kind() == ScalarKind::Null)
+    }
+
+    fn rules(&mut self, entry: &Entry) -> (Vec<Rule>, Vec<Written>) {
+        if Self::is_null(&entry.value) {
+            return (Vec::new(), Vec::new());
+        }
+        let Value::Sequence(items) = &entry.value.value else {
+            self.invalid(&entry.value, "`rules` must be a list of rules");
+            return (Vec::new(), Vec::new());
+        };
+        if items.len() > MAX_RULES as usize {
+            self.reporter.error(
+                entry.key_location,
+                format!(
+                    "the policy has {} rules; at most {MAX_RULES} are supported",
+                    items.len()
+                ),
+            );
+        }
+        let mut rules = Vec::with_capacity(items.len());
+        let mut written = Vec::with_capacity(items.len());
+        let mut names: HashMap<String, (usize, usize)> = HashMap::new();
+        for (index, item) in items.iter().enumerate() {
+            if let Some((rule, specs)) = self.rule(index + 1, item, &mut names) {
+                rules.push(rule);
+                written.push(specs);
+            }
+        }
+        (rules, written)
+    }
+
+    /// Checks rule `number` (1-based). `names` maps rule names seen so far to (number, line).
+    fn rule(
+        &mut self,
+        number: usize,
+        node: &Node,
+        names: &mut HashMap<String, (usize, usize)>,
+    ) -> Option<(Rule, Written)> {
+        let Value::Mapping(entries) = &node.value else {
+            self.invalid(
+                node,
+                format!("rule {number} must be a mapping with `allow:` or `drop:`"),
+            );
+            return None;
+        };
+        let mut name = None;
+        let mut log = None;
+        let mut verdict: Option<(Action, &Entry)> = None;
+        let mut ok = true;
+        for entry in entries {
+            match entry.key.as_str() {
+                "name" => name = self.rule_name(number, entry, names),
+                "log" => match &entry.value.value {
+                    Value::Scalar(s) if matches!(s.kind(), ScalarKind::Bool(_)) => {
+                        log = Some(s.kind() == ScalarKind::Bool(true));
+                    }
+                    _ => {
+                        self.invalid(
+                            &entry.value,
+                            format!("`log` in rule {number} must be `true` or `false`"),
+                        );
+                    }
+                },
+                key @ ("allow" | "drop") => {
+                    if verdict.is_some() {
+                        self.reporter.error(
+                            entry.key_location,
+                            format!(
+                                "rule {number} has both `allow` and `drop`; a rule takes \
+                                 exactly one"
+                            ),
+                        );
+                        // Still worth checking, so its own mistakes show up in this run too.
+                        let _ = self.port_specs(number, entry);
+                        ok = false;
+                    } else {
+                        let action = if key == "allow" {
+                            Action::Allow
+                        } else {
+                            Action::Drop
+                        };
+                        verdict = Some((action, entry));
+                    }
+                }
+                _ => self.unknown_key(entry, &format!(" in rule {number}"), RULE_KEYS),
+            }
+        }
+        let Some((action, entry)) = verdict else {
+            self.reporter.error(
+                node.location,
+                format!("rule {number} has neither `allow` nor `drop`; a rule needs exactly one"),
+            );
+            return None;
+        };
+        let (ports, specs) = self.port_specs(number, entry)?;
+        if !ok {
+            return None;
+        }
+        let rule = Rule {
+            name,
+            action,
+            ports,
+            log,
+            location: node.location,
+            summary: format!("{action} {}", specs.join(", ")),
+        };
+        Some((rule, specs))
+    }
+
+    fn rule_name(
+        &mut self,
+        number: usize,
+        entry: &Entry,
+        names: &mut HashMap<String, (usize, usize)>,
+    ) -> Option<String> {
+        let Some(name) = Self::text(&entry.value) else {
+            self.invalid(
+                &entry.value,
+                format!("the `name` of rule {number} must be a string"),
+            );
+            return None;
+        };
+        let valid_chars = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid_chars || name.len() > MAX_RULE_NAME {
+            self.reporter.error(
+                entry.value.location,
+                format!(
+                    "invalid rule name `{name}`: use 1 to {MAX_RULE_NAME} letters, digits, \
+                     `_`, `.` or `-`"
+                ),
+            );
+            return None;
+        }
+        if let Some((first, line)) = names.get(name) {
+            self.reporter.error(
+                entry.value.location,
+                format!("rule name `{name}` is already used by rule {first} (line {line})"),
+            );
+            return None;
+        }
+        names.insert(name.to_owned(), (number, entry.value.location.line));
+        Some(name.to_owned())
+    }
+
+    /// The ranges an `allow:` or `drop:` names, and its specs as written.
+    fn port_specs(&mut self, number: usize, entry: &Entry) -> Option<(Vec<PortRange>, Written)> {
+        let key = &entry.key;
+        let Some(items) = Self::one_or_many(&entry.value) else {
+            self.invalid(
+                &entry.value,
+                format!("`{key}` in rule {number} must be a port spec or a list of them"),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.reporter.error(
+                entry.value.location,
+                format!("the `{key}` list of rule {number} is empty; name at least one port"),
+            );
+            return None;
+        }
+        let mut ranges = Vec::new();
+        let mut written = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            let text = match &item.value {
+                Value::Scalar(s) => match s.kind() {
+                    ScalarKind::Null => None,
+                    ScalarKind::Bool(_) => None,
+                    _ => Some(s.text.as_str()),
+                },
+                _ => None,
+            };
+            let Some(text) = text else {
+                self.invalid(
+                    item,
+                    format!("`{key}` in rule {number} expects a port spec"),
+                );
+                ok = false;
+                continue;
+            };
+            let spec = match ports::parse_spec(text) {
+                Ok(spec) => spec,
+                Err(error) => {
+                    self.reporter.error(item.location, error.to_string());
+                    ok = false;
+                    continue;
+                }
+            };
+            let only_port_zero = spec.form == SpecForm::Port && spec.low == 0;
+            if only_port_zero && spec.protocols.contains(&Protocol::Tcp) {
+                self.reporter.warning(
+                    item.location,
+                    "tcp port 0 never matches: portfw drops TCP packets to port 0 as \
+                     malformed before any rule is consulted",
+                );
+            }
+            ranges.extend(spec.protocols.iter().map(|&protocol| PortRange {
+                protocol,
+                low: spec.low,
+                high: spec.high,
+            }));
+            written.push(text.to_owned());
+        }
+        ok.then_some((ranges, written))
+    }
+}
+
+/// Why Linux would refuse `name` as an interface name (see `dev_valid_name`), if it would.
+fn interface_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("it is empty".to_owned());
+    }
+    if name.len() > MAX_INTERFACE_NAME {
+        return Some(format!(
+            "it is {} bytes long and Linux allows at most {MAX_INTERFACE_NAME}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Some("`.` and `..` are reserved".to_owned());
+    }
+    if name.contains('/') {
+        return Some("it contains `/`".to_owned());
+    }
+    if name.contains(':') {
+        return Some("it contains `:`".to_owned());
+    }
+    if name.chars().any(char::is_whitespace) {
+        return Some("it contains whitespace".to_owned());
+    }
+    None
+}
+
+/// Warns about every rule that decides no port at all because earlier rules decide all of the
+/// ports it names. Works from the compiled table, so it is exact per (protocol, port).
+fn shadowed_rules(policy: &Policy, written: &[Written], reporter: &mut Reporter<'_>) {
+    let compiled = compile::compile(policy);
+    let mut decides = vec![false; policy.rules.len()];
+    for entry in &compiled.ports {
+        if entry.rule != RULE_DEFAULT
+            && let Some(flag) = decides.get_mut(entry.rule as usize)
+        {
+            *flag = true;
+        }
+    }
+    if decides.iter().all(|d| *d) {
+        return;
+    }
+    let runs = Protocol::ALL.map(|p| compiled.runs(p));
+    for (index, rule) in policy.rules.iter().enumerate() {
+        if decides[index] {
+            continue;
+        }
+        // Every port of a rule that decides nothing is decided by an earlier rule, so the
+        // runs overlapping its ranges name exactly the rules that shadow it.
+        let mut earlier = BTreeSet::new();
+        let mut more = false;
+        'ranges: for range in &rule.ports {
+            let runs = &runs[range.protocol.slot() as usize];
+            let first = runs.partition_point(|run| run.high < range.low);
+            for run in runs[first..].iter().take_while(|run| run.low <= range.high) {
+                earlier.insert(run.entry.rule as usize);
+                if earlier.len() > SHADOWERS_SHOWN {
+                    more = true;
+                    break 'ranges;
+                }
+            }
+        }
+        let mut shown: Vec<String> = earlier
+            .iter()
+            .take(SHADOWERS_SHOWN)
+            .filter_map(|&i| policy.rules.get(i).map(|r| (i, r)))
+            .map(|(i, r)| format!("rule {} at line {}", i + 1, r.location.line))
+            .collect();
+        if more {
+            shown.push("others".to_owned());
+        }
+        let shown = match shown.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => shown.join(""),
+        };
+        let specs = written.get(index).map(Vec::as_slice).unwrap_or_default();
+        reporter.warning(
+            rule.location,
+            format!(
+                "{} never matches: every port it names is decided by earlier rules ({shown})",
+                rule_label(index, rule, specs)
+            ),
+        );
+    }
+}
+
+/// "rule 3 (`drop: 80`)", or "rule 3 `web` (`allow: [http, https]`)" for a named rule.
+fn rule_label(index: usize, rule: &Rule, specs: &[String]) -> String {
+    let mut quoted = specs
+        .iter()
+        .take(SPECS_QUOTED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if specs.len() > SPECS_QUOTED {
+        quoted.push_str(", ...");
+    }
+    let value = if specs.len() == 1 {
+        quoted
+    } else {
+        format!("[{quoted}]")
+    };
+    let name = rule
+        .name
+        .as_ref()
+        .map(|n| format!(" `{n}`"))
+        .unwrap_or_default();
+    format!("rule {}{name} (`{}: {value}`)", index + 1, rule.action)
+}
+
+#[cfg(test)]
+mod tests;
