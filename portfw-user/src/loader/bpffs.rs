@@ -74,7 +74,7 @@ fn is_bpffs(path: &str) -> io::Result<bool> {
     }
     // SAFETY: statfs succeeded and filled the struct.
     let buf = unsafe { buf.assume_init() };
-    Ok(buf.f_type as i64 == BPF_FS_MAGIC)
+    Ok(buf.f_type == BPF_FS_MAGIC)
 }
 
 fn same_mount_ns_as_init() -> bool {

@@ -51,18 +51,18 @@ pub enum LoaderError {
     #[error("this portfw binary was built without its kernel program (AYA_BUILD_SKIP); rebuild it")]
     NoProgram,
     #[error("loading the XDP program into the kernel failed")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("kernel program {what} failed")]
     Program {
         what: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("map {map}")]
     Map {
         map: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("map {0} is missing from the kernel object")]
     MissingMap(&'static str),
@@ -74,7 +74,7 @@ pub enum LoaderError {
         mode: &'static str,
         reason: String,
         #[source]
-        source: Option<ProgramError>,
+        source: Option<Box<ProgramError>>,
     },
     #[error(
         "/sys/fs/bpf is not a bpf filesystem in this mount namespace (as under `ip netns exec`, \
@@ -141,11 +141,17 @@ fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, Loade
 }
 
 fn per_cpu_array(map: Map, name: &'static str) -> Result<PerCpuArray<MapData, u64>, LoaderError> {
-    PerCpuArray::try_from(map).map_err(|source| LoaderError::Map { map: name, source })
+    PerCpuArray::try_from(map).map_err(|source| LoaderError::Map {
+        map: name,
+        source: Box::new(source),
+    })
 }
 
 fn pinned_map(paths: &Paths, name: &'static str) -> Result<MapData, LoaderError> {
-    MapData::from_pin(paths.map(name)).map_err(|source| LoaderError::Map { map: name, source })
+    MapData::from_pin(paths.map(name)).map_err(|source| LoaderError::Map {
+        map: name,
+        source: Box::new(source),
+    })
 }
 
 /// A loaded, not yet attached or pinned instance of the program with its tables.
@@ -160,18 +166,18 @@ impl Loaded {
         if PROGRAM.is_empty() {
             return Err(LoaderError::NoProgram);
         }
-        let mut ebpf = Ebpf::load(PROGRAM).map_err(LoaderError::Load)?;
+        let mut ebpf = Ebpf::load(PROGRAM).map_err(|e| LoaderError::Load(Box::new(e)))?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| LoaderError::Internal(format!("no program {PROGRAM_NAME} in object")))?
             .try_into()
             .map_err(|source| LoaderError::Program {
                 what: "lookup".into(),
-                source,
+                source: Box::new(source),
             })?;
         program.load().map_err(|source| LoaderError::Program {
             what: "verification and load".into(),
-            source,
+            source: Box::new(source),
         })?;
         let rule_hits = per_cpu_array(
             Map::PerCpuArray(reopen(
@@ -196,7 +202,7 @@ impl Loaded {
             .try_into()
             .map_err(|source| LoaderError::Program {
                 what: "lookup".into(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -207,7 +213,7 @@ impl Loaded {
             .try_into()
             .map_err(|source| LoaderError::Program {
                 what: "lookup".into(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -228,7 +234,7 @@ impl Loaded {
             .test_run(opts)
             .map_err(|source| LoaderError::Program {
                 what: "test run".into(),
-                source,
+                source: Box::new(source),
             })?;
         Ok((result.return_value, result.duration.as_nanos() as f64))
     }
@@ -247,7 +253,7 @@ impl Loaded {
             .ok_or(LoaderError::MissingMap(MapNames::EVENTS))?;
         RingBuf::try_from(map).map_err(|source| LoaderError::Map {
             map: MapNames::EVENTS,
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -272,10 +278,14 @@ impl Loaded {
 
 /// A second, owned handle on a map that `Ebpf` owns: aya's typed maps want ownership.
 fn reopen(data: &MapData, name: &'static str) -> Result<MapData, LoaderError> {
-    let info = data
-        .info()
-        .map_err(|source| LoaderError::Map { map: name, source })?;
-    MapData::from_id(info.id()).map_err(|source| LoaderError::Map { map: name, source })
+    let info = data.info().map_err(|source| LoaderError::Map {
+        map: name,
+        source: Box::new(source),
+    })?;
+    MapData::from_id(info.id()).map_err(|source| LoaderError::Map {
+        map: name,
+        source: Box::new(source),
+    })
 }
 
 fn read_counters(data: &MapData) -> Result<Vec<u64>, LoaderError> {
@@ -291,7 +301,7 @@ fn sum_counters(data: MapData) -> Result<Vec<u64>, LoaderError> {
                 .map(|v| v.iter().sum())
                 .map_err(|source| LoaderError::Map {
                     map: MapNames::COUNTERS,
-                    source,
+                    source: Box::new(source),
                 })
         })
         .collect()
@@ -380,7 +390,7 @@ fn attach_and_pin(
                         .take_link(link_id)
                         .map_err(|source| LoaderError::Program {
                             what: "taking the XDP link".into(),
-                            source,
+                            source: Box::new(source),
                         })?;
                 let fd_link = FdLink::try_from(link).map_err(|_| LoaderError::Attach {
                     iface: iface.to_string(),
@@ -417,7 +427,7 @@ fn attach_and_pin(
         iface: iface.to_string(),
         mode: xdp_mode_name(xdp_mode),
         reason,
-        source: Some(source),
+        source: Some(Box::new(source)),
     })
 }
 
@@ -479,7 +489,7 @@ fn fresh(paths: &Paths, req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderErr
             .map(|i| i.id())
             .map_err(|source| LoaderError::Program {
                 what: "info".into(),
-                source,
+                source: Box::new(source),
             })?;
     let mut attachments = Vec::new();
     for iface in req.interfaces {
@@ -571,7 +581,7 @@ fn update(
             Xdp::from_pin(paths.prog(), XdpAttachType::Interface).map_err(|source| {
                 LoaderError::Program {
                     what: format!("reopening {}", paths.prog().display()),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
         for iface in missing {
@@ -720,7 +730,7 @@ pub fn open_events() -> Result<(RingBuf<MapData>, Paths), LoaderError> {
     let ring = RingBuf::try_from(Map::RingBuf(pinned_map(&paths, MapNames::EVENTS)?)).map_err(
         |source| LoaderError::Map {
             map: MapNames::EVENTS,
-            source,
+            source: Box::new(source),
         },
     )?;
     Ok((ring, paths))

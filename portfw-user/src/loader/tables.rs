@@ -189,7 +189,7 @@ impl Tables {
                     .map(|values| values.iter().sum())
                     .map_err(|source| LoaderError::Map {
                         map: "PFW_RULE_HITS",
-                        source,
+                        source: Box::new(source),
                     })
             })
             .collect()
@@ -212,7 +212,7 @@ impl Tables {
                 .set(base + i, zeros, 0)
                 .map_err(|source| LoaderError::Map {
                     map: "PFW_RULE_HITS",
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         Ok(())
