@@ -1,0 +1,243 @@
+//! Tests of the lab itself and its python helpers, in real namespaces (root only).
+
+use std::{fs, net::IpAddr, path::Path, process::Command, time::Duration};
+
+use crate::lab::{Lab, NETNS_DIR, PYTHON, Probe, Proto, Side, script};
+
+const SHORT: Duration = Duration::from_millis(700);
+
+/// These tests build namespaces; as a normal user they only say why they did nothing.
+fn root_or_skip(test: &str) -> bool {
+    let root = crate::util::is_root();
+    if !root {
+        eprintln!("{test}: skipped, needs root");
+    }
+    root
+}
+
+#[test]
+fn probes_see_answers_refusals_and_drops_on_both_families() {
+    if !root_or_skip("probes") {
+        return;
+    }
+    let mut lab = Lab::new("xtp").expect("lab");
+    lab.start_responder(&[8080], &[5001]).expect("responder");
+    for ip in [IpAddr::from(lab.server_v4()), IpAddr::from(lab.server_v6())] {
+        let tcp = lab
+            .probe(Side::Client, Proto::Tcp, ip, 8080, SHORT)
+            .expect("tcp probe");
+        assert!(
+            matches!(&tcp, Probe::Open(reply) if reply.contains("portfw-ok")),
+            "{ip} tcp: {tcp:?}"
+        );
+        let udp = lab
+            .probe(Side::Client, Proto::Udp, ip, 5001, SHORT)
+            .expect("udp probe");
+        assert_eq!(udp, Probe::Open("portfw-ok 5001\n".to_owned()), "{ip} udp");
+        let closed = lab
+            .probe(Side::Client, Proto::Tcp, ip, 9, SHORT)
+            .expect("closed probe");
+        assert_eq!(closed, Probe::Refused, "{ip} tcp 9");
+        let closed = lab
+            .probe(Side::Client, Proto::Udp, ip, 9, SHORT)
+            .expect("closed probe");
+        assert_eq!(closed, Probe::Refused, "{ip} udp 9");
+    }
+    // A silent drop on the server, as XDP would do it, must read as a timeout.
+    lab.run(
+        Side::Server,
+        [
+            "nft",
+            "add table inet t; add chain inet t in { type filter hook input priority 0; }; \
+             add rule inet t in tcp dport 8080 drop; add rule inet t in udp dport 5001 drop",
+        ],
+    )
+    .expect("nft");
+    for ip in [IpAddr::from(lab.server_v4()), IpAddr::from(lab.server_v6())] {
+        assert_eq!(
+            lab.probe(Side::Client, Proto::Tcp, ip, 8080, SHORT)
+                .expect("tcp"),
+            Probe::Timeout,
+            "{ip}"
+        );
+        assert_eq!(
+            lab.probe(Side::Client, Proto::Udp, ip, 5001, SHORT)
+                .expect("udp"),
+            Probe::Timeout,
+            "{ip}"
+        );
+    }
+}
+
+#[test]
+fn labs_are_distinct_and_teardown_removes_everything() {
+    if !root_or_skip("teardown") {
+        return;
+    }
+    let mut a = Lab::new("xtt").expect("lab a");
+    let b = Lab::new("xtt").expect("lab b");
+    assert_ne!(a.server_ns(), b.server_ns());
+    assert_ne!(a.server_iface(), b.server_iface());
+    assert_ne!(a.server_netns_inode(), b.server_netns_inode());
+    assert!(a.server_iface().len() <= 15 && a.client_iface().len() <= 15);
+
+    // Something pinned under the namespace's directory, and processes inside
+    // it that the lab did and did not start itself.
+    let pins = a.pin_dir();
+    fs::create_dir_all(pins.join("links")).expect("mkdir in bpffs");
+    a.spawn_server(["sleep", "600"]).expect("spawn");
+    let stray = a.server(["sleep", "600"]).spawn().expect("stray process");
+    let names = [a.server_ns().to_owned(), a.client_ns().to_owned()];
+    drop(a);
+    for name in &names {
+        assert!(
+            !Path::new(NETNS_DIR).join(name).exists(),
+            "{name} still exists"
+        );
+    }
+    assert!(!pins.exists(), "{} still exists", pins.display());
+    let mut stray = stray;
+    let status = stray.wait().expect("wait stray");
+    assert!(!status.success(), "stray process was not killed");
+    b.close().expect("close b");
+}
+
+#[test]
+fn vlan_tagged_frames_are_sent_and_captured_with_their_tags() {
+    if !root_or_skip("vlan") {
+        return;
+    }
+    let mut lab = Lab::new("xtv").expect("lab");
+    let out = std::env::temp_dir().join(format!("pfw-vlan-{}.json", std::process::id()));
+    let sniff = lab.server([
+        PYTHON,
+        &script("vlan_probe.py").display().to_string(),
+        "sniff",
+        "--iface",
+        lab.server_iface(),
+        "--out",
+        &out.display().to_string(),
+        "--timeout",
+        "20",
+        "--count",
+        "3",
+    ]);
+    let sniffer = lab
+        .spawn_ready(sniff, "ready", Duration::from_secs(20))
+        .expect("sniffer");
+    let send = |vlans: &str, dst: String, src: String, proto: &str, port: &str| {
+        lab.run(
+            Side::Client,
+            [
+                PYTHON,
+                &script("vlan_probe.py").display().to_string(),
+                "send",
+                "--iface",
+                lab.client_iface(),
+                "--src-mac",
+                lab.mac(Side::Client),
+                "--dst-mac",
+                lab.mac(Side::Server),
+                "--src",
+                &src,
+                "--dst",
+                &dst,
+                "--vlans",
+                vlans,
+                proto,
+                port,
+            ],
+        )
+        .expect("send");
+    };
+    let (c4, s4) = (lab.client_v4().to_string(), lab.server_v4().to_string());
+    let (c6, s6) = (lab.client_v6().to_string(), lab.server_v6().to_string());
+    send("10", s4.clone(), c4.clone(), "--tcp", "8080");
+    send("100,200", s4, c4, "--udp", "5001");
+    send("300,400", s6, c6, "--tcp", "22");
+    let status = lab
+        .wait(sniffer, Duration::from_secs(20))
+        .expect("sniffer exit");
+    assert!(status.success(), "sniffer: {status}");
+    let json = fs::read_to_string(&out).expect("capture file");
+    // Best effort: a leftover file in /tmp is harmless.
+    let _ = fs::remove_file(&out);
+    for expected in [
+        r#""vlans": [10], "proto": "tcp", "dport": 8080"#,
+        r#""vlans": [100, 200], "proto": "udp", "dport": 5001"#,
+        r#""vlans": [300, 400], "proto": "tcp", "dport": 22"#,
+    ] {
+        assert!(json.contains(expected), "{expected} not in {json}");
+    }
+}
+
+#[test]
+fn creator_pid_parses_lab_names() {
+    assert_eq!(crate::lab::creator_pid("pfw-demo-123-4-srv"), Some(123));
+    assert_eq!(crate::lab::creator_pid("pfw-a-b-77-0-cli"), Some(77));
+    assert_eq!(crate::lab::creator_pid("pfw-lab-srv"), None);
+    assert_eq!(crate::lab::creator_pid("pfw-x-1-srv"), None);
+}
+
+#[test]
+fn responder_and_probe_scripts_compile() {
+    let out = Command::new(PYTHON)
+        .args([
+            "-c",
+            "import sys\nfor f in sys.argv[1:]: compile(open(f).read(), f, 'exec')",
+        ])
+        .args(["responder.py", "probe.py", "vlan_probe.py"].map(script))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn teardown_runs_when_a_test_panics() {
+    if !root_or_skip("panic") {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let outcome = std::thread::spawn(move || {
+        let lab = Lab::new("xtpanic").expect("lab");
+        tx.send(lab.server_ns().to_owned()).expect("send name");
+        panic!("deliberate panic with a lab alive");
+    })
+    .join();
+    assert!(outcome.is_err());
+    let name = rx.recv().expect("lab name");
+    assert!(
+        !Path::new(NETNS_DIR).join(&name).exists(),
+        "{name} still exists"
+    );
+}
+
+#[test]
+fn stale_namespaces_of_dead_processes_are_removed() {
+    if !root_or_skip("stale") {
+        return;
+    }
+    // pid_max is at most 2^22, so this pid never runs.
+    let dead = "pfw-xtstale-4999999-0-srv";
+    let ours = format!("pfw-xtstale-{}-0-cli", std::process::id());
+    for name in [dead, ours.as_str()] {
+        let status = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .expect("ip netns add");
+        assert!(status.success());
+    }
+    let removed = Lab::cleanup_stale("pfw-xtstale-").expect("cleanup");
+    assert_eq!(removed, 1);
+    assert!(!Path::new(NETNS_DIR).join(dead).exists());
+    assert!(Path::new(NETNS_DIR).join(&ours).exists());
+    let status = Command::new("ip")
+        .args(["netns", "delete", &ours])
+        .status()
+        .expect("ip netns delete");
+    assert!(status.success());
+}
