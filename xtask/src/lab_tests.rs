@@ -6,13 +6,13 @@ use crate::lab::{Lab, NETNS_DIR, PYTHON, Probe, Proto, Side, script};
 
 const SHORT: Duration = Duration::from_millis(700);
 
-/// These tests build namespaces; as a normal user they only say why they did nothing.
+/// These tests build namespaces, which needs root: fail loudly rather than pass vacuously.
 fn root_or_skip(test: &str) -> bool {
-    let root = crate::util::is_root();
-    if !root {
-        eprintln!("{test}: skipped, needs root");
-    }
-    root
+    assert!(
+        crate::util::is_root(),
+        "{test}: needs root (network namespaces); run `cargo xtask test` as root"
+    );
+    true
 }
 
 #[test]

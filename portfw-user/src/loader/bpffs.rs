@@ -77,6 +77,27 @@ fn is_bpffs(path: &str) -> io::Result<bool> {
     Ok(buf.f_type == BPF_FS_MAGIC)
 }
 
+/// `ip netns exec NAME` mounts a fresh sysfs on /sys with NAME as its source: that
+/// fingerprint still works where /proc/1 cannot be read (containers, sandboxes).
+fn under_ip_netns_exec() -> bool {
+    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            Some((fields.next()?, fields.next()?, fields.next()?))
+        })
+        .filter(|&(_, target, fstype)| target == "/sys" && fstype == "sysfs")
+        .last()
+        .is_some_and(|(source, _, _)| {
+            source != "sysfs"
+                && !source.contains('/')
+                && Path::new("/run/netns").join(source).exists()
+        })
+}
+
 fn same_mount_ns_as_init() -> bool {
     match (
         fs::metadata("/proc/self/ns/mnt"),
@@ -100,7 +121,7 @@ pub fn ensure_mounted() -> Result<(), LoaderError> {
     if mounted {
         return Ok(());
     }
-    if !same_mount_ns_as_init() {
+    if under_ip_netns_exec() || !same_mount_ns_as_init() {
         return Err(LoaderError::BpffsPrivate);
     }
     let source = CString::new("bpf").map_err(io::Error::other);
