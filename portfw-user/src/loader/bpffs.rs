@@ -89,8 +89,7 @@ fn under_ip_netns_exec() -> bool {
             let mut fields = line.split_whitespace();
             Some((fields.next()?, fields.next()?, fields.next()?))
         })
-        .filter(|&(_, target, fstype)| target == "/sys" && fstype == "sysfs")
-        .last()
+        .rfind(|&(_, target, fstype)| target == "/sys" && fstype == "sysfs")
         .is_some_and(|(source, _, _)| {
             source != "sysfs"
                 && !source.contains('/')
