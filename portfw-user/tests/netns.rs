@@ -249,7 +249,7 @@ fn nmap_sees_allowed_ports_and_dropped_ones_as_filtered() {
         assert!(out.status.success(), "nmap: {}", text(&out));
         let state = |port: u16| {
             report
-                .split(|c| c == ',' || c == '\t' || c == ' ')
+                .split([',', '\t', ' '])
                 .find(|f| f.starts_with(&format!("{port}/")))
                 .and_then(|f| f.split('/').nth(1))
                 .unwrap_or("filtered") // grepable output folds the common state away
