@@ -24,7 +24,7 @@ pub fn test(cargo_args: &[OsString]) -> anyhow::Result<()> {
                         Ok(n) => println!("xtask test: removed {n} namespaces left by dead runs"),
                         Err(err) => eprintln!("xtask test: warning: {err:#}"),
                     }
-                    run_checked(
+                    cargo_test(
                         Command::new(util::cargo())
                             // Every failing test binary is reported, not only the first.
                             .args(["test", "--no-fail-fast"])
@@ -35,6 +35,48 @@ pub fn test(cargo_args: &[OsString]) -> anyhow::Result<()> {
             ),
         ],
     )
+}
+
+/// Runs `cargo test`, echoing its output, and closes with one line totalling every test
+/// binary's `test result:` line, so a reader sees at a glance how many tests ran.
+fn cargo_test(cmd: &mut Command) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
+
+    use anyhow::Context as _;
+
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("no stdout pipe for cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(count)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let count: u64 = count.parse().unwrap_or(0);
+                match what {
+                    "passed" => passed += count,
+                    "failed" => failed += count,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        anyhow::bail!("cargo test failed ({status})");
+    }
+    Ok(())
 }
 
 /// Formatting and clippy with warnings denied; not part of `test`.
