@@ -714,12 +714,24 @@ pub fn creator_pid(name: &str) -> Option<u32> {
     Some(pid)
 }
 
+/// Where portfw records what it applied in a namespace, next to its pins.
+pub const STATE_ROOT: &str = "/run/portfw";
+
 fn remove_pins(inode: u64) -> Result<()> {
     let dir = Path::new(PIN_ROOT).join(inode.to_string());
     match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(err).with_context(|| format!("removing pins in {}", dir.display()));
+        }
+    }
+    // Namespace inodes are reused: a stale record would describe the next namespace.
+    let state = Path::new(STATE_ROOT).join(format!("{inode}.json"));
+    match fs::remove_file(&state) {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(err).with_context(|| format!("removing pins in {}", dir.display())),
+        Err(err) => Err(err).with_context(|| format!("removing {}", state.display())),
     }
 }
 

@@ -454,11 +454,15 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
         Some(state) if loaded && state.abi == ABI_VERSION => update(&paths, state, req),
         previous => {
             let mut notes = Vec::new();
-            if loaded || previous.is_some() {
+            if loaded {
                 notes.push(format!(
                     "replaced an incompatible or incomplete portfw filter found in {}",
                     paths.pins.display()
                 ));
+            }
+            // Pins without a record, or a record without pins (left by a namespace that was
+            // deleted, whose inode this one reuses): start clean.
+            if loaded || previous.is_some() || paths.pins.exists() {
                 remove_pins(&paths.pins)?;
                 State::remove(&paths.state)?;
             }
