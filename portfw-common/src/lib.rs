@@ -50,7 +50,7 @@ pub const PORTS_PER_PROTO: u32 = 65536;
 pub const PORT_TABLE_GEN_ENTRIES: u32 = proto::COUNT * PORTS_PER_PROTO;
 
 /// The port table is double-buffered: generation 0 and 1 live side by side and
-/// [`ACTIVE_GEN`](MapNames::ACTIVE) says which one the kernel reads.
+/// the map named [`MapNames::ACTIVE`] says which one the kernel reads.
 pub const GENERATIONS: u32 = 2;
 
 /// Index of the port-table entry for `(generation, protocol slot, port)`.
@@ -59,8 +59,9 @@ pub const fn port_index(generation: u32, proto_slot: u32, port: u16) -> u32 {
     generation * PORT_TABLE_GEN_ENTRIES + proto_slot * PORTS_PER_PROTO + port as u32
 }
 
-/// Most rules a policy may have. Rule hit counters are sized by it.
-pub const MAX_RULES: u32 = 65536;
+/// Most rules a policy may have. Rule hit counters are sized by it: each CPU has
+/// `GENERATIONS * MAX_RULES` of them (256 KiB).
+pub const MAX_RULES: u32 = 16384;
 
 /// Rule index used when no rule decided the packet and the policy default did.
 pub const RULE_DEFAULT: u32 = u32::MAX;
@@ -172,8 +173,15 @@ pub mod counter {
     ];
 }
 
-/// Slots of the per-CPU rule hit counters: one per rule per generation.
+/// Rule hit counters of one CPU: one per rule per generation. `PFW_RULE_HITS` holds one
+/// such region per possible CPU, CPU `c`'s at `c * RULE_HIT_SLOTS`.
 pub const RULE_HIT_SLOTS: u32 = GENERATIONS * MAX_RULES;
+
+/// Index of the hit counter of `rule` in `generation` on `cpu`.
+#[inline(always)]
+pub const fn rule_hit_index(cpu: u32, generation: u32, rule: u32) -> u32 {
+    cpu * RULE_HIT_SLOTS + generation * MAX_RULES + rule
+}
 
 /// Event verdict values (match [`action`]).
 pub mod event_kind {
@@ -216,15 +224,17 @@ pub const EVENT_RING_BYTES: u32 = 1 << 20;
 pub struct MapNames;
 
 impl MapNames {
-    /// `Array<u32>`, one entry: the generation the kernel reads (0 or 1).
+    /// `Array<u32>`, one entry, mmapable: the generation the kernel reads (0 or 1).
     pub const ACTIVE: &'static str = "PFW_ACTIVE";
-    /// `Array<Settings>`, one entry per generation.
+    /// `Array<Settings>`, one entry per generation, mmapable.
     pub const SETTINGS: &'static str = "PFW_SETTINGS";
     /// `Array<PortEntry>` of `GENERATIONS * PORT_TABLE_GEN_ENTRIES`, mmapable.
     pub const PORTS: &'static str = "PFW_PORTS";
     /// `PerCpuArray<u64>` of `counter::COUNT`.
     pub const COUNTERS: &'static str = "PFW_COUNTERS";
-    /// `PerCpuArray<u64>` of `RULE_HIT_SLOTS`.
+    /// `Array<u64>` of `possible CPUs * RULE_HIT_SLOTS`, mmapable: a per-CPU array laid out
+    /// by hand, because the kernel's per-CPU arrays allocate every element separately, which
+    /// made loading take 100 ms, and cannot be memory-mapped for reading and resetting.
     pub const RULE_HITS: &'static str = "PFW_RULE_HITS";
     /// Ring buffer of [`Event`]s.
     pub const EVENTS: &'static str = "PFW_EVENTS";

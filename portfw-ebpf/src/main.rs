@@ -13,7 +13,7 @@ mod parse;
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
 };
-use maps::{PFW_ACTIVE, PFW_COUNTERS, PFW_EVENTS, PFW_PORTS, PFW_RULE_HITS, PFW_SETTINGS, bump};
+use maps::{PFW_ACTIVE, PFW_COUNTERS, PFW_EVENTS, PFW_PORTS, PFW_SETTINGS, bump};
 use parse::{
     ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, Frame, IPV4_MIN_HLEN, IPV6_HLEN, IcmpHdr, Ipv4Hdr,
     Ipv6ExtHdr, Ipv6FragHdr, Ipv6Hdr, MAX_IPV6_EXT, MAX_VLAN_TAGS, Ports, TcpHdr, VLAN_HLEN,
@@ -58,7 +58,7 @@ pub fn portfw(ctx: XdpContext) -> u32 {
 
     bump(&PFW_COUNTERS, judgement.counter);
     if judgement.rule < MAX_RULES {
-        bump(&PFW_RULE_HITS, generation * MAX_RULES + judgement.rule);
+        maps::bump_rule(generation, judgement.rule);
     }
     if judgement.log {
         emit(&ctx, frame, &meta, &judgement);

@@ -5,7 +5,7 @@ use aya_ebpf::{
 };
 use portfw_common::{
     BPF_F_MMAPABLE, EVENT_RING_BYTES, Event, GENERATIONS, PORT_TABLE_GEN_ENTRIES, PortEntry,
-    RULE_HIT_SLOTS, Settings, counter,
+    RULE_HIT_SLOTS, Settings, counter, rule_hit_index,
 };
 
 // The generation index, the settings and the port table are memory-mapped by the loader,
@@ -24,8 +24,10 @@ pub static PFW_PORTS: Array<PortEntry> =
 #[map(name = "PFW_COUNTERS")]
 pub static PFW_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// One region of `RULE_HIT_SLOTS` counters per CPU; the loader sets the real size
+/// (possible CPUs × `RULE_HIT_SLOTS`) at load time. Only the owning CPU writes a region.
 #[map(name = "PFW_RULE_HITS")]
-pub static PFW_RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RULE_HIT_SLOTS, 0);
+pub static PFW_RULE_HITS: Array<u64> = Array::with_max_entries(RULE_HIT_SLOTS, BPF_F_MMAPABLE);
 
 #[map(name = "PFW_EVENTS")]
 pub static PFW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
@@ -35,6 +37,18 @@ pub static PFW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 pub fn bump(map: &PerCpuArray<u64>, index: u32) {
     if let Some(slot) = map.get_ptr_mut(index) {
         // SAFETY: the pointer comes from a successful lookup and is this CPU's slot.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Adds one to this CPU's hit counter of `rule` in `generation`.
+#[inline(always)]
+pub fn bump_rule(generation: u32, rule: u32) {
+    // SAFETY: a helper without arguments.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+    if let Some(slot) = PFW_RULE_HITS.get_ptr_mut(rule_hit_index(cpu, generation, rule)) {
+        // SAFETY: a pointer from a successful lookup into this CPU's own region; XDP runs
+        // with migration disabled, so no other CPU writes it.
         unsafe { *slot += 1 };
     }
 }

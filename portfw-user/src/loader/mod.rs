@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         ProgramError, TestRun as _, Xdp, XdpMode,
@@ -21,7 +21,7 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 pub use bpffs::{BPFFS, PIN_ROOT, Paths, STATE_ROOT, ensure_mounted, netns_inode};
-use portfw_common::{ABI_VERSION, MapNames, PROGRAM_NAME, counter};
+use portfw_common::{ABI_VERSION, MapNames, PROGRAM_NAME, RULE_HIT_SLOTS, counter};
 pub use state::{Attachment, PolicyRecord, RuleRecord, State};
 pub use tables::Tables;
 
@@ -166,7 +166,18 @@ impl Loaded {
         if PROGRAM.is_empty() {
             return Err(LoaderError::NoProgram);
         }
-        let mut ebpf = Ebpf::load(PROGRAM).map_err(|e| LoaderError::Load(Box::new(e)))?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, source)| LoaderError::Io {
+            what: format!("counting CPUs ({what})"),
+            source,
+        })?;
+        let hit_slots = u32::try_from(cpus)
+            .ok()
+            .and_then(|cpus| cpus.checked_mul(RULE_HIT_SLOTS))
+            .ok_or_else(|| LoaderError::Internal(format!("{cpus} CPUs is more than supported")))?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MapNames::RULE_HITS, hit_slots)
+            .load(PROGRAM)
+            .map_err(|e| LoaderError::Load(Box::new(e)))?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| LoaderError::Internal(format!("no program {PROGRAM_NAME} in object")))?
@@ -179,18 +190,11 @@ impl Loaded {
             what: "verification and load".into(),
             source: Box::new(source),
         })?;
-        let rule_hits = per_cpu_array(
-            Map::PerCpuArray(reopen(
-                map_data(&ebpf, MapNames::RULE_HITS)?,
-                MapNames::RULE_HITS,
-            )?),
-            MapNames::RULE_HITS,
-        )?;
         let tables = Tables::new(
             map_data(&ebpf, MapNames::ACTIVE)?,
             map_data(&ebpf, MapNames::SETTINGS)?,
             map_data(&ebpf, MapNames::PORTS)?,
-            rule_hits,
+            map_data(&ebpf, MapNames::RULE_HITS)?,
         )?;
         Ok(Self { ebpf, tables })
     }
@@ -531,15 +535,11 @@ fn fresh(paths: &Paths, req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderErr
 
 /// Opens the tables of the filter pinned at `paths`.
 pub fn open_tables(paths: &Paths) -> Result<Tables, LoaderError> {
-    let rule_hits = per_cpu_array(
-        Map::PerCpuArray(pinned_map(paths, MapNames::RULE_HITS)?),
-        MapNames::RULE_HITS,
-    )?;
     Tables::new(
         &pinned_map(paths, MapNames::ACTIVE)?,
         &pinned_map(paths, MapNames::SETTINGS)?,
         &pinned_map(paths, MapNames::PORTS)?,
-        rule_hits,
+        &pinned_map(paths, MapNames::RULE_HITS)?,
     )
 }
 
@@ -721,7 +721,7 @@ pub fn status() -> Result<Status, LoaderError> {
             .filter(|(name, _)| !name.starts_with("reserved"))
             .map(|(name, v)| (name.to_string(), v))
             .collect(),
-        rule_hits: tables.rule_hits(rules)?,
+        rule_hits: tables.rule_hits(rules),
     })
 }
 

@@ -7,9 +7,10 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+use aya::maps::MapData;
 use portfw_common::{
     GENERATIONS, MAX_RULES, PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS, Settings,
+    rule_hit_index,
 };
 
 use super::LoaderError;
@@ -86,7 +87,9 @@ pub struct Tables {
     active: Mapped<u32>,
     settings: Mapped<Settings>,
     ports: Mapped<PortEntry>,
-    rule_hits: PerCpuArray<MapData, u64>,
+    /// One region of `RULE_HIT_SLOTS` counters per possible CPU.
+    rule_hits: Mapped<u64>,
+    cpus: u32,
 }
 
 fn mmap_err(map: &'static str) -> impl FnOnce(io::Error) -> LoaderError {
@@ -101,9 +104,21 @@ impl Tables {
         active: &MapData,
         settings: &MapData,
         ports: &MapData,
-        rule_hits: PerCpuArray<MapData, u64>,
+        rule_hits: &MapData,
     ) -> Result<Self, LoaderError> {
         use std::os::fd::AsFd as _;
+        let hit_slots = rule_hits
+            .info()
+            .map_err(|source| LoaderError::Map {
+                map: "PFW_RULE_HITS",
+                source: Box::new(source),
+            })?
+            .max_entries();
+        if hit_slots == 0 || hit_slots % RULE_HIT_SLOTS != 0 {
+            return Err(LoaderError::Internal(format!(
+                "PFW_RULE_HITS has {hit_slots} entries, not a multiple of {RULE_HIT_SLOTS}"
+            )));
+        }
         Ok(Self {
             active: Mapped::new(active.fd().as_fd(), 1).map_err(mmap_err("PFW_ACTIVE"))?,
             settings: Mapped::new(settings.fd().as_fd(), GENERATIONS as usize)
@@ -113,7 +128,9 @@ impl Tables {
                 (GENERATIONS * PORT_TABLE_GEN_ENTRIES) as usize,
             )
             .map_err(mmap_err("PFW_PORTS"))?,
-            rule_hits,
+            rule_hits: Mapped::new(rule_hits.fd().as_fd(), hit_slots as usize)
+                .map_err(mmap_err("PFW_RULE_HITS"))?,
+            cpus: hit_slots / RULE_HIT_SLOTS,
         })
     }
 
@@ -143,7 +160,7 @@ impl Tables {
             });
         }
         let generation = self.inactive();
-        self.reset_rule_hits(generation, policy.rules.len())?;
+        self.reset_rule_hits(generation, policy.rules.len());
         self.settings
             .write(generation as usize, std::slice::from_ref(&policy.settings));
         self.ports.write(
@@ -180,41 +197,27 @@ impl Tables {
     }
 
     /// Hits of each of the first `rules` rules of the active generation, summed over CPUs.
-    pub fn rule_hits(&self, rules: usize) -> Result<Vec<u64>, LoaderError> {
-        let base = self.active() * MAX_RULES;
+    pub fn rule_hits(&self, rules: usize) -> Vec<u64> {
+        let generation = self.active();
         (0..rules.min(MAX_RULES as usize) as u32)
-            .map(|i| {
-                self.rule_hits
-                    .get(&(base + i), 0)
-                    .map(|values| values.iter().sum())
-                    .map_err(|source| LoaderError::Map {
-                        map: "PFW_RULE_HITS",
-                        source: Box::new(source),
+            .map(|rule| {
+                (0..self.cpus)
+                    .map(|cpu| {
+                        self.rule_hits
+                            .read(rule_hit_index(cpu, generation, rule) as usize)
                     })
+                    .sum()
             })
             .collect()
     }
 
-    fn reset_rule_hits(&mut self, generation: u32, rules: usize) -> Result<(), LoaderError> {
-        let cpus = aya::util::nr_cpus().map_err(|(what, source)| LoaderError::Io {
-            what: what.to_string(),
-            source,
-        })?;
-        let base = generation * MAX_RULES;
-        debug_assert!(base + (rules as u32) <= RULE_HIT_SLOTS);
-        for i in 0..rules as u32 {
-            let zeros =
-                PerCpuValues::try_from(vec![0u64; cpus]).map_err(|source| LoaderError::Io {
-                    what: "building per-CPU values".into(),
-                    source,
-                })?;
+    /// Zeroes the first `rules` hit counters of `generation` on every CPU. Only done to the
+    /// inactive generation, which no CPU is counting into.
+    fn reset_rule_hits(&mut self, generation: u32, rules: usize) {
+        let zeros = vec![0u64; rules.min(MAX_RULES as usize)];
+        for cpu in 0..self.cpus {
             self.rule_hits
-                .set(base + i, zeros, 0)
-                .map_err(|source| LoaderError::Map {
-                    map: "PFW_RULE_HITS",
-                    source: Box::new(source),
-                })?;
+                .write(rule_hit_index(cpu, generation, 0) as usize, &zeros);
         }
-        Ok(())
     }
 }
