@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use lab::{Lab, PYTHON, Probe, Proto, Side, script};
+use lab::{Lab, Probe, Proto, Side};
 
 const PORTFW: &str = env!("CARGO_BIN_EXE_portfw");
 /// How long a probe waits before calling a port silent: drops look like this.
@@ -276,68 +276,23 @@ fn vlan_tagged_frames_get_the_same_verdicts() {
     );
     apply(&lab, &policy, &[]);
     let capture = std::env::temp_dir().join(format!("portfw-vlan-{}.json", std::process::id()));
-    let capture_path = capture.display().to_string();
-    let probe_script = script("vlan_probe.py").display().to_string();
     // Four allowed frames must arrive; the dropped ones are sent first, so if any slipped
     // through they would be counted and the check below would see them.
-    let sniff = lab.server([
-        PYTHON,
-        &probe_script,
-        "sniff",
-        "--iface",
-        lab.server_iface(),
-        "--out",
-        &capture_path,
-        "--timeout",
-        "40",
-        "--count",
-        "4",
-    ]);
     let sniffer = lab
-        .spawn_ready(sniff, "ready", Duration::from_secs(20))
+        .start_vlan_sniffer(&capture, Duration::from_secs(40), 4)
         .expect("sniffer");
-    let send = |vlans: &str, v6: bool, proto: &str, port: &str| {
-        let (src, dst) = if v6 {
-            (lab.client_v6().to_string(), lab.server_v6().to_string())
-        } else {
-            (lab.client_v4().to_string(), lab.server_v4().to_string())
-        };
-        lab.run(
-            Side::Client,
-            [
-                PYTHON,
-                &probe_script,
-                "send",
-                "--iface",
-                lab.client_iface(),
-                "--src-mac",
-                lab.mac(Side::Client),
-                "--dst-mac",
-                lab.mac(Side::Server),
-                "--src",
-                &src,
-                "--dst",
-                &dst,
-                "--vlans",
-                vlans,
-                proto,
-                port,
-            ],
-        )
-        .expect("send tagged frame");
-    };
     for (vlans, v6) in [
         ("10", false),
         ("100,200", false),
         ("10", true),
         ("100,200", true),
     ] {
-        send(vlans, v6, "--tcp", "8080");
-        send(vlans, v6, "--udp", "5002");
+        lab.send_tagged(vlans, v6, Proto::Tcp, 8080).expect("send");
+        lab.send_tagged(vlans, v6, Proto::Udp, 5002).expect("send");
     }
     for (vlans, v6) in [("10", false), ("100,200", true)] {
-        send(vlans, v6, "--tcp", "22");
-        send(vlans, v6, "--udp", "5001");
+        lab.send_tagged(vlans, v6, Proto::Tcp, 22).expect("send");
+        lab.send_tagged(vlans, v6, Proto::Udp, 5001).expect("send");
     }
     let status = lab.wait(sniffer, Duration::from_secs(60)).expect("sniffer");
     assert!(status.success(), "sniffer: {status}");

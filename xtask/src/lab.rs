@@ -522,6 +522,71 @@ impl Lab {
             .context("starting the responder")
     }
 
+    /// Starts `xtask/lab/vlan_probe.py sniff` on the server interface, writing what it
+    /// captures to `out`; returns once it listens. It exits after `count` TCP/UDP frames or
+    /// `timeout`.
+    pub fn start_vlan_sniffer(
+        &mut self,
+        out: &Path,
+        timeout: Duration,
+        count: u32,
+    ) -> Result<ChildId> {
+        let cmd = self.server([
+            PYTHON.to_owned(),
+            script("vlan_probe.py").display().to_string(),
+            "sniff".to_owned(),
+            "--iface".to_owned(),
+            self.server_iface.clone(),
+            "--out".to_owned(),
+            out.display().to_string(),
+            "--timeout".to_owned(),
+            timeout.as_secs().to_string(),
+            "--count".to_owned(),
+            count.to_string(),
+        ]);
+        self.spawn_ready(cmd, "ready", Duration::from_secs(20))
+            .context("starting the VLAN sniffer")
+    }
+
+    /// Sends one VLAN-tagged TCP SYN or UDP datagram from the client to the server with
+    /// `xtask/lab/vlan_probe.py send` over a packet socket. `vlans` is `"10"` for one
+    /// 802.1Q tag or `"100,200"` for an 802.1ad outer tag around an 802.1Q one.
+    pub fn send_tagged(&self, vlans: &str, v6: bool, proto: Proto, port: u16) -> Result<()> {
+        let (src, dst) = if v6 {
+            (self.client_v6.to_string(), self.server_v6.to_string())
+        } else {
+            (self.client_v4.to_string(), self.server_v4.to_string())
+        };
+        let proto = match proto {
+            Proto::Tcp => "--tcp",
+            Proto::Udp => "--udp",
+        };
+        self.run(
+            Side::Client,
+            [
+                PYTHON,
+                &script("vlan_probe.py").display().to_string(),
+                "send",
+                "--iface",
+                &self.client_iface,
+                "--src-mac",
+                &self.client_mac,
+                "--dst-mac",
+                &self.server_mac,
+                "--src",
+                &src,
+                "--dst",
+                &dst,
+                "--vlans",
+                vlans,
+                proto,
+                &port.to_string(),
+            ],
+        )
+        .map(drop)
+        .context("sending a tagged frame")
+    }
+
     /// A started child, e.g. to take its stdout pipe; `None` once it was stopped.
     pub fn child_mut(&mut self, id: ChildId) -> Option<&mut Child> {
         self.children.get_mut(id.0).and_then(Option::as_mut)

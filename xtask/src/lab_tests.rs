@@ -109,52 +109,15 @@ fn vlan_tagged_frames_are_sent_and_captured_with_their_tags() {
     }
     let mut lab = Lab::new("xtv").expect("lab");
     let out = std::env::temp_dir().join(format!("pfw-vlan-{}.json", std::process::id()));
-    let sniff = lab.server([
-        PYTHON,
-        &script("vlan_probe.py").display().to_string(),
-        "sniff",
-        "--iface",
-        lab.server_iface(),
-        "--out",
-        &out.display().to_string(),
-        "--timeout",
-        "20",
-        "--count",
-        "3",
-    ]);
     let sniffer = lab
-        .spawn_ready(sniff, "ready", Duration::from_secs(20))
+        .start_vlan_sniffer(&out, Duration::from_secs(20), 3)
         .expect("sniffer");
-    let send = |vlans: &str, dst: String, src: String, proto: &str, port: &str| {
-        lab.run(
-            Side::Client,
-            [
-                PYTHON,
-                &script("vlan_probe.py").display().to_string(),
-                "send",
-                "--iface",
-                lab.client_iface(),
-                "--src-mac",
-                lab.mac(Side::Client),
-                "--dst-mac",
-                lab.mac(Side::Server),
-                "--src",
-                &src,
-                "--dst",
-                &dst,
-                "--vlans",
-                vlans,
-                proto,
-                port,
-            ],
-        )
+    lab.send_tagged("10", false, Proto::Tcp, 8080)
         .expect("send");
-    };
-    let (c4, s4) = (lab.client_v4().to_string(), lab.server_v4().to_string());
-    let (c6, s6) = (lab.client_v6().to_string(), lab.server_v6().to_string());
-    send("10", s4.clone(), c4.clone(), "--tcp", "8080");
-    send("100,200", s4, c4, "--udp", "5001");
-    send("300,400", s6, c6, "--tcp", "22");
+    lab.send_tagged("100,200", false, Proto::Udp, 5001)
+        .expect("send");
+    lab.send_tagged("300,400", true, Proto::Tcp, 22)
+        .expect("send");
     let status = lab
         .wait(sniffer, Duration::from_secs(20))
         .expect("sniffer exit");
