@@ -85,6 +85,8 @@ pub enum LoaderError {
     BpffsPrivate,
     #[error("no portfw filter is loaded in this network namespace (nothing under {0})")]
     NotLoaded(PathBuf),
+    #[error("portfw is not attached to `{iface}` (attached: {attached}); nothing was changed")]
+    NotAttached { iface: String, attached: String },
     #[error("state file {path} is unreadable: {message}")]
     State { path: PathBuf, message: String },
     #[error(
