@@ -792,12 +792,15 @@ fn remove_pins(inode: u64) -> Result<()> {
         }
     }
     // Namespace inodes are reused: a stale record would describe the next namespace.
-    let state = Path::new(STATE_ROOT).join(format!("{inode}.json"));
-    match fs::remove_file(&state) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(err).with_context(|| format!("removing {}", state.display())),
+    for ext in ["json", "lock"] {
+        let file = Path::new(STATE_ROOT).join(format!("{inode}.{ext}"));
+        match fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("removing {}", file.display())),
+        }
     }
+    Ok(())
 }
 
 /// Kills what still runs in each namespace, removes its portfw pins and deletes

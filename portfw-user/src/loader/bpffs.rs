@@ -51,6 +51,28 @@ impl Paths {
         Ok(Self::for_netns(netns_inode()?))
     }
 
+    /// Serialises `apply` and `detach` in one namespace: two writers staging the same
+    /// inactive generation at once would switch to a mix of both policies.
+    pub fn lock(&self) -> Result<Lock, LoaderError> {
+        use std::os::fd::AsRawFd as _;
+        let io_err = |what: String| move |source| LoaderError::Io { what, source };
+        fs::create_dir_all(STATE_ROOT).map_err(io_err(format!("creating {STATE_ROOT}")))?;
+        let path = Path::new(STATE_ROOT).join(format!("{}.lock", self.netns));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        // SAFETY: a valid open fd; flock blocks until the other writer finishes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err(format!("locking {}", path.display()))(
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(Lock(file))
+    }
+
     pub fn prog(&self) -> PathBuf {
         self.pins.join("prog")
     }
@@ -63,6 +85,9 @@ impl Paths {
         self.pins.join(format!("link-{iface}"))
     }
 }
+
+/// Held while a namespace's filter is being changed; released on drop (the fd closes).
+pub struct Lock(#[expect(dead_code, reason = "held for its fd")] fs::File);
 
 fn is_bpffs(path: &str) -> io::Result<bool> {
     let c_path = CString::new(path).map_err(io::Error::other)?;

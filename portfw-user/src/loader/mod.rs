@@ -454,6 +454,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     }
     ensure_mounted()?;
     let paths = Paths::current()?;
+    let _lock = paths.lock()?;
     let state = State::read(&paths.state)?;
     let loaded = paths.prog().exists();
     match state {
@@ -634,6 +635,7 @@ fn unpin_link(path: &Path) -> Result<(), LoaderError> {
 /// Returns the interfaces it was removed from.
 pub fn detach(ifaces: Option<&[String]>) -> Result<Vec<String>, LoaderError> {
     let paths = Paths::current()?;
+    let _lock = paths.lock()?;
     let state = State::read(&paths.state)?;
     if !paths.pins.exists() && state.is_none() {
         return Err(LoaderError::NotLoaded(paths.pins));
