@@ -6,7 +6,7 @@
 
 /// Bumped whenever a map layout or the meaning of a field changes, so that `portfw apply`
 /// knows it must load a fresh program instead of updating maps in place.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Verdict actions stored in the tables.
 pub mod action {
@@ -80,16 +80,75 @@ pub mod port_flags {
 ///
 /// Every port of every protocol has an entry, so a lookup never misses: ports no rule
 /// covers carry the policy default with `rule == RULE_DEFAULT`.
+///
+/// When `group` is not [`NO_SOURCE_GROUP`], rules that match only some source addresses
+/// come before the verdict held here: the kernel looks the source address up in the
+/// generation's source trie under `group`, then, on a miss, under `tail` (when set), and
+/// only a miss in both falls back to this entry. The same layout is the value type of the
+/// source tries (with the group fields unused).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PortEntry {
     /// Index of the deciding rule, or [`RULE_DEFAULT`].
     pub rule: u32,
+    /// Source-rule group to look up first, or [`NO_SOURCE_GROUP`].
+    pub group: u16,
+    /// Source-rule group to look up when `group` misses, or [`NO_SOURCE_GROUP`]. Set only
+    /// when a large address set leads the port's source rules, so that the set is stored
+    /// once for every port it leads rather than once per combination of rules.
+    pub tail: u16,
     /// [`action::ALLOW`] or [`action::DROP`].
     pub action: u8,
     /// [`port_flags`] bits.
     pub flags: u8,
-    pub _pad: u16,
+    /// Array maps store values at 8-byte strides; padding to 16 keeps the memory-mapped
+    /// table a plain `[PortEntry]`.
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<PortEntry>() == 16);
+
+/// [`PortEntry::group`] of ports whose verdict does not depend on the source address.
+pub const NO_SOURCE_GROUP: u16 = 0;
+
+/// Most source-rule groups a policy may compile to (group ids are `1..=MAX_SOURCE_GROUPS`).
+pub const MAX_SOURCE_GROUPS: u32 = u16::MAX as u32;
+
+/// Key data of the IPv4 source trie: the group (big-endian) then the address.
+/// The trie's prefix length counts the 32 group bits plus the address prefix.
+pub type SourceKey4 = [u8; 8];
+/// Key data of the IPv6 source trie: the group (big-endian) then the address.
+pub type SourceKey6 = [u8; 20];
+
+/// Most (group, prefix) entries in one generation's source trie of one address family.
+/// The tries are not preallocated: memory follows the entries actually used.
+pub const SOURCE_TRIE_ENTRIES: u32 = 1 << 20;
+
+/// Bits of the trie prefix taken by the group in front of the address.
+pub const SOURCE_GROUP_BITS: u32 = 32;
+
+/// Builds the IPv4 trie key data for `group` and `addr` (network order).
+#[inline(always)]
+pub const fn source_key4(group: u16, addr: [u8; 4]) -> SourceKey4 {
+    let g = (group as u32).to_be_bytes();
+    [g[0], g[1], g[2], g[3], addr[0], addr[1], addr[2], addr[3]]
+}
+
+/// Builds the IPv6 trie key data for `group` and `addr` (network order).
+#[inline(always)]
+pub const fn source_key6(group: u16, addr: [u8; 16]) -> SourceKey6 {
+    let g = (group as u32).to_be_bytes();
+    let mut key = [0u8; 20];
+    key[0] = g[0];
+    key[1] = g[1];
+    key[2] = g[2];
+    key[3] = g[3];
+    let mut i = 0;
+    while i < 16 {
+        key[4 + i] = addr[i];
+        i += 1;
+    }
+    key
 }
 
 /// What a generation does with packets that the port table does not judge.
@@ -238,6 +297,10 @@ impl MapNames {
     pub const RULE_HITS: &'static str = "PFW_RULE_HITS";
     /// Ring buffer of [`Event`]s.
     pub const EVENTS: &'static str = "PFW_EVENTS";
+    /// Array of maps, one IPv4 source trie (`LpmTrie<SourceKey4, PortEntry>`) per generation.
+    pub const SOURCES4: &'static str = "PFW_SRC4";
+    /// Array of maps, one IPv6 source trie (`LpmTrie<SourceKey6, PortEntry>`) per generation.
+    pub const SOURCES6: &'static str = "PFW_SRC6";
 }
 
 /// Name of the XDP program in the object file.

@@ -10,18 +10,22 @@
 mod maps;
 mod parse;
 
+use aya_ebpf::btf_maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
 };
-use maps::{PFW_ACTIVE, PFW_COUNTERS, PFW_EVENTS, PFW_PORTS, PFW_SETTINGS, bump};
+use maps::{
+    PFW_ACTIVE, PFW_COUNTERS, PFW_EVENTS, PFW_PORTS, PFW_SETTINGS, PFW_SRC4, PFW_SRC6, bump,
+};
 use parse::{
     ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, Frame, IPV4_MIN_HLEN, IPV6_HLEN, IcmpHdr, Ipv4Hdr,
     Ipv6ExtHdr, Ipv6FragHdr, Ipv6Hdr, MAX_IPV6_EXT, MAX_VLAN_TAGS, Ports, TcpHdr, VLAN_HLEN,
     VlanHdr, be16, is_vlan,
 };
 use portfw_common::{
-    Event, MAX_RULES, RULE_MALFORMED, RULE_SETTING, Settings, action, counter, ipproto, port_flags,
-    port_index, proto, settings_log,
+    Event, MAX_RULES, NO_SOURCE_GROUP, PortEntry, RULE_MALFORMED, RULE_SETTING, SOURCE_GROUP_BITS,
+    Settings, action, counter, ipproto, port_flags, port_index, proto, settings_log, source_key4,
+    source_key6,
 };
 
 /// How a packet was judged.
@@ -312,9 +316,22 @@ fn transport(
             return malformed(generation);
         }
     }
-    let Some(entry) = PFW_PORTS.get(port_index(generation, slot, dst_port)) else {
+    let Some(port_entry) = PFW_PORTS.get(port_index(generation, slot, dst_port)) else {
         return malformed(generation);
     };
+    // Ports whose rules restrict sources: the longest prefix under the port's group decides,
+    // then under its tail group; a miss in both leaves the port's own verdict (the first
+    // rule without `from`, or the default).
+    let mut entry = *port_entry;
+    if port_entry.group != NO_SOURCE_GROUP {
+        if let Some(hit) = source_lookup(f, m, generation, port_entry.group) {
+            entry = hit;
+        } else if port_entry.tail != NO_SOURCE_GROUP {
+            if let Some(hit) = source_lookup(f, m, generation, port_entry.tail) {
+                entry = hit;
+            }
+        }
+    }
     let drop = entry.action == action::DROP;
     let counter = match (entry.rule < MAX_RULES, drop) {
         (true, false) => counter::ALLOW_RULE,
@@ -328,6 +345,23 @@ fn transport(
         counter,
         log: entry.flags & port_flags::LOG != 0,
     }
+}
+
+/// Looks the packet's source address up in the generation's trie of its family.
+#[inline(always)]
+fn source_lookup(f: Frame, m: &Meta, generation: u32, group: u16) -> Option<PortEntry> {
+    let value = if m.ip_version == 4 {
+        let ip = f.read::<Ipv4Hdr>(m.l3)?;
+        let key = Key::new(SOURCE_GROUP_BITS + 32, source_key4(group, ip.saddr));
+        PFW_SRC4.get_value_ptr_mut(generation, &key)?
+    } else {
+        let ip = f.read::<Ipv6Hdr>(m.l3)?;
+        let key = Key::new(SOURCE_GROUP_BITS + 128, source_key6(group, ip.saddr));
+        PFW_SRC6.get_value_ptr_mut(generation, &key)?
+    };
+    // SAFETY: a pointer to a trie value from a successful lookup; the trie outlives this
+    // program run (RCU), and we only read it.
+    Some(unsafe { *value })
 }
 
 #[inline(always)]

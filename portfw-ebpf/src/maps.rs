@@ -1,11 +1,12 @@
 //! The kernel program's maps. Layouts and names come from portfw-common.
 use aya_ebpf::{
-    macros::map,
+    btf_maps::{ArrayOfMaps, LpmTrie},
+    macros::{btf_map, map},
     maps::{Array, PerCpuArray, RingBuf},
 };
 use portfw_common::{
     BPF_F_MMAPABLE, EVENT_RING_BYTES, Event, GENERATIONS, PORT_TABLE_GEN_ENTRIES, PortEntry,
-    RULE_HIT_SLOTS, Settings, counter, rule_hit_index,
+    RULE_HIT_SLOTS, SOURCE_TRIE_ENTRIES, Settings, SourceKey4, SourceKey6, counter, rule_hit_index,
 };
 
 // The generation index, the settings and the port table are memory-mapped by the loader,
@@ -31,6 +32,17 @@ pub static PFW_RULE_HITS: Array<u64> = Array::with_max_entries(RULE_HIT_SLOTS, B
 
 #[map(name = "PFW_EVENTS")]
 pub static PFW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// The source tries, one per generation: the loader builds a fresh trie for each policy and
+/// swaps it into the inactive slot, and the kernel frees the old one once no packet uses it.
+pub type SourceTrie4 = LpmTrie<SourceKey4, PortEntry, { SOURCE_TRIE_ENTRIES as usize }>;
+pub type SourceTrie6 = LpmTrie<SourceKey6, PortEntry, { SOURCE_TRIE_ENTRIES as usize }>;
+
+#[btf_map(name = "PFW_SRC4")]
+pub static PFW_SRC4: ArrayOfMaps<SourceTrie4, { GENERATIONS as usize }> = ArrayOfMaps::new();
+
+#[btf_map(name = "PFW_SRC6")]
+pub static PFW_SRC6: ArrayOfMaps<SourceTrie6, { GENERATIONS as usize }> = ArrayOfMaps::new();
 
 /// Adds one to a per-CPU counter. Per-CPU slots need no atomics.
 #[inline(always)]

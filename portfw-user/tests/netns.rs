@@ -2,135 +2,21 @@
 //! exits, then real clients (curl, nc, nmap, scapy, python sockets) in the client namespace
 //! check that the filter it left behind judges traffic as the policy says.
 //! Needs root. Every lab removes its namespaces and pins when dropped, even on panic.
-#[path = "../../xtask/src/lab.rs"]
-mod lab;
+mod common;
 
 use std::{
     fs,
     io::{BufRead as _, BufReader},
     net::IpAddr,
-    path::PathBuf,
     process::{Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
-use lab::{Lab, Probe, Proto, Side};
-
-const PORTFW: &str = env!("CARGO_BIN_EXE_portfw");
-/// How long a probe waits before calling a port silent: drops look like this.
-const SILENCE: Duration = Duration::from_millis(1500);
-
-/// A policy file in the temp dir, removed on drop.
-struct PolicyFile(PathBuf);
-
-impl PolicyFile {
-    fn new(name: &str, yaml: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "portfw-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join(name);
-        fs::write(&path, yaml).expect("write policy");
-        Self(path)
-    }
-
-    fn path(&self) -> String {
-        self.0.display().to_string()
-    }
-}
-
-impl Drop for PolicyFile {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = fs::remove_dir_all(dir);
-        }
-    }
-}
-
-fn root_lab(tag: &str) -> Lab {
-    // SAFETY: geteuid has no preconditions.
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "namespace tests need root; run `cargo xtask test` as root"
-    );
-    Lab::new(tag).expect("create lab")
-}
-
-fn portfw(lab: &Lab, args: &[&str]) -> Output {
-    let mut full = vec![PORTFW];
-    full.extend_from_slice(args);
-    lab.server(&full)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run portfw")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Applies `policy` to the lab's server interface and checks the command exited 0.
-fn apply(lab: &Lab, policy: &PolicyFile, extra: &[&str]) -> Output {
-    let path = policy.path();
-    let mut args = vec!["apply", path.as_str(), "--iface", lab.server_iface()];
-    args.extend_from_slice(extra);
-    let out = portfw(lab, &args);
-    assert!(out.status.success(), "portfw apply failed: {}", text(&out));
-    out
-}
-
-fn server_ips(lab: &Lab) -> [IpAddr; 2] {
-    [lab.server_v4().into(), lab.server_v6().into()]
-}
-
-fn probe(lab: &Lab, proto: Proto, ip: IpAddr, port: u16) -> Probe {
-    lab.probe(Side::Client, proto, ip, port, SILENCE)
-        .expect("probe")
-}
-
-/// `nc -z` from the client: true when the TCP handshake completes.
-fn nc_connects(lab: &Lab, ip: IpAddr, port: u16) -> bool {
-    let family = if ip.is_ipv6() { "-6" } else { "-4" };
-    lab.client([
-        "nc.openbsd",
-        family,
-        "-z",
-        "-w",
-        "2",
-        &ip.to_string(),
-        &port.to_string(),
-    ])
-    .stdin(Stdio::null())
-    .output()
-    .expect("nc")
-    .status
-    .success()
-}
-
-/// `curl` from the client: the body when the request succeeds.
-fn curl(lab: &Lab, ip: IpAddr, port: u16) -> Option<String> {
-    let url = match ip {
-        IpAddr::V4(a) => format!("http://{a}:{port}/"),
-        IpAddr::V6(a) => format!("http://[{a}]:{port}/"),
-    };
-    let out = lab
-        .client(["curl", "-sS", "-g", "--max-time", "3", &url])
-        .stdin(Stdio::null())
-        .output()
-        .expect("curl");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use common::e2e::{
+    PORTFW, PolicyFile, apply, curl,
+    lab::{Probe, Proto},
+    nc_connects, portfw, probe, root_lab, server_ips, text,
+};
 
 const POLICY: &str = "\
 default: drop

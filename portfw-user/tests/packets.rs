@@ -33,7 +33,7 @@ fn load(policy_src: &str) -> Loaded {
         Ok(p) => p,
         Err(d) => panic!("test policy invalid:\n{d}"),
     };
-    let compiled = compile::compile(&parsed.policy);
+    let compiled = compile::compile(&parsed.policy).expect("compile");
     let mut loaded = match Loaded::load() {
         Ok(l) => l,
         Err(e @ LoaderError::Load(_)) | Err(e @ LoaderError::Program { .. }) => {
@@ -590,7 +590,7 @@ fn a_policy_swap_changes_verdicts_at_once() {
     let gen_before = loaded.tables.active();
     let generation = loaded
         .tables
-        .install(&compile::compile(&next.policy))
+        .install(&compile::compile(&next.policy).expect("compile"))
         .expect("install");
     assert_ne!(generation, gen_before);
     assert_eq!(verdict(&loaded, &frame80), XDP_DROP);
@@ -599,7 +599,80 @@ fn a_policy_swap_changes_verdicts_at_once() {
     let third = policy::parse("default: allow\n", "c.yaml").expect("policy");
     loaded
         .tables
-        .stage(&compile::compile(&third.policy))
+        .stage(&compile::compile(&third.policy).expect("compile"))
         .expect("stage");
     assert_eq!(verdict(&loaded, &frame80), XDP_DROP);
+}
+
+fn from_source(mut p: Packet, source: std::net::IpAddr) -> Packet {
+    match (&mut p.l3, source) {
+        (L3::V4 { src, .. }, std::net::IpAddr::V4(a)) => *src = a,
+        (L3::V6 { src, .. }, std::net::IpAddr::V6(a)) => *src = a,
+        _ => panic!("family mismatch"),
+    }
+    p
+}
+
+/// Source-restricted rules judged by the kernel (port table, then the source tries, head
+/// and tail) agree with first match, for both families.
+#[test]
+fn source_rules_in_the_kernel_agree_with_first_match() {
+    let mut big = String::from("[");
+    for i in 0..100 {
+        big.push_str(&format!("10.66.{i}.0/24, "));
+    }
+    big.push_str("2001:db8:66::/48]");
+    let policies = [
+        "default: drop\nrules:\n  - allow: ssh\n    from: 10.0.0.0/8\n  - drop: ssh\n    from: 10.1.0.0/16\n  - allow: ssh\n    from: 10.1.2.0/24\n  - allow: 80/tcp\n".to_string(),
+        "default: allow\nsets:\n  admins: [10.0.0.0/8, 2001:db8::/32]\nrules:\n  - allow: ssh\n    from: $admins\n  - drop: ssh\n  - drop: 1000-2000\n    from: [10.1.0.0/16, 2001:db8:1::/48]\n  - allow: 1500\n    from: 10.1.2.3\n".to_string(),
+        format!("default: drop\nrules:\n  - drop: any\n    from: {big}\n  - allow: 22/tcp\n    from: [10.0.0.0/8, 2001:db8::/32]\n  - allow: 80/tcp\n  - allow: 53\n    from: [10.66.1.7, ::/0]\n"),
+    ];
+    let sources: Vec<std::net::IpAddr> = [
+        "10.0.0.1",
+        "10.1.0.1",
+        "10.1.2.3",
+        "10.1.2.4",
+        "10.66.1.7",
+        "10.66.99.1",
+        "11.0.0.1",
+        "2001:db8::1",
+        "2001:db8:1::1",
+        "2001:db8:66::5",
+        "2001:db9::1",
+    ]
+    .iter()
+    .map(|s| s.parse().expect("address"))
+    .collect();
+    let mut checked = 0;
+    for yaml in &policies {
+        let loaded = load(yaml);
+        let parsed = policy::parse(yaml, "src.yaml").expect("policy").policy;
+        for &source in &sources {
+            for port in [22u16, 53, 80, 999, 1000, 1500, 2000, 2001] {
+                for udp_packet in [false, true] {
+                    let l4 = if udp_packet { udp(port) } else { tcp(port) };
+                    let packet = if source.is_ipv4() { v4(l4) } else { v6(l4) };
+                    let frame = from_source(packet, source).build();
+                    let protocol = if udp_packet {
+                        policy::Protocol::Udp
+                    } else {
+                        policy::Protocol::Tcp
+                    };
+                    let want = compile::reference::evaluate(&parsed, protocol, port, source);
+                    let want = if want.action == policy::Action::Drop {
+                        XDP_DROP
+                    } else {
+                        XDP_PASS
+                    };
+                    assert_eq!(
+                        verdict(&loaded, &frame),
+                        want,
+                        "{protocol} {port} from {source}\n{yaml}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 3 * 11 * 8 * 2);
 }

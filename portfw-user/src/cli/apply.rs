@@ -45,7 +45,9 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             "no interface to filter: name one with --iface, or list them under `interfaces:` in {file}"
         );
     }
-    let compiled = compile::compile(&policy);
+    let compiled = compile::compile(&policy).with_context(|| {
+        format!("{file} is valid but does not fit the kernel tables; nothing was changed")
+    })?;
     let compiled_at = started.elapsed();
 
     let record = PolicyRecord {

@@ -24,7 +24,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_ERROR));
     }
-    let compiled = compile::compile(&parsed.policy);
+    let compiled = compile::compile(&parsed.policy)
+        .map_err(|e| anyhow::anyhow!("{file} is valid but does not fit the kernel tables: {e}"))?;
     print!("{}", compile::summary(&parsed.policy, &compiled));
     Ok(ExitCode::from(EXIT_OK))
 }

@@ -3,6 +3,7 @@ mod apply;
 mod check;
 mod detach;
 mod events;
+mod explain;
 mod status;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -42,6 +43,8 @@ pub enum Command {
     Detach(DetachArgs),
     /// Stream drop and allow events from the running filter until interrupted.
     Events(EventsArgs),
+    /// Say which rule decides a packet, and why: from POLICY, or from the running filter.
+    Explain(ExplainArgs),
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +96,18 @@ pub struct EventsArgs {
     pub timeout: Option<f64>,
 }
 
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Policy file to explain; without it, ask the filter running in this namespace.
+    pub policy: Option<PathBuf>,
+    /// Source address of the packet.
+    #[arg(long, value_name = "ADDR")]
+    pub from: std::net::IpAddr,
+    /// Destination port and protocol of the packet, as PORT or PORT/PROTO (tcp by default).
+    #[arg(long, value_name = "PORT[/PROTO]")]
+    pub to: String,
+}
+
 /// Parses the command line and runs the subcommand.
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
@@ -102,6 +117,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args),
         Command::Detach(args) => detach::run(args),
         Command::Events(args) => events::run(args),
+        Command::Explain(args) => explain::run(args),
     }
 }
 

@@ -1,18 +1,32 @@
-//! The pure policy compiler: a [`Policy`] in, the kernel's port table and settings out.
+//! The pure policy compiler: a [`Policy`] in, the kernel's tables out, no I/O.
 //!
-//! The kernel looks up one entry per (protocol, port) and never walks rules, so first-match
-//! semantics are settled here, once, when the policy is loaded.
+//! The kernel never walks rules. Per protocol, ports fall into classes of ports that the
+//! same rules name; each class compiles to one port-table entry. A class whose first
+//! matching rule ignores the source gets its verdict directly. A class whose leading rules
+//! restrict sources also names a *group*: the ordered list of those source rules, shared by
+//! every class with the same list. Each group compiles to longest-prefix-match entries
+//! keyed by (group, prefix) that encode first-match order among its rules; a source matching
+//! none of them falls back to the port entry. Per packet that is one array lookup, plus one
+//! trie lookup for ports with source rules, whatever the number of rules.
 
-use std::fmt::Write as _;
-
-use portfw_common::{
-    PORT_TABLE_GEN_ENTRIES, PORTS_PER_PROTO, PortEntry, RULE_DEFAULT, Settings, port_flags,
-    settings_log,
-};
-
-use crate::policy::{Action, LogMode, Policy, Protocol};
+mod sources;
+mod summary;
 
 pub mod reference;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use portfw_common::{
+    MAX_SOURCE_GROUPS, NO_SOURCE_GROUP, PORT_TABLE_GEN_ENTRIES, PORTS_PER_PROTO, PortEntry,
+    RULE_DEFAULT, SOURCE_TRIE_ENTRIES, Settings, SourceKey4, SourceKey6, port_flags, settings_log,
+    source_key4, source_key6,
+};
+pub use summary::summary;
+
+use crate::policy::{Action, LogMode, Policy, Protocol};
 
 /// One generation of the kernel tables, ready for the loader to place.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +36,21 @@ pub struct CompiledPolicy {
     pub settings: Settings,
     /// What user space needs to name a rule index found in an event or counter.
     pub rules: Vec<RuleInfo>,
+    /// Source groups: `groups[g - 1]` lists the rule indices of group `g`, in order.
+    pub groups: Vec<Vec<u32>>,
+    /// Entries of the IPv4 source trie.
+    pub sources4: Vec<SourceEntry<SourceKey4>>,
+    /// Entries of the IPv6 source trie.
+    pub sources6: Vec<SourceEntry<SourceKey6>>,
+}
+
+/// One (group, prefix) entry of a source trie, in the kernel's key format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceEntry<K> {
+    /// Bits of `key` that must match: the group's 32 bits plus the address prefix length.
+    pub prefix_len: u32,
+    pub key: K,
+    pub verdict: PortEntry,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +59,26 @@ pub struct RuleInfo {
     pub summary: String,
     pub line: usize,
     pub action: Action,
+}
+
+/// A policy that is valid but does not fit the kernel's tables.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error(
+        "the policy needs {groups} distinct source-rule groups (orderings of rules with `from` \
+         sharing ports); at most {max} fit"
+    )]
+    TooManyGroups { groups: usize, max: u32 },
+    #[error(
+        "the policy compiles to {entries} {family} source entries; at most {max} fit. Large \
+         address sets repeat once per distinct group of source rules sharing ports: put a big \
+         blocklist in one rule that names every port it should cover"
+    )]
+    TooManySourceEntries {
+        family: &'static str,
+        entries: usize,
+        max: u32,
+    },
 }
 
 /// Consecutive ports of one protocol that share the same entry.
@@ -65,6 +114,51 @@ impl CompiledPolicy {
     }
 }
 
+impl CompiledPolicy {
+    /// What the kernel program decides for a packet, computed the way it does from these
+    /// tables: the port entry, then for a source group the longest matching prefix.
+    /// A plain model for tests and `portfw explain`; linear in the source entries.
+    pub fn lookup(&self, protocol: Protocol, port: u16, source: IpAddr) -> PortEntry {
+        let port_entry = self.entry(protocol, port);
+        let in_group = |group: u16| {
+            if group == NO_SOURCE_GROUP {
+                return None;
+            }
+            match source {
+                IpAddr::V4(a) => longest_match(&self.sources4, &source_key4(group, a.octets())),
+                IpAddr::V6(a) => longest_match(&self.sources6, &source_key6(group, a.octets())),
+            }
+        };
+        in_group(port_entry.group)
+            .or_else(|| in_group(port_entry.tail))
+            .unwrap_or(port_entry)
+    }
+}
+
+/// The verdict of the longest entry whose first `prefix_len` bits equal `key`'s.
+fn longest_match<const N: usize>(
+    entries: &[SourceEntry<[u8; N]>],
+    key: &[u8; N],
+) -> Option<PortEntry> {
+    entries
+        .iter()
+        .filter(|e| prefix_matches(&e.key, key, e.prefix_len))
+        .max_by_key(|e| e.prefix_len)
+        .map(|e| e.verdict)
+}
+
+fn prefix_matches(a: &[u8], b: &[u8], bits: u32) -> bool {
+    let full = (bits / 8) as usize;
+    if a[..full] != b[..full] {
+        return false;
+    }
+    let rest = bits % 8;
+    rest == 0 || {
+        let mask = 0xffu8 << (8 - rest);
+        a[full] & mask == b[full] & mask
+    }
+}
+
 fn index(protocol: Protocol, port: u16) -> usize {
     (protocol.slot() * PORTS_PER_PROTO) as usize + usize::from(port)
 }
@@ -72,36 +166,85 @@ fn index(protocol: Protocol, port: u16) -> usize {
 fn entry(rule: u32, action: Action, log: bool) -> PortEntry {
     PortEntry {
         rule,
+        group: NO_SOURCE_GROUP,
+        tail: NO_SOURCE_GROUP,
         action: action.to_kernel(),
         flags: if log { port_flags::LOG } else { 0 },
-        _pad: 0,
+        _pad: [0; 6],
     }
 }
 
-/// Compiles `policy`: for every (protocol, port) the first rule naming it, else the default.
+/// The entry a rule gives the packets it decides.
+fn rule_entry(policy: &Policy, index: usize) -> PortEntry {
+    let rule = &policy.rules[index];
+    // Rule indices fit u32: parsing caps rules at MAX_RULES.
+    entry(index as u32, rule.action, rule.logs(policy.log))
+}
+
+/// Capacities of the kernel tables the compiler must fit.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub source_groups: u32,
+    pub source_entries: u32,
+}
+
+impl Limits {
+    /// The kernel program's capacities.
+    pub const KERNEL: Limits = Limits {
+        source_groups: MAX_SOURCE_GROUPS,
+        source_entries: SOURCE_TRIE_ENTRIES,
+    };
+}
+
+/// Compiles `policy` into one generation of kernel tables.
 ///
-/// Runs in O(rules' ranges + table size): each port is written once, and ports already
-/// decided are skipped in near-constant time rather than visited again.
-pub fn compile(policy: &Policy) -> CompiledPolicy {
+/// Cost: sorting the rules' range boundaries, then one pass over the port classes; each
+/// class walks only its leading source rules. Ports are written once each.
+pub fn compile(policy: &Policy) -> Result<CompiledPolicy, CompileError> {
+    compile_with(policy, Limits::KERNEL)
+}
+
+/// [`compile`] against explicit capacities.
+pub fn compile_with(policy: &Policy, limits: Limits) -> Result<CompiledPolicy, CompileError> {
     let default = entry(
         RULE_DEFAULT,
         policy.default,
         policy.log.logs(policy.default),
     );
     let mut ports = vec![default; PORT_TABLE_GEN_ENTRIES as usize];
-    let mut undecided = Protocol::ALL.map(|_| Unassigned::new());
-    for (index, rule) in policy.rules.iter().enumerate() {
-        // Rule indices above u32::MAX cannot exist: parsing caps rules at MAX_RULES.
-        let rule_entry = entry(index as u32, rule.action, rule.logs(policy.log));
-        for range in &rule.ports {
-            let base = (range.protocol.slot() * PORTS_PER_PROTO) as usize;
-            let free = &mut undecided[range.protocol.slot() as usize];
-            free.take_each(range.low, range.high, |port| {
-                ports[base + usize::from(port)] = rule_entry;
+    let mut groups = Groups {
+        max: limits.source_groups,
+        ..Groups::default()
+    };
+
+    for protocol in Protocol::ALL {
+        let base = index(protocol, 0);
+        for class in classes(policy, protocol) {
+            let mut port_entry = match class.terminal {
+                Some(rule) => rule_entry(policy, rule),
+                None => default,
+            };
+            let (head, tail) = split_at_large_sets(policy, &class.source_rules);
+            port_entry.group = groups.intern(head)?;
+            port_entry.tail = groups.intern(tail)?;
+            let (low, high) = (usize::from(class.low), usize::from(class.high));
+            ports[base + low..=base + high].fill(port_entry);
+        }
+    }
+
+    let groups = groups.into_lists();
+    let (sources4, sources6) = sources::compile(policy, &groups);
+    for (family, entries) in [("IPv4", sources4.len()), ("IPv6", sources6.len())] {
+        if entries > limits.source_entries as usize {
+            return Err(CompileError::TooManySourceEntries {
+                family,
+                entries,
+                max: limits.source_entries,
             });
         }
     }
-    CompiledPolicy {
+
+    Ok(CompiledPolicy {
         ports,
         settings: settings(policy),
         rules: policy
@@ -114,6 +257,127 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
                 action: rule.action,
             })
             .collect(),
+        groups,
+        sources4,
+        sources6,
+    })
+}
+
+/// Ports `low..=high` of one protocol that the same rules name.
+struct Class {
+    low: u16,
+    high: u16,
+    /// Rules with `from` that name these ports, in order, before `terminal`.
+    source_rules: Vec<u32>,
+    /// The first rule without `from` that names these ports: it decides every source the
+    /// source rules leave. `None`: the default does.
+    terminal: Option<usize>,
+}
+
+/// The classes of one protocol, by a sweep over the rules' range boundaries.
+fn classes(policy: &Policy, protocol: Protocol) -> Vec<Class> {
+    // (port where a rule's range starts or ends + 1, rule, +1 start / -1 end)
+    let mut edges: Vec<(u32, usize, i32)> = Vec::new();
+    for (index, rule) in policy.rules.iter().enumerate() {
+        for range in rule.ports.iter().filter(|r| r.protocol == protocol) {
+            edges.push((u32::from(range.low), index, 1));
+            edges.push((u32::from(range.high) + 1, index, -1));
+        }
+    }
+    edges.sort_unstable_by_key(|&(port, _, _)| port);
+
+    // Active rules with the number of their ranges covering the current port (a rule may
+    // list overlapping ranges), ordered by rule index.
+    let mut active: BTreeMap<usize, i32> = BTreeMap::new();
+    let mut classes = Vec::new();
+    let mut at = 0usize;
+    let mut start = 0u32;
+    while start < PORTS_PER_PROTO {
+        while at < edges.len() && edges[at].0 == start {
+            let (_, rule, delta) = edges[at];
+            let count = active.entry(rule).or_insert(0);
+            *count += delta;
+            if *count == 0 {
+                active.remove(&rule);
+            }
+            at += 1;
+        }
+        let end = edges.get(at).map_or(PORTS_PER_PROTO, |&(port, _, _)| port);
+        let mut source_rules = Vec::new();
+        let mut terminal = None;
+        for &rule in active.keys() {
+            if policy.rules[rule].from.is_some() {
+                source_rules.push(rule as u32);
+            } else {
+                terminal = Some(rule);
+                break;
+            }
+        }
+        // Both bounds are below 65536 here.
+        classes.push(Class {
+            low: start as u16,
+            high: (end - 1) as u16,
+            source_rules,
+            terminal,
+        });
+        start = end;
+    }
+    classes
+}
+
+/// A rule with at least this many prefixes holds a "large set" (a blocklist, say).
+pub const LARGE_SET: usize = 64;
+
+/// Splits a class's source rules after the last rule with a large set.
+///
+/// First match is preserved by any split (the kernel tries the head, then the tail), but the
+/// split decides what is stored: a group's entries include every prefix of every rule in it,
+/// so a large set shared by many classes, each with other source rules after it, would be
+/// repeated once per class. Ending the head at the last large set makes those classes share
+/// one head group, and the set is stored once.
+fn split_at_large_sets<'a>(policy: &Policy, rules: &'a [u32]) -> (&'a [u32], &'a [u32]) {
+    let is_large = |&rule: &u32| {
+        policy.rules[rule as usize]
+            .from
+            .as_ref()
+            .is_some_and(|from| from.len() >= LARGE_SET)
+    };
+    match rules.iter().rposition(is_large) {
+        Some(last) => rules.split_at(last + 1),
+        None => (rules, &[]),
+    }
+}
+
+/// Interns source-rule lists as group ids `1..`.
+#[derive(Default)]
+struct Groups {
+    max: u32,
+    ids: HashMap<Vec<u32>, u16>,
+    lists: Vec<Vec<u32>>,
+}
+
+impl Groups {
+    fn intern(&mut self, rules: &[u32]) -> Result<u16, CompileError> {
+        if rules.is_empty() {
+            return Ok(NO_SOURCE_GROUP);
+        }
+        if let Some(&id) = self.ids.get(rules) {
+            return Ok(id);
+        }
+        let id = u16::try_from(self.lists.len() + 1)
+            .ok()
+            .filter(|&id| u32::from(id) <= self.max)
+            .ok_or(CompileError::TooManyGroups {
+                groups: self.lists.len() + 1,
+                max: self.max,
+            })?;
+        self.ids.insert(rules.to_vec(), id);
+        self.lists.push(rules.to_vec());
+        Ok(id)
+    }
+
+    fn into_lists(self) -> Vec<Vec<u32>> {
+        self.lists
     }
 }
 
@@ -130,176 +394,6 @@ fn settings(policy: &Policy) -> Settings {
         non_ip: policy.non_ip.to_kernel(),
         log,
         _pad: [0; 3],
-    }
-}
-
-/// The ports of one protocol no rule has claimed yet, as a "next free port" forest.
-///
-/// `next[p]` leads towards the smallest free port `>= p`; a free port points at itself and
-/// the sentinel 65536 stands for "none left". Claiming a port links it to its successor,
-/// and path compression keeps later searches short, so a rule whose range is already
-/// decided costs next to nothing however wide it is.
-struct Unassigned {
-    next: Vec<u32>,
-}
-
-const NONE_LEFT: u32 = PORTS_PER_PROTO;
-
-impl Unassigned {
-    fn new() -> Self {
-        Self {
-            next: (0..=NONE_LEFT).collect(),
-        }
-    }
-
-    /// The smallest free port `>= port`, or [`NONE_LEFT`].
-    fn find(&mut self, port: u32) -> u32 {
-        let mut root = port;
-        while self.next[root as usize] != root {
-            root = self.next[root as usize];
-        }
-        let mut at = port;
-        while at != root {
-            let up = self.next[at as usize];
-            self.next[at as usize] = root;
-            at = up;
-        }
-        root
-    }
-
-    /// Claims every free port in `low..=high`, calling `claim` once for each.
-    fn take_each(&mut self, low: u16, high: u16, mut claim: impl FnMut(u16)) {
-        let high = u32::from(high);
-        let mut port = self.find(u32::from(low));
-        while port <= high {
-            // `port <= high <= u16::MAX`, so the conversion cannot fail.
-            if let Ok(p) = u16::try_from(port) {
-                claim(p);
-            }
-            self.next[port as usize] = port + 1;
-            port = self.find(port + 1);
-        }
-    }
-}
-
-/// A readable account of what `compiled` does, for `portfw check`.
-///
-/// Per protocol it lists the ports rules decide as merged ranges with the deciding rule,
-/// then what everything else gets.
-pub fn summary(policy: &Policy, compiled: &CompiledPolicy) -> String {
-    let mut out = String::new();
-    // Writing to a String cannot fail, so the fmt::Results below are ignored.
-    let rules = match compiled.rules.len() {
-        1 => "1 rule".to_owned(),
-        n => format!("{n} rules"),
-    };
-    let _ = writeln!(
-        out,
-        "{}: {rules}, first match wins; default {}, log {}",
-        policy.file, policy.default, policy.log
-    );
-    let interfaces = if policy.interfaces.is_empty() {
-        "(none listed)".to_owned()
-    } else {
-        policy.interfaces.join(", ")
-    };
-    let _ = writeln!(out, "interfaces: {interfaces}");
-    let _ = writeln!(
-        out,
-        "icmp: {}, fragments: {}, other-ip: {}, non-ip: {}",
-        policy.icmp, policy.fragments, policy.other_ip, policy.non_ip
-    );
-    let runs = Protocol::ALL.map(|protocol| compiled.runs(protocol));
-    // One width for every protocol keeps the rule column aligned down the whole listing.
-    let width = runs
-        .iter()
-        .flatten()
-        .filter(|run| run.entry.rule != RULE_DEFAULT)
-        .map(|run| port_span(run).len())
-        .max()
-        .unwrap_or(0);
-    let default = entry(
-        RULE_DEFAULT,
-        policy.default,
-        policy.log.logs(policy.default),
-    );
-    for (protocol, runs) in Protocol::ALL.into_iter().zip(&runs) {
-        let _ = writeln!(out, "{protocol}:");
-        let mut decided_any = false;
-        for run in runs.iter().filter(|run| run.entry.rule != RULE_DEFAULT) {
-            decided_any = true;
-            let _ = writeln!(
-                out,
-                "  {:<5} {:<width$}  {}{}",
-                action_name(run.entry.action),
-                port_span(run),
-                rule_label(compiled, run.entry.rule),
-                logged(&run.entry)
-            );
-        }
-        let allows_tcp_zero = protocol == Protocol::Tcp
-            && runs
-                .first()
-                .is_some_and(|run| run.entry.action == Action::Allow.to_kernel());
-        if allows_tcp_zero {
-            let _ = writeln!(
-                out,
-                "  (tcp port 0 is dropped as malformed whatever the table says)"
-            );
-        }
-        if runs.iter().any(|run| run.entry.rule == RULE_DEFAULT) {
-            let everything = if decided_any {
-                "everything else"
-            } else {
-                "everything"
-            };
-            let _ = writeln!(
-                out,
-                "  {everything}: {} (default){}",
-                policy.default,
-                logged(&default)
-            );
-        }
-    }
-    out
-}
-
-fn port_span(run: &PortRun) -> String {
-    if run.low == run.high {
-        run.low.to_string()
-    } else {
-        format!("{}-{}", run.low, run.high)
-    }
-}
-
-fn action_name(kernel: u8) -> &'static str {
-    if kernel == Action::Allow.to_kernel() {
-        Action::Allow.name()
-    } else {
-        Action::Drop.name()
-    }
-}
-
-fn rule_label(compiled: &CompiledPolicy, rule: u32) -> String {
-    let number = rule as usize + 1;
-    match compiled.rules.get(rule as usize) {
-        Some(info) => {
-            let name = info
-                .name
-                .as_ref()
-                .map(|n| format!(" `{n}`"))
-                .unwrap_or_default();
-            format!("rule {number}{name} (line {})", info.line)
-        }
-        None => format!("rule {number}"),
-    }
-}
-
-fn logged(entry: &PortEntry) -> &'static str {
-    if entry.flags & port_flags::LOG != 0 {
-        ", logged"
-    } else {
-        ""
     }
 }
 

@@ -1,11 +1,13 @@
-//! The specification of what a compiled table must say: plain first-match over the rules.
+//! The specification of what the compiled tables must say: plain first-match over the rules.
 //!
-//! Deliberately naive and slow. The compiler's tests compare it with [`super::compile`] on
-//! every (protocol, port), so this is the code to read when in doubt about semantics.
+//! Deliberately naive and slow. The compiler's tests compare it with [`super::compile`], so
+//! this is the code to read when in doubt about semantics.
+
+use std::net::IpAddr;
 
 use crate::policy::{Action, LogMode, Policy, Protocol};
 
-/// The verdict for one packet's (protocol, destination port).
+/// The verdict for one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub action: Action,
@@ -15,21 +17,29 @@ pub struct Decision {
     pub log: bool,
 }
 
-/// The first rule naming `(protocol, port)` decides; with none, the policy default does.
-pub fn evaluate(policy: &Policy, protocol: Protocol, port: u16) -> Decision {
+/// The first rule that names `(protocol, port)` and admits `source` decides; with none, the
+/// policy default does. A rule without `from` admits every source; one with `from` admits
+/// the sources inside any of its prefixes (an IPv4 prefix never admits an IPv6 source).
+pub fn evaluate(policy: &Policy, protocol: Protocol, port: u16, source: IpAddr) -> Decision {
     for (index, rule) in policy.rules.iter().enumerate() {
-        for range in &rule.ports {
-            if range.protocol == protocol && range.low <= port && port <= range.high {
-                let log = match rule.log {
-                    Some(explicit) => explicit,
-                    None => mode_logs(policy.log, rule.action),
-                };
-                return Decision {
-                    action: rule.action,
-                    rule: Some(index),
-                    log,
-                };
-            }
+        let names_port = rule
+            .ports
+            .iter()
+            .any(|range| range.protocol == protocol && range.low <= port && port <= range.high);
+        let admits_source = match &rule.from {
+            None => true,
+            Some(cidrs) => cidrs.iter().any(|cidr| cidr.contains(source)),
+        };
+        if names_port && admits_source {
+            let log = match rule.log {
+                Some(explicit) => explicit,
+                None => mode_logs(policy.log, rule.action),
+            };
+            return Decision {
+                action: rule.action,
+                rule: Some(index),
+                log,
+            };
         }
     }
     Decision {

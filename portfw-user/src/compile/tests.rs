@@ -1,55 +1,56 @@
-//! Tests of the compiler: agreement with the reference evaluator, speed, and the summary.
+//! Tests of the compiler: agreement with the first-match reference on every port and on
+//! sampled sources, the source-trie encoding, limits, speed, and the summary.
 
-use std::time::Instant;
-
-use portfw_common::{
-    PORT_TABLE_GEN_ENTRIES, PORTS_PER_PROTO, PortEntry, RULE_DEFAULT, Settings, action, port_flags,
-    settings_log,
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Instant,
 };
 
-use super::{PortRun, Unassigned, compile, reference, summary};
-use crate::policy::{Action, Location, LogMode, Policy, PortRange, Protocol, Rule, parse};
+use portfw_common::{
+    NO_SOURCE_GROUP, PortEntry, RULE_DEFAULT, Settings, action, port_flags, settings_log,
+};
+
+use super::{CompileError, Limits, PortRun, compile, compile_with, reference, summary};
+use crate::policy::{Policy, Protocol, parse};
 
 fn parsed(source: &str) -> Policy {
     match parse(source, "test.yaml") {
         Ok(p) => p.policy,
-        Err(e) => panic!("{e}"),
+        Err(e) => panic!("{e}\n{source}"),
     }
 }
 
-/// The table the reference evaluator implies, entry by entry.
-fn reference_table(policy: &Policy) -> Vec<PortEntry> {
-    let mut table = Vec::with_capacity(PORT_TABLE_GEN_ENTRIES as usize);
-    for protocol in Protocol::ALL {
-        for port in 0..=u16::MAX {
-            let decision = reference::evaluate(policy, protocol, port);
-            table.push(PortEntry {
-                rule: decision.rule.map_or(RULE_DEFAULT, |r| r as u32),
-                action: decision.action.to_kernel(),
-                flags: if decision.log { port_flags::LOG } else { 0 },
-                _pad: 0,
-            });
-        }
-    }
-    table
+/// The reference's answer in the kernel's terms.
+fn expected(policy: &Policy, protocol: Protocol, port: u16, source: IpAddr) -> (u32, u8, bool) {
+    let d = reference::evaluate(policy, protocol, port, source);
+    (
+        d.rule.map_or(RULE_DEFAULT, |r| r as u32),
+        d.action.to_kernel(),
+        d.log,
+    )
 }
 
-/// Fails with the first (protocol, port) where the compiled table and the reference differ.
-fn assert_agrees_with_reference(policy: &Policy) {
-    let compiled = compile(policy);
-    let expected = reference_table(policy);
-    assert_eq!(compiled.ports.len(), expected.len());
-    if compiled.ports == expected {
-        return;
-    }
+fn got(entry: PortEntry) -> (u32, u8, bool) {
+    (entry.rule, entry.action, entry.flags & port_flags::LOG != 0)
+}
+
+const ANY4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+const ANY6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+
+/// Every (protocol, port) for two sources, when the policy has no source rules; sampled
+/// sources otherwise.
+fn assert_agrees(policy: &Policy, sources: &[IpAddr], context: &str) {
+    let compiled = compile(policy).unwrap_or_else(|e| panic!("{e}\n{context}"));
     for protocol in Protocol::ALL {
         for port in 0..=u16::MAX {
-            let index = (protocol.slot() * PORTS_PER_PROTO) as usize + usize::from(port);
-            assert_eq!(
-                compiled.entry(protocol, port),
-                expected[index],
-                "{protocol} port {port} differs from the reference for {policy:#?}"
-            );
+            for &source in sources {
+                assert_eq!(
+                    got(compiled.lookup(protocol, port, source)),
+                    expected(policy, protocol, port, source),
+                    "{protocol} port {port} from {source}\n{context}"
+                );
+            }
         }
     }
 }
@@ -93,46 +94,144 @@ rules:
 #[test]
 fn hand_written_policies_agree_with_the_reference() {
     for source in HAND_WRITTEN {
-        assert_agrees_with_reference(&parsed(source));
+        assert_agrees(&parsed(source), &[ANY4, ANY6], source);
+    }
+}
+
+const WITH_SOURCES: &[&str] = &[
+    // An earlier broad rule must win over a later narrow one, and the other way round.
+    "\
+default: drop
+rules:
+  - allow: ssh
+    from: 10.0.0.0/8
+  - drop: ssh
+    from: 10.1.0.0/16
+  - allow: ssh
+    from: 10.1.2.0/24
+  - allow: 80/tcp
+",
+    "\
+default: allow
+sets:
+  admins: [10.0.0.0/8, 2001:db8::/32]
+  app: [192.168.10.0/24, 10.9.0.0/16]
+rules:
+  - name: ssh-admins
+    allow: ssh
+    from: $admins
+  - drop: ssh
+  - allow: [http, https]
+  - allow: 5432/tcp
+    from: [$app]
+  - drop: 5432/tcp
+  - drop: 1000-2000
+    from: [10.1.0.0/16, 0.0.0.0/0, 2001:db8:1::/48]
+  - allow: 1500
+    from: 10.1.2.3
+",
+    "\
+default: drop
+rules:
+  - drop: any
+    from: [10.66.0.0/16, 2001:db8:66::/48]
+  - allow: 22/tcp
+    from: 10.0.0.0/8
+  - allow: [80/tcp, 443/tcp]
+  - allow: 53
+    from: [10.0.0.0/8, ::/0]
+",
+];
+
+const PROBES: &[&str] = &[
+    "10.0.0.1",
+    "10.1.0.1",
+    "10.1.2.3",
+    "10.1.2.4",
+    "10.9.1.1",
+    "10.66.1.1",
+    "11.0.0.1",
+    "192.168.10.7",
+    "192.168.11.7",
+    "0.0.0.0",
+    "255.255.255.255",
+    "2001:db8::1",
+    "2001:db8:1::1",
+    "2001:db8:66::5",
+    "2001:db9::1",
+    "::",
+    "::1",
+];
+
+#[test]
+fn source_rules_agree_with_the_reference() {
+    let sources: Vec<IpAddr> = PROBES.iter().filter_map(|s| s.parse().ok()).collect();
+    for source in WITH_SOURCES {
+        let policy = parsed(source);
+        let compiled = compile(&policy).expect("compile");
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            for port in (0..=2100u16).chain([5432, 65535]) {
+                for &src in &sources {
+                    assert_eq!(
+                        got(compiled.lookup(protocol, port, src)),
+                        expected(&policy, protocol, port, src),
+                        "{protocol} {port} from {src}\n{source}"
+                    );
+                }
+            }
+        }
     }
 }
 
 #[test]
-fn first_match_wins_and_flags_follow_the_log_mode() {
-    let policy = parsed(HAND_WRITTEN[3]);
-    let compiled = compile(&policy);
-    let allow = |rule, flags| PortEntry {
-        rule,
-        action: action::ALLOW,
-        flags,
-        _pad: 0,
-    };
-    let drop = |rule, flags| PortEntry {
-        rule,
-        action: action::DROP,
-        flags,
-        _pad: 0,
-    };
-    let log = port_flags::LOG;
-    assert_eq!(compiled.entry(Protocol::Tcp, 22), allow(0, 0));
-    assert_eq!(compiled.entry(Protocol::Udp, 22), drop(RULE_DEFAULT, log));
-    assert_eq!(compiled.entry(Protocol::Udp, 53), allow(1, 0));
-    assert_eq!(compiled.entry(Protocol::Tcp, 8500), drop(2, log));
-    assert_eq!(compiled.entry(Protocol::Udp, 60000), allow(3, 0));
-    // https/tcp went to rule 1, so the `web` rule only decides udp 443, and logs it.
-    assert_eq!(compiled.entry(Protocol::Tcp, 443), allow(0, 0));
-    assert_eq!(compiled.entry(Protocol::Udp, 443), allow(4, log));
-    assert_eq!(compiled.entry(Protocol::Sctp, 80), drop(RULE_DEFAULT, log));
-    assert_eq!(compiled.rules.len(), 5);
-    assert_eq!(compiled.rules[4].name.as_deref(), Some("web"));
-    assert_eq!(compiled.rules[4].line, 8);
-    assert_eq!(compiled.rules[2].summary, "drop 8000-8999/tcp");
-    assert_eq!(compiled.rules[2].action, Action::Drop);
+fn ports_without_source_rules_need_no_trie() {
+    let policy = parsed(WITH_SOURCES[1]);
+    let compiled = compile(&policy).expect("compile");
+    // http has no source rule before its terminal rule: direct verdict.
+    assert_eq!(compiled.entry(Protocol::Tcp, 80).group, NO_SOURCE_GROUP);
+    // ssh and postgres do, in two different groups.
+    let ssh = compiled.entry(Protocol::Tcp, 22).group;
+    let pg = compiled.entry(Protocol::Tcp, 5432).group;
+    assert_ne!(ssh, NO_SOURCE_GROUP);
+    assert_ne!(pg, NO_SOURCE_GROUP);
+    assert_ne!(ssh, pg);
+    // The terminal of ssh is `drop: ssh` (rule 2), held by the port entry itself.
+    assert_eq!(compiled.entry(Protocol::Tcp, 22).rule, 1);
+    assert_eq!(compiled.groups[usize::from(ssh) - 1], [0]);
+}
+
+#[test]
+fn classes_with_the_same_source_rules_share_one_group() {
+    // One blocklist rule over every port, then many port rules: one group, so the
+    // blocklist's prefixes are stored once, not once per port class.
+    let mut source = String::from("default: drop\nrules:\n  - drop: any\n    from: [");
+    for i in 0..200 {
+        let _ = write!(source, "10.{}.{}.0/24, ", i / 250, i % 250);
+    }
+    source.push_str("2001:db8::/32]\n");
+    for port in 1..300 {
+        let _ = writeln!(source, "  - allow: {}/tcp", port * 7);
+    }
+    let compiled = compile(&parsed(&source)).expect("compile");
+    assert_eq!(compiled.groups.len(), 1);
+    assert_eq!(compiled.sources4.len(), 200);
+    assert_eq!(compiled.sources6.len(), 1);
+}
+
+#[test]
+fn redundant_nested_prefixes_are_left_out() {
+    let policy = parsed(
+        "default: drop\nrules:\n  - allow: 22/tcp\n    from: [10.0.0.0/8, 10.1.0.0/16]\n  - drop: 22/tcp\n    from: 10.1.2.0/24\n",
+    );
+    let compiled = compile(&policy).expect("compile");
+    // 10.1.0.0/16 and 10.1.2.0/24 decide like 10.0.0.0/8 (rule 1): one entry is enough.
+    assert_eq!(compiled.sources4.len(), 1);
+    assert_eq!(compiled.sources4[0].prefix_len, 32 + 8);
 }
 
 #[test]
 fn settings_carry_the_policy_settings_and_log_bits() {
-    let settings = |source: &str| compile(&parsed(source)).settings;
+    let settings = |source: &str| compile(&parsed(source)).expect("compile").settings;
     assert_eq!(
         settings("default: drop\n"),
         Settings {
@@ -165,7 +264,8 @@ fn settings_carry_the_policy_settings_and_log_bits() {
 fn runs_merge_equal_neighbours() {
     let compiled = compile(&parsed(
         "default: drop\nlog: none\nrules:\n  - allow: [10-20/tcp, 21-30/tcp]\n  - allow: 31/tcp\n",
-    ));
+    ))
+    .expect("compile");
     let runs = compiled.runs(Protocol::Tcp);
     let spans: Vec<(u16, u16, u32)> = runs.iter().map(|r| (r.low, r.high, r.entry.rule)).collect();
     assert_eq!(
@@ -182,22 +282,6 @@ fn runs_merge_equal_neighbours() {
     assert_eq!((udp[0].low, udp[0].high), (0, u16::MAX));
 }
 
-#[test]
-fn unassigned_ports_are_claimed_once() {
-    let mut free = Unassigned::new();
-    let mut claimed = Vec::new();
-    free.take_each(5, 10, |p| claimed.push(p));
-    free.take_each(0, 7, |p| claimed.push(p));
-    free.take_each(3, 12, |p| claimed.push(p));
-    free.take_each(0, 12, |p| claimed.push(p));
-    assert_eq!(claimed, [5, 6, 7, 8, 9, 10, 0, 1, 2, 3, 4, 11, 12]);
-    let mut last = Vec::new();
-    free.take_each(65535, 65535, |p| last.push(p));
-    free.take_each(0, 65535, |_| {});
-    free.take_each(0, 65535, |p| last.push(p));
-    assert_eq!(last, [65535]);
-}
-
 /// splitmix64: a tiny, well-mixed deterministic generator, so failures reproduce.
 struct SplitMix64(u64);
 
@@ -210,13 +294,8 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
-    /// Uniform enough in `0..n` for tests.
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
-    }
-
-    fn port_below(&mut self, n: u32) -> u16 {
-        u16::try_from(self.below(u64::from(n))).unwrap_or(u16::MAX)
     }
 
     fn chance(&mut self, percent: u64) -> bool {
@@ -228,145 +307,299 @@ impl SplitMix64 {
     }
 }
 
-fn random_range(rng: &mut SplitMix64) -> (u16, u16) {
-    match rng.below(5) {
-        // Small ports crowd together, so rules overlap a lot.
-        0 => {
-            let low = rng.port_below(64);
-            (low, low.saturating_add(rng.port_below(16)))
+/// Ports crowd into a small window so that rules overlap, with a few wide ranges.
+fn random_port_spec(rng: &mut SplitMix64) -> String {
+    let spec = match rng.below(6) {
+        0 | 1 => format!("{}", rng.below(40)),
+        2 | 3 => {
+            let low = rng.below(40);
+            format!("{low}-{}", low + rng.below(20))
         }
-        1 => {
-            let port = rng.port_below(64);
-            (port, port)
-        }
-        2 => {
-            let low = rng.port_below(65536);
-            let high = low.saturating_add(rng.port_below(4096));
-            (low, high)
-        }
-        3 => rng.pick(&[
-            (0, 0),
-            (65535, 65535),
-            (0, 65535),
-            (0, 1023),
-            (49152, 65535),
-        ]),
+        4 => rng
+            .pick(&["0-65535", "any", "well-known", "dynamic", "65535"])
+            .to_string(),
         _ => {
-            let a = rng.port_below(65536);
-            let b = rng.port_below(65536);
-            (a.min(b), a.max(b))
+            let low = rng.below(65536);
+            format!("{low}-{}", (low + rng.below(5000)).min(65535))
+        }
+    };
+    match rng.below(6) {
+        0 | 1 => spec,
+        2 => format!("{spec}/tcp"),
+        3 => format!("{spec}/udp"),
+        4 => format!("{spec}/sctp"),
+        _ => format!("{spec}/udplite"),
+    }
+}
+
+/// Prefixes packed into a small space of both families, so they nest and overlap.
+fn random_cidr(rng: &mut SplitMix64) -> String {
+    if rng.chance(60) {
+        let len = rng.pick(&[0u8, 8, 12, 16, 20, 24, 28, 30, 31, 32]);
+        let addr = Ipv4Addr::new(
+            10,
+            rng.below(4) as u8,
+            rng.below(4) as u8,
+            rng.below(8) as u8 * 32,
+        );
+        format!("{addr}/{len}")
+    } else {
+        let len = rng.pick(&[0u8, 16, 32, 33, 48, 64, 100, 127, 128]);
+        let addr = Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            rng.below(4) as u16,
+            0,
+            0,
+            0,
+            0,
+            rng.below(8) as u16,
+        );
+        format!("{addr}/{len}")
+    }
+}
+
+fn random_source(rng: &mut SplitMix64) -> IpAddr {
+    if rng.chance(60) {
+        IpAddr::V4(Ipv4Addr::new(
+            rng.pick(&[10, 10, 10, 11, 0, 255]),
+            rng.below(5) as u8,
+            rng.below(5) as u8,
+            rng.below(256) as u8,
+        ))
+    } else {
+        IpAddr::V6(Ipv6Addr::new(
+            rng.pick(&[0x2001, 0x2001, 0x2002, 0]),
+            0xdb8,
+            rng.below(5) as u16,
+            0,
+            0,
+            0,
+            0,
+            rng.below(10) as u16,
+        ))
+    }
+}
+
+/// A random policy as YAML text, so the parser is exercised too.
+fn random_policy(rng: &mut SplitMix64) -> String {
+    let mut y = String::new();
+    let _ = writeln!(y, "default: {}", rng.pick(&["allow", "drop"]));
+    let _ = writeln!(y, "log: {}", rng.pick(&["none", "drops", "all"]));
+    let sets = rng.below(3);
+    if sets > 0 {
+        y.push_str("sets:\n");
+        for s in 0..sets {
+            // Now and then a set large enough to be split into its own head group.
+            let size = if rng.chance(30) {
+                super::LARGE_SET as u64 + rng.below(16)
+            } else {
+                1 + rng.below(4)
+            };
+            let cidrs: Vec<String> = (0..size)
+                .map(|i| {
+                    if size > 4 && i % 2 == 0 {
+                        // Single hosts where the random sources fall, so that a large set
+                        // stays large after duplicates are removed.
+                        format!("10.{}.{}.{}", rng.below(5), rng.below(5), rng.below(256))
+                    } else {
+                        random_cidr(rng)
+                    }
+                })
+                .collect();
+            let _ = writeln!(y, "  s{s}: [{}]", cidrs.join(", "));
         }
     }
-}
-
-fn random_policy(rng: &mut SplitMix64) -> Policy {
-    let actions = [Action::Allow, Action::Drop];
-    let rules = (0..rng.below(10))
-        .map(|index| {
-            let mut ports = Vec::new();
-            for _ in 0..1 + rng.below(3) {
-                let (low, high) = random_range(rng);
-                // Like a spec without a protocol, some ranges cover several protocols.
-                let protocols: Vec<Protocol> = if rng.chance(30) {
-                    vec![Protocol::Tcp, Protocol::Udp]
-                } else {
-                    vec![rng.pick(&Protocol::ALL)]
-                };
-                ports.extend(protocols.into_iter().map(|protocol| PortRange {
-                    protocol,
-                    low,
-                    high,
-                }));
-            }
-            Rule {
-                name: None,
-                action: rng.pick(&actions),
-                ports,
-                log: rng.pick(&[None, None, Some(true), Some(false)]),
-                location: Location::new(index as usize + 3, 5),
-                summary: String::new(),
-            }
-        })
-        .collect();
-    Policy {
-        file: "random.yaml".to_owned(),
-        default: rng.pick(&actions),
-        log: rng.pick(&[LogMode::None, LogMode::Drops, LogMode::All]),
-        interfaces: Vec::new(),
-        icmp: Action::Allow,
-        fragments: Action::Allow,
-        other_ip: Action::Drop,
-        non_ip: Action::Allow,
-        rules,
+    y.push_str("rules:\n");
+    for _ in 0..rng.below(12) {
+        let ports: Vec<String> = (0..1 + rng.below(3))
+            .map(|_| random_port_spec(rng))
+            .collect();
+        let _ = writeln!(
+            y,
+            "  - {}: [{}]",
+            rng.pick(&["allow", "drop"]),
+            ports.join(", ")
+        );
+        if rng.chance(55) {
+            let from: Vec<String> = (0..1 + rng.below(4))
+                .map(|_| {
+                    if sets > 0 && rng.chance(40) {
+                        format!("${}", format_args!("s{}", rng.below(sets)))
+                    } else {
+                        random_cidr(rng)
+                    }
+                })
+                .collect();
+            let _ = writeln!(y, "    from: [{}]", from.join(", "));
+        }
+        if rng.chance(20) {
+            let _ = writeln!(y, "    log: {}", rng.pick(&["true", "false"]));
+        }
     }
+    if sets > 0 {
+        // Sets no rule uses only draw a warning; make sure each is used.
+        for s in 0..sets {
+            let _ = writeln!(y, "  - allow: 65000/udplite\n    from: $s{s}");
+        }
+    }
+    y
 }
 
+/// The property test: for random policies and random packets, the compiled tables (looked up
+/// as the kernel does) give the same verdict and deciding rule as plain first match.
+/// `PORTFW_PROPTEST_POLICIES` raises the number of policies (100 packets each).
 #[test]
-fn random_policies_agree_with_the_reference() {
-    const POLICIES: u64 = 300;
+fn random_policies_and_packets_agree_with_the_reference() {
+    let policies: u64 = std::env::var("PORTFW_PROPTEST_POLICIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    let seed: u64 = std::env::var("PORTFW_PROPTEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x9057_F00D);
+    const PACKETS: u64 = 100;
     let threads = std::thread::available_parallelism().map_or(1, usize::from) as u64;
+    let started = Instant::now();
+    let split = std::sync::atomic::AtomicU64::new(0);
+    let split = &split;
     std::thread::scope(|scope| {
         for worker in 0..threads {
             scope.spawn(move || {
-                for seed in (worker..POLICIES).step_by(threads as usize) {
-                    let mut rng = SplitMix64(seed);
-                    assert_agrees_with_reference(&random_policy(&mut rng));
+                for case in (worker..policies).step_by(threads as usize) {
+                    let mut rng = SplitMix64(seed ^ case.wrapping_mul(0x2545_F491_4F6C_DD1D));
+                    let yaml = random_policy(&mut rng);
+                    let policy = match parse(&yaml, "random.yaml") {
+                        Ok(p) => p.policy,
+                        Err(e) => panic!(
+                            "seed {seed} case {case}: generated an invalid policy: {e}\n{yaml}"
+                        ),
+                    };
+                    let compiled = compile(&policy).expect("compile");
+                    if compiled.ports.iter().any(|e| e.tail != NO_SOURCE_GROUP) {
+                        split.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    for _ in 0..PACKETS {
+                        let protocol = rng.pick(&Protocol::ALL);
+                        let port = if rng.chance(80) {
+                            rng.below(64) as u16
+                        } else {
+                            rng.below(65536) as u16
+                        };
+                        let source = random_source(&mut rng);
+                        assert_eq!(
+                            got(compiled.lookup(protocol, port, source)),
+                            expected(&policy, protocol, port, source),
+                            "seed {seed} case {case}: {protocol} port {port} from {source}\n{yaml}"
+                        );
+                    }
                 }
             });
         }
     });
+    let split = split.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "{} random policies x {PACKETS} packets agreed with the reference in {:?} (seed {seed}); \
+         {split} of them split source rules into head and tail groups",
+        policies,
+        started.elapsed()
+    );
+    assert!(
+        policies < 100 || split >= policies / 50,
+        "too few policies exercised the split"
+    );
 }
 
 #[test]
-fn ten_thousand_wide_rules_compile_quickly() {
-    let mut rng = SplitMix64(0x5EED);
-    let rules: Vec<Rule> = (0..10_000)
-        .map(|index| Rule {
-            name: None,
-            action: if index % 2 == 0 {
-                Action::Allow
-            } else {
-                Action::Drop
-            },
-            ports: (0..3)
-                .map(|_| {
-                    let low = rng.port_below(32768);
-                    PortRange {
-                        protocol: rng.pick(&Protocol::ALL),
-                        low,
-                        high: low.saturating_add(20_000 + rng.port_below(12_000)),
-                    }
-                })
-                .collect(),
-            log: None,
-            location: Location::new(index + 1, 1),
-            summary: String::new(),
-        })
-        .collect();
-    let policy = Policy {
-        file: "wide.yaml".to_owned(),
-        default: Action::Drop,
-        log: LogMode::Drops,
-        interfaces: Vec::new(),
-        icmp: Action::Allow,
-        fragments: Action::Allow,
-        other_ip: Action::Drop,
-        non_ip: Action::Allow,
-        rules,
-    };
-    let start = Instant::now();
-    let compiled = compile(&policy);
-    println!(
-        "compiled 10,000 wide rules (30,000 ranges) in {:?}",
-        start.elapsed()
-    );
-    for _ in 0..200 {
-        let protocol = rng.pick(&Protocol::ALL);
-        let port = rng.port_below(65536);
-        let decision = reference::evaluate(&policy, protocol, port);
-        let entry = compiled.entry(protocol, port);
-        assert_eq!(entry.rule, decision.rule.map_or(RULE_DEFAULT, |r| r as u32));
+fn ten_thousand_rules_and_a_hundred_thousand_cidrs_compile_quickly() {
+    let mut y = String::from("default: drop\nsets:\n  block:\n");
+    for i in 0..100_000u32 {
+        let _ = writeln!(
+            y,
+            "    - {}.{}.{}.0/24",
+            20 + i / 65536,
+            (i / 256) % 256,
+            i % 256
+        );
     }
+    y.push_str("rules:\n  - drop: any\n    from: $block\n");
+    for i in 0..9_999u32 {
+        let port = 1 + (i * 6) % 65000;
+        if i % 10 == 0 {
+            let _ = writeln!(
+                y,
+                "  - allow: {port}/tcp\n    from: [10.{}.0.0/16]",
+                i % 256
+            );
+        } else {
+            let _ = writeln!(y, "  - allow: {port}-{}/tcp", port + 3);
+        }
+    }
+    let parse_start = Instant::now();
+    let policy = parsed(&y);
+    let parse_time = parse_start.elapsed();
+    let start = Instant::now();
+    let compiled = compile(&policy).expect("compile");
+    println!(
+        "10,000 rules, 100,000 CIDRs: parsed in {parse_time:?}, compiled in {:?}: {} groups, {} IPv4 entries",
+        start.elapsed(),
+        compiled.groups.len(),
+        compiled.sources4.len()
+    );
+    assert_eq!(policy.rules.len(), 10_000);
+    let blocked: IpAddr = "20.1.2.3".parse().expect("address");
+    assert_eq!(
+        compiled.lookup(Protocol::Tcp, 7, blocked).action,
+        action::DROP
+    );
+}
+
+#[test]
+fn going_over_a_table_limit_is_a_clear_error_not_a_truncation() {
+    // A set shared by several groups repeats once per group.
+    let policy = parsed(
+        "default: drop\nsets:\n  big: [10.0.0.0/24, 10.0.1.0/24, 10.0.2.0/24]\nrules:\n  - allow: 22/tcp\n    from: $big\n  - allow: 80/tcp\n    from: [$big, 10.9.0.0/16]\n",
+    );
+    let fits = compile_with(
+        &policy,
+        Limits {
+            source_groups: 10,
+            source_entries: 7,
+        },
+    );
+    assert!(fits.is_ok(), "{fits:?}");
+    let over = compile_with(
+        &policy,
+        Limits {
+            source_groups: 10,
+            source_entries: 6,
+        },
+    );
+    assert_eq!(
+        over,
+        Err(CompileError::TooManySourceEntries {
+            family: "IPv4",
+            entries: 7,
+            max: 6
+        })
+    );
+    let groups = compile_with(
+        &policy,
+        Limits {
+            source_groups: 1,
+            source_entries: 100,
+        },
+    );
+    assert_eq!(
+        groups,
+        Err(CompileError::TooManyGroups { groups: 2, max: 1 })
+    );
+    let message = over.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        message.contains("7 IPv4 source entries; at most 6 fit"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -406,7 +639,7 @@ rules:
     log: true
 ",
     );
-    let text = summary(&policy, &compile(&policy));
+    let text = summary(&policy, &compile(&policy).expect("compile"));
     let expected = "\
 test.yaml: 5 rules, first match wins; default drop, log drops
 interfaces: eth0
@@ -429,7 +662,7 @@ udplite:
     assert_eq!(text, expected, "\n{text}");
 
     let open = parsed("default: allow\n");
-    let text = summary(&open, &compile(&open));
+    let text = summary(&open, &compile(&open).expect("compile"));
     assert!(
         text.contains("tcp:\n  (tcp port 0 is dropped as malformed"),
         "{text}"
@@ -446,7 +679,7 @@ fn docs_show_the_demo_summary() {
         Ok(p) => p.policy,
         Err(e) => panic!("{e}"),
     };
-    let text = summary(&demo, &compile(&demo));
+    let text = summary(&demo, &compile(&demo).expect("compile"));
     let docs = include_str!("../../../docs/policy.md");
     assert!(
         docs.contains(&text),

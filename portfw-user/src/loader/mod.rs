@@ -31,13 +31,15 @@ use crate::compile::CompiledPolicy;
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portfw"));
 
 /// Maps pinned next to the program, in the order they are pinned.
-const PINNED_MAPS: [&str; 6] = [
+const PINNED_MAPS: [&str; 8] = [
     MapNames::ACTIVE,
     MapNames::SETTINGS,
     MapNames::PORTS,
     MapNames::COUNTERS,
     MapNames::RULE_HITS,
     MapNames::EVENTS,
+    MapNames::SOURCES4,
+    MapNames::SOURCES6,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +139,9 @@ pub fn ifname(index: u32) -> Option<String> {
 
 fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, LoaderError> {
     match ebpf.map(name) {
-        Some(Map::Array(data) | Map::PerCpuArray(data) | Map::RingBuf(data)) => Ok(data),
+        Some(
+            Map::Array(data) | Map::PerCpuArray(data) | Map::RingBuf(data) | Map::ArrayOfMaps(data),
+        ) => Ok(data),
         _ => Err(LoaderError::MissingMap(name)),
     }
 }
@@ -197,6 +201,8 @@ impl Loaded {
             map_data(&ebpf, MapNames::SETTINGS)?,
             map_data(&ebpf, MapNames::PORTS)?,
             map_data(&ebpf, MapNames::RULE_HITS)?,
+            reopen(map_data(&ebpf, MapNames::SOURCES4)?, MapNames::SOURCES4)?,
+            reopen(map_data(&ebpf, MapNames::SOURCES6)?, MapNames::SOURCES6)?,
         )?;
         Ok(Self { ebpf, tables })
     }
@@ -365,6 +371,32 @@ fn remove_pins(dir: &Path) -> Result<(), LoaderError> {
     fs::remove_dir(dir).map_err(io_err(format!("removing {}", dir.display())))
 }
 
+/// Removes the temporary pin directories of applies in this namespace that were killed
+/// before they could finish: their links may still hold a half-set-up program on an
+/// interface. Best effort: a failure here must not stop the apply that found it.
+fn remove_abandoned_temp_pins(paths: &Paths) {
+    let prefix = format!("tmp-{}-", paths.netns);
+    let Ok(entries) = fs::read_dir(PIN_ROOT) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let _ = remove_pins(&entry.path());
+        }
+    }
+}
+
 fn xdp_mode_name(mode: XdpMode) -> &'static str {
     match mode {
         XdpMode::Skb => "generic",
@@ -455,6 +487,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     ensure_mounted()?;
     let paths = Paths::current()?;
     let _lock = paths.lock()?;
+    remove_abandoned_temp_pins(&paths);
     let state = State::read(&paths.state)?;
     let loaded = paths.prog().exists();
     match state {
@@ -543,6 +576,8 @@ pub fn open_tables(paths: &Paths) -> Result<Tables, LoaderError> {
         &pinned_map(paths, MapNames::SETTINGS)?,
         &pinned_map(paths, MapNames::PORTS)?,
         &pinned_map(paths, MapNames::RULE_HITS)?,
+        pinned_map(paths, MapNames::SOURCES4)?,
+        pinned_map(paths, MapNames::SOURCES6)?,
     )
 }
 
@@ -726,6 +761,37 @@ pub fn status() -> Result<Status, LoaderError> {
             .map(|(name, v)| (name.to_string(), v))
             .collect(),
         rule_hits: tables.rule_hits(rules),
+    })
+}
+
+/// What the running filter decides for one packet.
+pub struct RunningVerdict {
+    pub entry: portfw_common::PortEntry,
+    /// The source trie decided (rather than the port table).
+    pub by_source: bool,
+    pub generation: u32,
+    pub policy: Option<PolicyRecord>,
+}
+
+/// Looks a packet up in the running filter's active tables, as the kernel program does.
+pub fn explain_running(
+    proto_slot: u32,
+    port: u16,
+    source: std::net::IpAddr,
+) -> Result<RunningVerdict, LoaderError> {
+    let paths = Paths::current()?;
+    let state = State::read(&paths.state)?;
+    let Some(state) = state.filter(|_| paths.prog().exists()) else {
+        return Err(LoaderError::NotLoaded(paths.pins));
+    };
+    let tables = open_tables(&paths)?;
+    let generation = tables.active();
+    let (entry, by_source) = tables.lookup(proto_slot, port, source)?;
+    Ok(RunningVerdict {
+        entry,
+        by_source,
+        generation,
+        policy: state.generations[generation as usize].clone(),
     })
 }
 

@@ -7,14 +7,20 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::maps::MapData;
+use aya::maps::{ArrayOfMaps, LpmTrie, Map, MapData, lpm_trie::Key};
 use portfw_common::{
-    GENERATIONS, MAX_RULES, PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS, Settings,
-    rule_hit_index,
+    GENERATIONS, MAX_RULES, PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS, SOURCE_TRIE_ENTRIES,
+    Settings, SourceKey4, SourceKey6, rule_hit_index,
 };
 
 use super::LoaderError;
-use crate::compile::CompiledPolicy;
+use crate::compile::{CompiledPolicy, SourceEntry};
+
+/// `BPF_F_NO_PREALLOC`: LPM tries must allocate as they grow.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+type Trie4 = LpmTrie<MapData, SourceKey4, PortEntry>;
+type Trie6 = LpmTrie<MapData, SourceKey6, PortEntry>;
 
 /// A shared, writable mapping of an mmapable BPF array of `len` values of `T`.
 struct Mapped<T> {
@@ -25,6 +31,14 @@ struct Mapped<T> {
 
 impl<T> Mapped<T> {
     fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        // The kernel lays array values out at 8-byte strides; a `T` of another size would
+        // not line up with `[T]` past the first element.
+        if len > 1 && !size_of::<T>().is_multiple_of(8) {
+            return Err(io::Error::other(format!(
+                "cannot map an array of {}-byte values as a slice",
+                size_of::<T>()
+            )));
+        }
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let bytes = (len * size_of::<T>()).div_ceil(page) * page;
@@ -82,6 +96,34 @@ impl<T> Drop for Mapped<T> {
     }
 }
 
+fn of_maps<K: aya::Pod>(
+    data: MapData,
+    map: &'static str,
+) -> Result<ArrayOfMaps<MapData, LpmTrie<MapData, K, PortEntry>>, LoaderError> {
+    ArrayOfMaps::try_from(Map::ArrayOfMaps(data)).map_err(|source| LoaderError::Map {
+        map,
+        source: Box::new(source),
+    })
+}
+
+/// A new, unattached source trie holding `entries`.
+fn build_trie<K: aya::Pod>(
+    map: &'static str,
+    entries: &[SourceEntry<K>],
+) -> Result<LpmTrie<MapData, K, PortEntry>, LoaderError> {
+    let map_err = |source| LoaderError::Map {
+        map,
+        source: Box::new(source),
+    };
+    let mut trie = LpmTrie::<MapData, K, PortEntry>::create(SOURCE_TRIE_ENTRIES, BPF_F_NO_PREALLOC)
+        .map_err(map_err)?;
+    for entry in entries {
+        trie.insert(&Key::new(entry.prefix_len, entry.key), entry.verdict, 0)
+            .map_err(map_err)?;
+    }
+    Ok(trie)
+}
+
 /// The maps a policy is written into.
 pub struct Tables {
     active: Mapped<u32>,
@@ -90,6 +132,9 @@ pub struct Tables {
     /// One region of `RULE_HIT_SLOTS` counters per possible CPU.
     rule_hits: Mapped<u64>,
     cpus: u32,
+    /// Per generation, the IPv4 and IPv6 source tries.
+    sources4: ArrayOfMaps<MapData, Trie4>,
+    sources6: ArrayOfMaps<MapData, Trie6>,
 }
 
 fn mmap_err(map: &'static str) -> impl FnOnce(io::Error) -> LoaderError {
@@ -105,6 +150,8 @@ impl Tables {
         settings: &MapData,
         ports: &MapData,
         rule_hits: &MapData,
+        sources4: MapData,
+        sources6: MapData,
     ) -> Result<Self, LoaderError> {
         use std::os::fd::AsFd as _;
         let hit_slots = rule_hits
@@ -131,6 +178,8 @@ impl Tables {
             rule_hits: Mapped::new(rule_hits.fd().as_fd(), hit_slots as usize)
                 .map_err(mmap_err("PFW_RULE_HITS"))?,
             cpus: hit_slots / RULE_HIT_SLOTS,
+            sources4: of_maps(sources4, "PFW_SRC4")?,
+            sources6: of_maps(sources6, "PFW_SRC6")?,
         })
     }
 
@@ -160,6 +209,22 @@ impl Tables {
             });
         }
         let generation = self.inactive();
+        // Fresh tries replace whatever the inactive generation held; the kernel frees the
+        // old ones once no program run can still see them.
+        let trie4: Trie4 = build_trie("PFW_SRC4", &policy.sources4)?;
+        let trie6: Trie6 = build_trie("PFW_SRC6", &policy.sources6)?;
+        self.sources4
+            .set(generation, &trie4, 0)
+            .map_err(|source| LoaderError::Map {
+                map: "PFW_SRC4",
+                source: Box::new(source),
+            })?;
+        self.sources6
+            .set(generation, &trie6, 0)
+            .map_err(|source| LoaderError::Map {
+                map: "PFW_SRC6",
+                source: Box::new(source),
+            })?;
         self.reset_rule_hits(generation, policy.rules.len());
         self.settings
             .write(generation as usize, std::slice::from_ref(&policy.settings));
@@ -190,6 +255,60 @@ impl Tables {
         let generation = self.active();
         self.ports
             .read(portfw_common::port_index(generation, proto_slot, port) as usize)
+    }
+
+    /// The active generation's verdict for a packet, as the kernel computes it; `true` when
+    /// the source trie rather than the port table decided.
+    pub fn lookup(
+        &self,
+        proto_slot: u32,
+        port: u16,
+        source: std::net::IpAddr,
+    ) -> Result<(PortEntry, bool), LoaderError> {
+        let entry = self.port_entry(proto_slot, port);
+        for group in [entry.group, entry.tail] {
+            if group == portfw_common::NO_SOURCE_GROUP {
+                break;
+            }
+            if let Some(hit) = self.source_lookup(group, source)? {
+                return Ok((hit, true));
+            }
+        }
+        Ok((entry, false))
+    }
+
+    /// The active generation's source trie entry for `source` under `group`, if any.
+    fn source_lookup(
+        &self,
+        group: u16,
+        source: std::net::IpAddr,
+    ) -> Result<Option<PortEntry>, LoaderError> {
+        let generation = self.active();
+        let map_err = |map: &'static str| {
+            move |source| LoaderError::Map {
+                map,
+                source: Box::new(source),
+            }
+        };
+        let bits = portfw_common::SOURCE_GROUP_BITS;
+        Ok(match source {
+            std::net::IpAddr::V4(a) => {
+                let trie = self
+                    .sources4
+                    .get(&generation, 0)
+                    .map_err(map_err("PFW_SRC4"))?;
+                let key = Key::new(bits + 32, portfw_common::source_key4(group, a.octets()));
+                trie.get(&key, 0).ok()
+            }
+            std::net::IpAddr::V6(a) => {
+                let trie = self
+                    .sources6
+                    .get(&generation, 0)
+                    .map_err(map_err("PFW_SRC6"))?;
+                let key = Key::new(bits + 128, portfw_common::source_key6(group, a.octets()));
+                trie.get(&key, 0).ok()
+            }
+        })
     }
 
     pub fn settings(&self) -> Settings {

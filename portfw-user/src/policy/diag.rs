@@ -55,7 +55,8 @@ impl Diagnostic {
         Self::with_line(line, file, location, severity, message)
     }
 
-    fn with_line(
+    /// A diagnostic that shows `line` as its snippet.
+    pub fn with_line(
         line: Option<&str>,
         file: &str,
         location: Location,
@@ -138,13 +139,17 @@ impl<'a> IntoIterator for &'a Diagnostics {
     }
 }
 
-/// Collects diagnostics for one file while the parser walks it.
+/// Collects diagnostics for one file while the parser walks it, and for the set files it
+/// names.
 pub(crate) struct Reporter<'s> {
     /// Indexed by line number less one; split once because big policies can have
     /// thousands of findings.
     lines: Vec<&'s str>,
     file: &'s str,
-    diagnostics: Vec<Diagnostic>,
+    /// Each with the place in the policy file it sorts under (its own location, or for a
+    /// finding inside a set file, the `file:` entry that named that file), then its rank
+    /// among the findings placed there.
+    diagnostics: Vec<(Location, Rank, Diagnostic)>,
 }
 
 impl<'s> Reporter<'s> {
@@ -165,25 +170,68 @@ impl<'s> Reporter<'s> {
     }
 
     fn push(&mut self, location: Location, severity: Severity, message: impl Into<String>) {
-        let line = location
-            .line
+        self.push_ranked(location, Rank::Own, severity, message);
+    }
+
+    fn push_ranked(
+        &mut self,
+        location: Location,
+        rank: Rank,
+        severity: Severity,
+        message: impl Into<String>,
+    ) {
+        let line = self.line(location.line);
+        let diagnostic = Diagnostic::with_line(line, self.file, location, severity, message);
+        self.diagnostics.push((location, rank, diagnostic));
+    }
+
+    /// Reports a finding in another file (a set file), listed with the findings at `anchor`
+    /// in the policy file.
+    pub(crate) fn push_elsewhere(&mut self, anchor: Location, diagnostic: Diagnostic) {
+        self.diagnostics.push((anchor, Rank::Elsewhere, diagnostic));
+    }
+
+    /// Reports at `location` after whatever [`Reporter::push_elsewhere`] put there, such as
+    /// a count of the findings in a set file not shown.
+    pub(crate) fn push_after(
+        &mut self,
+        location: Location,
+        severity: Severity,
+        message: impl Into<String>,
+    ) {
+        self.push_ranked(location, Rank::After, severity, message);
+    }
+
+    /// Line `number` (from 1) of the policy file.
+    pub(crate) fn line(&self, number: usize) -> Option<&'s str> {
+        number
             .checked_sub(1)
-            .and_then(|index| self.lines.get(index).copied());
-        self.diagnostics.push(Diagnostic::with_line(
-            line, self.file, location, severity, message,
-        ));
+            .and_then(|index| self.lines.get(index).copied())
     }
 
     pub(crate) fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(Diagnostic::is_error)
+        self.diagnostics.iter().any(|(_, _, d)| d.is_error())
     }
 
     /// Splits into (errors, warnings), each in file order.
     pub(crate) fn finish(mut self) -> (Vec<Diagnostic>, Vec<Diagnostic>) {
-        // Stable, so two findings at one spot keep the order they were found in.
-        self.diagnostics.sort_by_key(|d| d.location);
-        self.diagnostics.into_iter().partition(Diagnostic::is_error)
+        // Stable, so two findings at one spot keep the order they were found in; findings
+        // inside one set file follow that file's order.
+        self.diagnostics
+            .sort_by_key(|(anchor, rank, d)| (*anchor, *rank, d.location));
+        self.diagnostics
+            .into_iter()
+            .map(|(_, _, d)| d)
+            .partition(Diagnostic::is_error)
     }
+}
+
+/// Where a finding goes among those sorted under one place in the policy file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    Own,
+    Elsewhere,
+    After,
 }
 
 #[cfg(test)]

@@ -4,20 +4,28 @@
 //! each pointing at a line and column. See docs/policy.md for the language itself.
 
 use std::{
-    fmt,
+    fmt, io,
     path::{Path, PathBuf},
 };
 
 use portfw_common::{action, ipproto, proto};
 use thiserror::Error;
 
+pub mod cidr;
 pub mod diag;
 pub mod ports;
+mod quickhash;
 pub mod services;
+mod setfile;
 mod validate;
 mod yaml;
 
+pub use cidr::{Cidr, CidrError};
 pub use diag::{Diagnostic, Diagnostics, Location, Severity};
+
+/// The most addresses and CIDRs a policy may hold: every set's entries once, plus, for each
+/// rule, the entries of the sets its `from` names and the addresses it lists itself.
+pub const MAX_CIDRS: usize = 1_000_000;
 
 /// What happens to a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -163,10 +171,16 @@ pub struct Rule {
     pub action: Action,
     /// Every (protocol, range) the rule names, in the order written; may overlap.
     pub ports: Vec<PortRange>,
+    /// The sources the rule is limited to: `None` for any source. Otherwise never empty,
+    /// with sets expanded and duplicates removed; IPv4 and IPv6 prefixes may mix, and a packet
+    /// matches only a prefix of its own family.
+    pub from: Option<Vec<Cidr>>,
+    /// The `from:` value as written, e.g. "$admins" or "[10.0.0.0/8, $app]".
+    pub from_text: Option<String>,
     /// The rule's own `log:`, which overrides the policy's log mode.
     pub log: Option<bool>,
     pub location: Location,
-    /// The rule as written, e.g. "allow ssh, 80/tcp".
+    /// The rule as written, e.g. "allow ssh, 80/tcp" or "allow ssh from $admins".
     pub summary: String,
 }
 
@@ -193,8 +207,23 @@ pub struct Policy {
     pub other_ip: Action,
     /// Frames that are not IPv4 or IPv6.
     pub non_ip: Action,
+    /// Named address sets, in the order defined. Rules hold their own expanded copies, so
+    /// these are for display.
+    pub sets: Vec<AddressSet>,
     /// First match wins.
     pub rules: Vec<Rule>,
+}
+
+/// A named list of prefixes from `sets:`, which rules name as `$name` in `from:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressSet {
+    pub name: String,
+    /// Duplicates removed, otherwise in the order written. May be empty.
+    pub cidrs: Vec<Cidr>,
+    /// Where the set's name is written.
+    pub location: Location,
+    /// The set file's path as written in the policy, when the set was read from one.
+    pub file: Option<String>,
 }
 
 /// A valid policy and the warnings found on the way.
@@ -204,11 +233,22 @@ pub struct Parsed {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Parses and validates a policy. `file` is only used to label diagnostics.
+/// Parses and validates a policy. `file` labels diagnostics, and set files named in the
+/// policy are read relative to its directory.
 ///
 /// On failure the error holds every error found, in file order.
 pub fn parse(source: &str, file: &str) -> Result<Parsed, Diagnostics> {
-    validate::parse(source, file)
+    parse_with(source, file, &|path| std::fs::read_to_string(path))
+}
+
+/// [`parse`], reading set files with `read_file`. The path it is given is the set file's path
+/// joined to the policy's directory.
+pub fn parse_with(
+    source: &str,
+    file: &str,
+    read_file: &dyn Fn(&Path) -> io::Result<String>,
+) -> Result<Parsed, Diagnostics> {
+    validate::parse(source, file, read_file)
 }
 
 #[derive(Debug, Error)]

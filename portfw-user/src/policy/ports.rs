@@ -52,7 +52,7 @@ pub enum SpecError {
     },
     #[error(
         "unknown service `{name}`; expected a port number, a range LOW-HIGH, a range name \
-         (well-known, registered, dynamic) or a service name from docs/policy.md{hint}"
+         (any, well-known, registered, dynamic) or a service name from docs/policy.md{hint}"
     )]
     UnknownService { name: String, hint: String },
     #[error(
@@ -204,7 +204,7 @@ fn suggestion(name: &str) -> String {
     }
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut previous: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -264,6 +264,8 @@ mod tests {
 
     #[test]
     fn range_names() {
+        assert_eq!(ok("any"), (0, 65535, vec![Tcp, Udp]));
+        assert_eq!(ok("any/sctp"), (0, 65535, vec![Sctp]));
         assert_eq!(ok("well-known"), (0, 1023, vec![Tcp, Udp]));
         assert_eq!(ok("registered/tcp"), (1024, 49151, vec![Tcp]));
         assert_eq!(ok("dynamic/udp"), (49152, 65535, vec![Udp]));
@@ -340,7 +342,7 @@ mod tests {
         assert_eq!(
             err("abc"),
             "unknown service `abc`; expected a port number, a range LOW-HIGH, a range name \
-             (well-known, registered, dynamic) or a service name from docs/policy.md"
+             (any, well-known, registered, dynamic) or a service name from docs/policy.md"
         );
         assert!(err("postgress").ends_with("; did you mean `postgres`?"));
         assert!(err("ssj/tcp").ends_with("; did you mean `ssh`?"));

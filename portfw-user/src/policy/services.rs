@@ -137,8 +137,18 @@ pub fn lookup(name: &str) -> Option<&'static Service> {
         .find(|s| s.name == name || s.aliases.contains(&name))
 }
 
+/// Every port: `drop: any` with a `from:` is how a rule blocks a source outright.
+pub const ANY: RangeName = RangeName {
+    name: "any",
+    low: 0,
+    high: u16::MAX,
+};
+
+/// `any` or one of the [`RANGE_NAMES`].
 pub fn range_name(name: &str) -> Option<&'static RangeName> {
-    RANGE_NAMES.iter().find(|r| r.name == name)
+    std::iter::once(&ANY)
+        .chain(RANGE_NAMES)
+        .find(|r| r.name == name)
 }
 
 /// Every name a port spec accepts besides numbers: services, aliases and range names.
@@ -146,6 +156,7 @@ pub fn all_names() -> impl Iterator<Item = &'static str> {
     SERVICES
         .iter()
         .flat_map(|s| std::iter::once(s.name).chain(s.aliases.iter().copied()))
+        .chain(std::iter::once(ANY.name))
         .chain(RANGE_NAMES.iter().map(|r| r.name))
 }
 
@@ -248,6 +259,8 @@ mod tests {
         assert!(RANGE_NAMES.windows(2).all(|w| w[0].high + 1 == w[1].low));
         assert_eq!(RANGE_NAMES[2].high, u16::MAX);
         assert_eq!(range_name("registered").map(|r| r.low), Some(1024));
+        assert_eq!(range_name("any").map(|r| (r.low, r.high)), Some((0, 65535)));
+        assert_eq!(range_name("all"), None);
     }
 
     #[test]

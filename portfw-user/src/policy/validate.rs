@@ -1,8 +1,12 @@
 //! Turns the YAML tree into a [`Policy`], reporting every problem it finds in one pass.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::HashMap,
+    io,
+    path::{Path, PathBuf},
+};
 
-use portfw_common::{MAX_RULES, RULE_DEFAULT};
+use portfw_common::MAX_RULES;
 
 use super::{
     Action, LogMode, Parsed, Policy, PortRange, Protocol, Rule,
@@ -10,37 +14,49 @@ use super::{
     ports::{self, SpecForm},
     yaml::{self, Entry, Node, ScalarKind, Tree, Value},
 };
-use crate::compile;
+
+mod shadow;
+mod sources;
 
 const TOP_KEYS: &[&str] = &[
     "default",
     "log",
     "interfaces",
+    "sets",
     "rules",
     "icmp",
     "fragments",
     "other-ip",
     "non-ip",
 ];
-const RULE_KEYS: &[&str] = &["name", "allow", "drop", "log"];
+const RULE_KEYS: &[&str] = &["name", "allow", "drop", "from", "log"];
 
 /// Linux's IFNAMSIZ less the terminating NUL.
 const MAX_INTERFACE_NAME: usize = 15;
 const MAX_RULE_NAME: usize = 64;
-/// How many earlier rules a shadowing warning names before saying "and others".
-const SHADOWERS_SHOWN: usize = 3;
-/// How many port specs a warning quotes from a rule before eliding the rest.
-const SPECS_QUOTED: usize = 4;
+/// How many port specs or sources a message quotes from a rule before eliding the rest.
+const ITEMS_QUOTED: usize = 4;
 
-pub(super) fn parse(source: &str, file: &str) -> Result<Parsed, Diagnostics> {
+/// Reads a set file; the path is already joined to the policy's directory.
+type ReadFile<'f> = &'f dyn Fn(&Path) -> io::Result<String>;
+
+pub(super) fn parse(
+    source: &str,
+    file: &str,
+    read_file: ReadFile<'_>,
+) -> Result<Parsed, Diagnostics> {
     let mut reporter = Reporter::new(source, file);
     let checked = match yaml::parse(source, &mut reporter) {
-        Tree::Root(root) => Some(
-            Validator {
+        Tree::Root(root) => {
+            let dir = Path::new(file).parent().unwrap_or(Path::new(""));
+            let mut validator = Validator {
                 reporter: &mut reporter,
-            }
-            .policy(&root, file),
-        ),
+                dir: dir.to_owned(),
+                read_file,
+                sets: sources::Sets::default(),
+            };
+            Some(validator.policy(&root, file))
+        }
         Tree::Empty => {
             reporter.error(
                 Location::new(1, 1),
@@ -52,7 +68,7 @@ pub(super) fn parse(source: &str, file: &str) -> Result<Parsed, Diagnostics> {
     };
     match checked {
         Some((policy, written)) if !reporter.has_errors() => {
-            shadowed_rules(&policy, &written, &mut reporter);
+            shadow::shadowed_rules(&policy, &written, &mut reporter);
             let (_, warnings) = reporter.finish();
             Ok(Parsed { policy, warnings })
         }
@@ -60,14 +76,18 @@ pub(super) fn parse(source: &str, file: &str) -> Result<Parsed, Diagnostics> {
     }
 }
 
-struct Validator<'r, 's> {
+struct Validator<'r, 's, 'f> {
     reporter: &'r mut Reporter<'s>,
+    /// The policy file's directory, which set file paths are relative to.
+    dir: PathBuf,
+    read_file: ReadFile<'f>,
+    sets: sources::Sets,
 }
 
 /// A rule's port specs as written, for messages.
 type Written = Vec<String>;
 
-impl Validator<'_, '_> {
+impl Validator<'_, '_, '_> {
     /// Checks the whole document. The policy returned is only meaningful when no error was
     /// reported; fallbacks stand in for invalid values so checking can go on.
     fn policy(&mut self, root: &Node, file: &str) -> (Policy, Vec<Written>) {
@@ -80,6 +100,7 @@ impl Validator<'_, '_> {
             fragments: Action::Allow,
             other_ip: Action::Drop,
             non_ip: Action::Allow,
+            sets: Vec::new(),
             rules: Vec::new(),
         };
         let mut written = Vec::new();
@@ -96,10 +117,16 @@ impl Validator<'_, '_> {
             }
             return (policy, written);
         };
+        // Rules may name sets defined further down, so sets are read first.
+        let sets_entry = entries.iter().find(|e| e.key == "sets");
+        if let Some(entry) = sets_entry {
+            self.sets(entry);
+        }
         let mut default_given = false;
         let mut other_ip = None;
         for entry in entries {
             match entry.key.as_str() {
+                "sets" => {}
                 "default" => {
                     default_given = true;
                     policy.default = self.action(entry).unwrap_or(policy.default);
@@ -122,6 +149,7 @@ impl Validator<'_, '_> {
             );
         }
         policy.other_ip = other_ip.unwrap_or(policy.default);
+        policy.sets = self.finish_sets();
         (policy, written)
     }
 
@@ -277,10 +305,15 @@ impl Validator<'_, '_> {
         let mut name = None;
         let mut log = None;
         let mut verdict: Option<(Action, &Entry)> = None;
+        let mut from = None;
         let mut ok = true;
         for entry in entries {
             match entry.key.as_str() {
                 "name" => name = self.rule_name(number, entry, names),
+                "from" => match self.from(number, entry) {
+                    Some(sources) => from = Some(sources),
+                    None => ok = false,
+                },
                 "log" => match &entry.value.value {
                     Value::Scalar(s) if matches!(s.kind(), ScalarKind::Bool(_)) => {
                         log = Some(s.kind() == ScalarKind::Bool(true));
@@ -327,13 +360,24 @@ impl Validator<'_, '_> {
         if !ok {
             return None;
         }
+        let mut summary = format!("{action} {}", specs.join(", "));
+        let (from, from_text) = match from {
+            Some(sources) => {
+                summary.push_str(" from ");
+                summary.push_str(&sources.text);
+                (Some(sources.cidrs), Some(sources.text))
+            }
+            None => (None, None),
+        };
         let rule = Rule {
             name,
             action,
             ports,
+            from,
+            from_text,
             log,
             location: node.location,
-            summary: format!("{action} {}", specs.join(", ")),
+            summary,
         };
         Some((rule, specs))
     }
@@ -465,87 +509,18 @@ fn interface_name_problem(name: &str) -> Option<String> {
     None
 }
 
-/// Warns about every rule that decides no port at all because earlier rules decide all of the
-/// ports it names. Works from the compiled table, so it is exact per (protocol, port).
-fn shadowed_rules(policy: &Policy, written: &[Written], reporter: &mut Reporter<'_>) {
-    let compiled = compile::compile(policy);
-    let mut decides = vec![false; policy.rules.len()];
-    for entry in &compiled.ports {
-        if entry.rule != RULE_DEFAULT
-            && let Some(flag) = decides.get_mut(entry.rule as usize)
-        {
-            *flag = true;
-        }
-    }
-    if decides.iter().all(|d| *d) {
-        return;
-    }
-    let runs = Protocol::ALL.map(|p| compiled.runs(p));
-    for (index, rule) in policy.rules.iter().enumerate() {
-        if decides[index] {
-            continue;
-        }
-        // Every port of a rule that decides nothing is decided by an earlier rule, so the
-        // runs overlapping its ranges name exactly the rules that shadow it.
-        let mut earlier = BTreeSet::new();
-        let mut more = false;
-        'ranges: for range in &rule.ports {
-            let runs = &runs[range.protocol.slot() as usize];
-            let first = runs.partition_point(|run| run.high < range.low);
-            for run in runs[first..].iter().take_while(|run| run.low <= range.high) {
-                earlier.insert(run.entry.rule as usize);
-                if earlier.len() > SHADOWERS_SHOWN {
-                    more = true;
-                    break 'ranges;
-                }
-            }
-        }
-        let mut shown: Vec<String> = earlier
-            .iter()
-            .take(SHADOWERS_SHOWN)
-            .filter_map(|&i| policy.rules.get(i).map(|r| (i, r)))
-            .map(|(i, r)| format!("rule {} at line {}", i + 1, r.location.line))
-            .collect();
-        if more {
-            shown.push("others".to_owned());
-        }
-        let shown = match shown.split_last() {
-            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
-            _ => shown.join(""),
-        };
-        let specs = written.get(index).map(Vec::as_slice).unwrap_or_default();
-        reporter.warning(
-            rule.location,
-            format!(
-                "{} never matches: every port it names is decided by earlier rules ({shown})",
-                rule_label(index, rule, specs)
-            ),
-        );
-    }
-}
-
-/// "rule 3 (`drop: 80`)", or "rule 3 `web` (`allow: [http, https]`)" for a named rule.
-fn rule_label(index: usize, rule: &Rule, specs: &[String]) -> String {
-    let mut quoted = specs
+/// Up to [`ITEMS_QUOTED`] items joined with ", ", then "...".
+fn quote_items(items: &[String]) -> String {
+    let mut quoted = items
         .iter()
-        .take(SPECS_QUOTED)
+        .take(ITEMS_QUOTED)
         .cloned()
         .collect::<Vec<_>>()
         .join(", ");
-    if specs.len() > SPECS_QUOTED {
+    if items.len() > ITEMS_QUOTED {
         quoted.push_str(", ...");
     }
-    let value = if specs.len() == 1 {
-        quoted
-    } else {
-        format!("[{quoted}]")
-    };
-    let name = rule
-        .name
-        .as_ref()
-        .map(|n| format!(" `{n}`"))
-        .unwrap_or_default();
-    format!("rule {}{name} (`{}: {value}`)", index + 1, rule.action)
+    quoted
 }
 
 #[cfg(test)]

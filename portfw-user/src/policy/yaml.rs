@@ -171,10 +171,19 @@ struct Builder<'r, 's, T> {
 
 impl<T: Iterator<Item = char>> Builder<'_, '_, T> {
     fn syntax_error(&mut self, error: &ScanError) {
-        self.reporter.error(
-            location(error.marker()),
-            format!("YAML syntax error: {}", error.info()),
-        );
+        let at = location(error.marker());
+        let mut message = format!("YAML syntax error: {}", error.info());
+        // `from: fe80::` reads as a key `from: fe80:` with a stray `:`; say why.
+        let chars = |line: &str| -> String {
+            line.chars()
+                .skip(at.column.saturating_sub(2))
+                .take(2)
+                .collect()
+        };
+        if self.reporter.line(at.line).map(chars).as_deref() == Some("::") {
+            message.push_str("; an IPv6 address ending in `::` must be quoted, as in '2001:db8::'");
+        }
+        self.reporter.error(at, message);
     }
 
     fn next(&mut self) -> Result<(Event, Mark), ScanError> {

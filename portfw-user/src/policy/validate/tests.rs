@@ -1,5 +1,8 @@
 //! Tests of policy validation: exact positions of errors, several errors at once, warnings.
 
+mod shadowing;
+mod sources;
+
 use portfw_common::MAX_RULES;
 
 use crate::policy::{
@@ -149,15 +152,15 @@ fn unknown_keys_list_the_allowed_ones() {
     assert_eq!(
         errors("defualt: drop\n"),
         [
-            "1:1: unknown key `defualt`; expected one of: default, log, interfaces, rules, \
-             icmp, fragments, other-ip, non-ip",
+            "1:1: unknown key `defualt`; expected one of: default, log, interfaces, sets, \
+             rules, icmp, fragments, other-ip, non-ip",
             "1:1: missing required key `default`: the verdict for ports no rule names \
              (`allow` or `drop`)",
         ]
     );
     assert_eq!(
         errors("default: drop\nrules:\n  - allow: 22\n    port: 5\n"),
-        ["4:5: unknown key `port` in rule 1; expected one of: name, allow, drop, log"]
+        ["4:5: unknown key `port` in rule 1; expected one of: name, allow, drop, from, log"]
     );
 }
 
@@ -189,7 +192,7 @@ fn port_errors_point_at_the_spec() {
             "3:11: port -1 is out of range 0-65535",
             "4:11: port `1.5` is not a whole number",
             "5:11: unknown service `abc`; expected a port number, a range LOW-HIGH, a range \
-             name (well-known, registered, dynamic) or a service name from docs/policy.md",
+             name (any, well-known, registered, dynamic) or a service name from docs/policy.md",
         ]
     );
     assert_eq!(
@@ -200,7 +203,7 @@ fn port_errors_point_at_the_spec() {
         errors("default: drop\nrules:\n  - allow:\n      - ssh\n      - htpps\n"),
         [
             "5:9: unknown service `htpps`; expected a port number, a range LOW-HIGH, a range \
-             name (well-known, registered, dynamic) or a service name from docs/policy.md; \
+             name (any, well-known, registered, dynamic) or a service name from docs/policy.md; \
              did you mean `https`?"
         ]
     );
@@ -285,7 +288,7 @@ fn top_level_shape_errors() {
     assert_eq!(
         errors("- default: drop\n"),
         [
-            "1:1: a policy is a mapping of keys (default, log, interfaces, rules, icmp, \
+            "1:1: a policy is a mapping of keys (default, log, interfaces, sets, rules, icmp, \
              fragments, other-ip, non-ip), but this is a list"
         ]
     );
@@ -328,12 +331,12 @@ rules:
         messages,
         [
             "1:10: `default` must be `allow` or `drop`, found `maybe`",
-            "2:1: unknown key `logg`; expected one of: default, log, interfaces, rules, icmp, \
+            "2:1: unknown key `logg`; expected one of: default, log, interfaces, sets, rules, icmp, \
              fragments, other-ip, non-ip",
             "4:18: port 70000 is out of range 0-65535",
             "5:11: port range 9000-8000 is reversed; write the lower port first (8000-9000)",
             "7:12: unknown service `htp`; expected a port number, a range LOW-HIGH, a range \
-             name (well-known, registered, dynamic) or a service name from docs/policy.md; \
+             name (any, well-known, registered, dynamic) or a service name from docs/policy.md; \
              did you mean `http`?",
             "8:5: rule 3 has both `allow` and `drop`; a rule takes exactly one",
             "9:12: unknown protocol `icmp` in `22/icmp`; expected one of: tcp, udp, sctp, \
@@ -348,7 +351,7 @@ rules:
 policy.yaml:1:10: `default` must be `allow` or `drop`, found `maybe`
   1 | default: maybe
     |          ^
-policy.yaml:2:1: unknown key `logg`; expected one of: default, log, interfaces, rules, icmp, \
+policy.yaml:2:1: unknown key `logg`; expected one of: default, log, interfaces, sets, rules, icmp, \
 fragments, other-ip, non-ip
   2 | logg: all
     | ^

@@ -1,0 +1,188 @@
+//! `portfw explain`: which rule decides a given packet, and why; from a policy file or from
+//! the tables of the running filter.
+use std::{net::IpAddr, process::ExitCode};
+
+use anyhow::{Context as _, bail};
+use portfw_common::{PortEntry, RULE_DEFAULT, action};
+
+use super::{EXIT_ERROR, EXIT_OK, ExplainArgs, report_invalid};
+use crate::{
+    compile::{self, reference},
+    loader,
+    policy::{self, Policy, Protocol},
+};
+
+/// `PORT[/PROTO]`, protocol tcp when absent.
+fn parse_target(text: &str) -> anyhow::Result<(u16, Protocol)> {
+    let (port, protocol) = match text.split_once('/') {
+        Some((port, proto)) => (port, proto),
+        None => (text, "tcp"),
+    };
+    let protocol = Protocol::ALL
+        .into_iter()
+        .find(|p| p.name() == protocol)
+        .with_context(|| {
+            format!(
+                "--to {text}: unknown protocol `{protocol}`; expected tcp, udp, sctp or udplite"
+            )
+        })?;
+    let port = port
+        .parse::<u16>()
+        .with_context(|| format!("--to {text}: `{port}` is not a port number (0-65535)"))?;
+    Ok((port, protocol))
+}
+
+/// The one line both modes print, so their answers compare as text.
+fn verdict_line(
+    protocol: Protocol,
+    source: IpAddr,
+    port: u16,
+    entry: &PortEntry,
+    rule_name: impl Fn(u32) -> Option<String>,
+) -> String {
+    let verdict = if entry.action == action::DROP {
+        "drop"
+    } else {
+        "allow"
+    };
+    let by = if entry.rule == RULE_DEFAULT {
+        "the default".to_string()
+    } else {
+        match rule_name(entry.rule) {
+            Some(name) => format!("rule {} ({name})", entry.rule + 1),
+            None => format!("rule {}", entry.rule + 1),
+        }
+    };
+    format!("{protocol} {source} -> port {port}: {verdict} by {by}")
+}
+
+pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let (port, protocol) = parse_target(&args.to)?;
+    let source = args.from;
+    match &args.policy {
+        Some(path) => {
+            let file = path.display().to_string();
+            let parsed = match policy::load(path) {
+                Ok(parsed) => parsed,
+                Err(policy::LoadError::Invalid(diagnostics)) => {
+                    return Ok(report_invalid(&file, &diagnostics, "the policy is invalid"));
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let policy = parsed.policy;
+            let compiled = compile::compile(&policy)
+                .map_err(|e| anyhow::anyhow!("{file} does not fit the kernel tables: {e}"))?;
+            let from_tables = compiled.lookup(protocol, port, source);
+            let decision = reference::evaluate(&policy, protocol, port, source);
+            let name = |rule: u32| policy.rules.get(rule as usize).and_then(|r| r.name.clone());
+            println!(
+                "{}",
+                verdict_line(protocol, source, port, &from_tables, name)
+            );
+            for line in trace(&policy, protocol, port, source) {
+                println!("  {line}");
+            }
+            let expected = decision.rule.map_or(RULE_DEFAULT, |r| r as u32);
+            if from_tables.rule != expected || from_tables.action != decision.action.to_kernel() {
+                eprintln!(
+                    "portfw: internal error: the compiled tables say rule {} but first-match says \
+                     rule {}; please report this with the policy",
+                    from_tables.rule, expected
+                );
+                return Ok(ExitCode::from(EXIT_ERROR));
+            }
+        }
+        None => {
+            let running = loader::explain_running(protocol.slot(), port, source)?;
+            let name = |rule: u32| {
+                running
+                    .policy
+                    .as_ref()
+                    .and_then(|p| p.rules.get(rule as usize))
+                    .and_then(|r| r.name.clone())
+            };
+            println!(
+                "{}",
+                verdict_line(protocol, source, port, &running.entry, name)
+            );
+            let via = if running.by_source {
+                "source trie"
+            } else {
+                "port table"
+            };
+            match running.policy.as_ref() {
+                Some(p) => {
+                    if let Some(rule) = p.rules.get(running.entry.rule as usize) {
+                        println!("  {} (line {}), from the {via}", rule.summary, rule.line);
+                    }
+                    println!(
+                        "  running filter: {} (generation {})",
+                        p.file, running.generation
+                    );
+                }
+                None => bail!("the running filter has no record of its policy"),
+            }
+        }
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// The first-match walk for one packet, one line per rule that names the port.
+fn trace(policy: &Policy, protocol: Protocol, port: u16, source: IpAddr) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (index, rule) in policy.rules.iter().enumerate() {
+        if !rule
+            .ports
+            .iter()
+            .any(|r| r.protocol == protocol && r.low <= port && port <= r.high)
+        {
+            continue;
+        }
+        let label = match &rule.name {
+            Some(name) => format!("rule {} `{name}` (line {})", index + 1, rule.location.line),
+            None => format!("rule {} (line {})", index + 1, rule.location.line),
+        };
+        match &rule.from {
+            None => {
+                lines.push(format!(
+                    "{label}: `{}` names {port}/{protocol} and admits any source: it decides",
+                    rule.summary
+                ));
+                return lines;
+            }
+            Some(cidrs) => match cidrs.iter().filter(|c| c.contains(source)).max_by_key(|c| c.len) {
+                Some(cidr) => {
+                    lines.push(format!(
+                        "{label}: `{}` names {port}/{protocol} and {source} is inside {cidr}: it decides",
+                        rule.summary
+                    ));
+                    return lines;
+                }
+                None => lines.push(format!(
+                    "{label}: `{}` names {port}/{protocol}, but {source} is in none of its {} prefixes",
+                    rule.summary,
+                    cidrs.len()
+                )),
+            },
+        }
+    }
+    lines.push(format!(
+        "no rule decides {port}/{protocol} from {source}: the default ({}) applies",
+        policy.default
+    ));
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_target;
+    use crate::policy::Protocol;
+
+    #[test]
+    fn targets_parse_with_and_without_protocol() {
+        assert_eq!(parse_target("22").ok(), Some((22, Protocol::Tcp)));
+        assert_eq!(parse_target("53/udp").ok(), Some((53, Protocol::Udp)));
+        assert!(parse_target("70000/tcp").is_err());
+        assert!(parse_target("22/icmp").is_err());
+    }
+}

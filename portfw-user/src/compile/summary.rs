@@ -1,0 +1,129 @@
+//! The human account of a compiled policy that `portfw check` prints.
+
+use std::fmt::Write as _;
+
+use portfw_common::{PortEntry, RULE_DEFAULT, port_flags};
+
+use super::{CompiledPolicy, PortRun, entry};
+use crate::policy::{Action, Policy, Protocol};
+
+/// A readable account of what `compiled` does, for `portfw check`.
+///
+/// Per protocol it lists the ports rules decide as merged ranges with the deciding rule,
+/// then what everything else gets.
+pub fn summary(policy: &Policy, compiled: &CompiledPolicy) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail, so the fmt::Results below are ignored.
+    let rules = match compiled.rules.len() {
+        1 => "1 rule".to_owned(),
+        n => format!("{n} rules"),
+    };
+    let _ = writeln!(
+        out,
+        "{}: {rules}, first match wins; default {}, log {}",
+        policy.file, policy.default, policy.log
+    );
+    let interfaces = if policy.interfaces.is_empty() {
+        "(none listed)".to_owned()
+    } else {
+        policy.interfaces.join(", ")
+    };
+    let _ = writeln!(out, "interfaces: {interfaces}");
+    let _ = writeln!(
+        out,
+        "icmp: {}, fragments: {}, other-ip: {}, non-ip: {}",
+        policy.icmp, policy.fragments, policy.other_ip, policy.non_ip
+    );
+    let runs = Protocol::ALL.map(|protocol| compiled.runs(protocol));
+    // One width for every protocol keeps the rule column aligned down the whole listing.
+    let width = runs
+        .iter()
+        .flatten()
+        .filter(|run| run.entry.rule != RULE_DEFAULT)
+        .map(|run| port_span(run).len())
+        .max()
+        .unwrap_or(0);
+    let default = entry(
+        RULE_DEFAULT,
+        policy.default,
+        policy.log.logs(policy.default),
+    );
+    for (protocol, runs) in Protocol::ALL.into_iter().zip(&runs) {
+        let _ = writeln!(out, "{protocol}:");
+        let mut decided_any = false;
+        for run in runs.iter().filter(|run| run.entry.rule != RULE_DEFAULT) {
+            decided_any = true;
+            let _ = writeln!(
+                out,
+                "  {:<5} {:<width$}  {}{}",
+                action_name(run.entry.action),
+                port_span(run),
+                rule_label(compiled, run.entry.rule),
+                logged(&run.entry)
+            );
+        }
+        let allows_tcp_zero = protocol == Protocol::Tcp
+            && runs
+                .first()
+                .is_some_and(|run| run.entry.action == Action::Allow.to_kernel());
+        if allows_tcp_zero {
+            let _ = writeln!(
+                out,
+                "  (tcp port 0 is dropped as malformed whatever the table says)"
+            );
+        }
+        if runs.iter().any(|run| run.entry.rule == RULE_DEFAULT) {
+            let everything = if decided_any {
+                "everything else"
+            } else {
+                "everything"
+            };
+            let _ = writeln!(
+                out,
+                "  {everything}: {} (default){}",
+                policy.default,
+                logged(&default)
+            );
+        }
+    }
+    out
+}
+
+fn port_span(run: &PortRun) -> String {
+    if run.low == run.high {
+        run.low.to_string()
+    } else {
+        format!("{}-{}", run.low, run.high)
+    }
+}
+
+fn action_name(kernel: u8) -> &'static str {
+    if kernel == Action::Allow.to_kernel() {
+        Action::Allow.name()
+    } else {
+        Action::Drop.name()
+    }
+}
+
+fn rule_label(compiled: &CompiledPolicy, rule: u32) -> String {
+    let number = rule as usize + 1;
+    match compiled.rules.get(rule as usize) {
+        Some(info) => {
+            let name = info
+                .name
+                .as_ref()
+                .map(|n| format!(" `{n}`"))
+                .unwrap_or_default();
+            format!("rule {number}{name} (line {})", info.line)
+        }
+        None => format!("rule {number}"),
+    }
+}
+
+fn logged(entry: &PortEntry) -> &'static str {
+    if entry.flags & port_flags::LOG != 0 {
+        ", logged"
+    } else {
+        ""
+    }
+}

@@ -1,0 +1,132 @@
+//! Helpers for end-to-end tests: the namespace lab, policy files, and running `portfw`
+//! inside the lab's server namespace.
+#![allow(dead_code)]
+
+#[path = "../../../xtask/src/lab.rs"]
+pub mod lab;
+
+use std::{
+    fs,
+    net::IpAddr,
+    path::PathBuf,
+    process::{Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use lab::{Lab, Probe, Proto, Side};
+
+pub const PORTFW: &str = env!("CARGO_BIN_EXE_portfw");
+/// How long a probe waits before calling a port silent: drops look like this.
+pub const SILENCE: Duration = Duration::from_millis(1500);
+
+/// A policy file in the temp dir, removed on drop.
+pub struct PolicyFile(PathBuf);
+
+impl PolicyFile {
+    pub fn new(name: &str, yaml: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "portfw-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(name);
+        fs::write(&path, yaml).expect("write policy");
+        Self(path)
+    }
+
+    pub fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for PolicyFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+pub fn root_lab(tag: &str) -> Lab {
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "namespace tests need root; run `cargo xtask test` as root"
+    );
+    Lab::new(tag).expect("create lab")
+}
+
+pub fn portfw(lab: &Lab, args: &[&str]) -> Output {
+    let mut full = vec![PORTFW];
+    full.extend_from_slice(args);
+    lab.server(&full)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run portfw")
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Applies `policy` to the lab's server interface and checks the command exited 0.
+pub fn apply(lab: &Lab, policy: &PolicyFile, extra: &[&str]) -> Output {
+    let path = policy.path();
+    let mut args = vec!["apply", path.as_str(), "--iface", lab.server_iface()];
+    args.extend_from_slice(extra);
+    let out = portfw(lab, &args);
+    assert!(out.status.success(), "portfw apply failed: {}", text(&out));
+    out
+}
+
+pub fn server_ips(lab: &Lab) -> [IpAddr; 2] {
+    [lab.server_v4().into(), lab.server_v6().into()]
+}
+
+pub fn probe(lab: &Lab, proto: Proto, ip: IpAddr, port: u16) -> Probe {
+    lab.probe(Side::Client, proto, ip, port, SILENCE)
+        .expect("probe")
+}
+
+/// `nc -z` from the client: true when the TCP handshake completes.
+pub fn nc_connects(lab: &Lab, ip: IpAddr, port: u16) -> bool {
+    let family = if ip.is_ipv6() { "-6" } else { "-4" };
+    lab.client([
+        "nc.openbsd",
+        family,
+        "-z",
+        "-w",
+        "2",
+        &ip.to_string(),
+        &port.to_string(),
+    ])
+    .stdin(Stdio::null())
+    .output()
+    .expect("nc")
+    .status
+    .success()
+}
+
+/// `curl` from the client: the body when the request succeeds.
+pub fn curl(lab: &Lab, ip: IpAddr, port: u16) -> Option<String> {
+    let url = match ip {
+        IpAddr::V4(a) => format!("http://{a}:{port}/"),
+        IpAddr::V6(a) => format!("http://[{a}]:{port}/"),
+    };
+    let out = lab
+        .client(["curl", "-sS", "-g", "--max-time", "3", &url])
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
