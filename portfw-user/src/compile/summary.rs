@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use portfw_common::{PortEntry, RULE_DEFAULT, port_flags};
+use portfw_common::{NO_SOURCE_GROUP, PortEntry, RULE_DEFAULT, port_flags};
 
 use super::{CompiledPolicy, PortRun, entry};
 use crate::policy::{Action, Policy, Protocol};
@@ -39,7 +39,7 @@ pub fn summary(policy: &Policy, compiled: &CompiledPolicy) -> String {
     let width = runs
         .iter()
         .flatten()
-        .filter(|run| run.entry.rule != RULE_DEFAULT)
+        .filter(|run| run.entry.rule != RULE_DEFAULT || run.entry.group != NO_SOURCE_GROUP)
         .map(|run| port_span(run).len())
         .max()
         .unwrap_or(0);
@@ -51,16 +51,48 @@ pub fn summary(policy: &Policy, compiled: &CompiledPolicy) -> String {
     for (protocol, runs) in Protocol::ALL.into_iter().zip(&runs) {
         let _ = writeln!(out, "{protocol}:");
         let mut decided_any = false;
-        for run in runs.iter().filter(|run| run.entry.rule != RULE_DEFAULT) {
+        // Source rules that come first for every port of the protocol (a blocklist, say)
+        // are said once rather than on every line.
+        let lists: Vec<Vec<u32>> = runs.iter().map(|run| source_rules(compiled, run)).collect();
+        let common = common_prefix(&lists);
+        if !common.is_empty() {
+            let said: Vec<String> = common
+                .iter()
+                .map(|&rule| source_rule(policy, compiled, rule))
+                .collect();
+            let _ = writeln!(out, "  every port, first by source: {}", said.join("; "));
+        }
+        for (run, list) in runs.iter().zip(&lists) {
+            let own = &list[common.len()..];
+            if run.entry.rule == RULE_DEFAULT && own.is_empty() {
+                continue;
+            }
             decided_any = true;
+            let label = if run.entry.rule == RULE_DEFAULT {
+                "the default".to_owned()
+            } else {
+                rule_label(compiled, run.entry.rule)
+            };
             let _ = writeln!(
                 out,
-                "  {:<5} {:<width$}  {}{}",
+                "  {:<5} {:<width$}  {label}{}",
                 action_name(run.entry.action),
                 port_span(run),
-                rule_label(compiled, run.entry.rule),
                 logged(&run.entry)
             );
+            if !own.is_empty() {
+                let said: Vec<String> = own
+                    .iter()
+                    .map(|&rule| source_rule(policy, compiled, rule))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  {:<5} {:<width$}    unless first, by source: {}",
+                    "",
+                    "",
+                    said.join("; ")
+                );
+            }
         }
         let allows_tcp_zero = protocol == Protocol::Tcp
             && runs
@@ -72,7 +104,11 @@ pub fn summary(policy: &Policy, compiled: &CompiledPolicy) -> String {
                 "  (tcp port 0 is dropped as malformed whatever the table says)"
             );
         }
-        if runs.iter().any(|run| run.entry.rule == RULE_DEFAULT) {
+        if runs
+            .iter()
+            .zip(&lists)
+            .any(|(run, list)| run.entry.rule == RULE_DEFAULT && list.len() == common.len())
+        {
             let everything = if decided_any {
                 "everything else"
             } else {
@@ -87,6 +123,43 @@ pub fn summary(policy: &Policy, compiled: &CompiledPolicy) -> String {
         }
     }
     out
+}
+
+/// The source rules tried before a run's own verdict, in order.
+fn source_rules(compiled: &CompiledPolicy, run: &PortRun) -> Vec<u32> {
+    [run.entry.group, run.entry.tail]
+        .into_iter()
+        .filter(|&g| g != NO_SOURCE_GROUP)
+        .flat_map(|g| compiled.groups[usize::from(g) - 1].iter().copied())
+        .collect()
+}
+
+fn common_prefix(lists: &[Vec<u32>]) -> Vec<u32> {
+    let Some(first) = lists.first() else {
+        return Vec::new();
+    };
+    let len = lists.iter().fold(first.len(), |len, list| {
+        first[..len]
+            .iter()
+            .zip(list)
+            .take_while(|(a, b)| a == b)
+            .count()
+    });
+    first[..len].to_vec()
+}
+
+/// `rule 1 `ssh-admins` (line 5) allows from $admins`
+fn source_rule(policy: &Policy, compiled: &CompiledPolicy, rule: u32) -> String {
+    let verb = match compiled.rules.get(rule as usize).map(|r| r.action) {
+        Some(Action::Allow) => "allows",
+        _ => "drops",
+    };
+    let from = policy
+        .rules
+        .get(rule as usize)
+        .and_then(|r| r.from_text.clone())
+        .unwrap_or_default();
+    format!("{} {verb} from {from}", rule_label(compiled, rule))
 }
 
 fn port_span(run: &PortRun) -> String {

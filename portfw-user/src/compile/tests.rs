@@ -686,3 +686,25 @@ fn docs_show_the_demo_summary() {
         "docs/policy.md shows an outdated summary of policies/demo.yaml; it is now:\n{text}"
     );
 }
+
+#[test]
+fn summary_names_source_rules_before_the_verdict() {
+    let policy = parsed(WITH_SOURCES[2]);
+    let text = summary(&policy, &compile(&policy).expect("compile"));
+    assert!(
+        text.contains("tcp:\n  every port, first by source: rule 1 (line 3) drops from [10.66.0.0/16, 2001:db8:66::/48]\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  drop  22         the default, logged\n                     unless first, by source: rule 2 (line 5) allows from 10.0.0.0/8\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  allow 80         rule 3 (line 7)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sctp:\n  everything: drop (default), logged\n"),
+        "{text}"
+    );
+}
