@@ -14,7 +14,7 @@ use std::{
 
 use common::e2e::{
     PORTFW, PolicyFile, apply, curl,
-    lab::{Probe, Proto},
+    lab::{Lab, Probe, Proto, Side},
     nc_connects, portfw, probe, root_lab, server_ips, text,
 };
 
@@ -392,4 +392,123 @@ fn ip_netns_exec_is_refused_with_advice() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(stderr.contains("nsenter --net=/run/netns/"), "{stderr}");
     assert!(!lab.pin_dir().exists());
+}
+
+/// `nc -z` from a chosen source address of the client.
+fn nc_connects_from(lab: &Lab, source: IpAddr, ip: IpAddr, port: u16) -> bool {
+    let family = if ip.is_ipv6() { "-6" } else { "-4" };
+    lab.client([
+        "nc.openbsd",
+        family,
+        "-z",
+        "-w",
+        "2",
+        "-s",
+        &source.to_string(),
+        &ip.to_string(),
+        &port.to_string(),
+    ])
+    .stdin(Stdio::null())
+    .output()
+    .expect("nc")
+    .status
+    .success()
+}
+
+#[test]
+fn source_rules_judge_each_client_address_and_explain_agrees() {
+    let mut lab = root_lab("nt-from");
+    let [a, b, c, _] = lab.client_v4().octets();
+    let v4 = |last: u8| IpAddr::from([a, b, c, last]);
+    let v6_base = lab.client_v6().segments();
+    let v6 = |last: u16| {
+        let mut s = v6_base;
+        s[7] = last;
+        IpAddr::from(s)
+    };
+    // Extra client addresses, in and out of the policy's prefixes.
+    for (addr, len) in [(v4(3), 24), (v4(40), 24), (v6(3), 64), (v6(0x40), 64)] {
+        lab.run(
+            Side::Client,
+            [
+                "ip",
+                "addr",
+                "add",
+                &format!("{addr}/{len}"),
+                "dev",
+                lab.client_iface(),
+                "nodad",
+            ],
+        )
+        .expect("add client address");
+    }
+    lab.start_responder(&[22, 80, 443], &[]).expect("responder");
+    let net4 = format!("{a}.{b}.{c}.0");
+    let policy = PolicyFile::new(
+        "from.yaml",
+        &format!(
+            "default: drop\nsets:\n  admins: [{}/32, {}/128]\n  office: [{net4}/27, {}/121]\nrules:\n  - name: ssh-admins\n    allow: ssh\n    from: $admins\n  - drop: ssh\n  - name: office-web\n    allow: 80/tcp\n    from: $office\n  - allow: 443/tcp\n",
+            v4(3),
+            v6(3),
+            v6(0)
+        ),
+    );
+    apply(&lab, &policy, &[]);
+    let server4: IpAddr = lab.server_v4().into();
+    let server6: IpAddr = lab.server_v6().into();
+    // (source, ssh allowed, web allowed): .3 is an admin inside the office /27; .40 is
+    // outside both; .2 is inside the office only. ::3 admin and office; ::40 neither.
+    let cases = [
+        (v4(3), server4, true, true),
+        (v4(40), server4, false, false),
+        (v4(2), server4, false, true),
+        (v6(3), server6, true, true),
+        (v6(0x40), server6, false, true),
+        (v6(2), server6, false, true),
+    ];
+    for (source, server, ssh, web) in cases {
+        assert_eq!(
+            nc_connects_from(&lab, source, server, 22),
+            ssh,
+            "ssh from {source}"
+        );
+        assert_eq!(
+            nc_connects_from(&lab, source, server, 80),
+            web,
+            "web from {source}"
+        );
+        assert!(
+            nc_connects_from(&lab, source, server, 443),
+            "443 from {source}"
+        );
+        // The running filter's tables and the policy file explain the same verdict.
+        for port in ["22", "80/tcp", "443", "22/udp"] {
+            let args = |with_policy: bool| {
+                let mut v = vec!["explain".to_string()];
+                if with_policy {
+                    v.push(policy.path());
+                }
+                v.extend([
+                    "--from".into(),
+                    source.to_string(),
+                    "--to".into(),
+                    port.into(),
+                ]);
+                v
+            };
+            let first_line = |args: Vec<String>| {
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                let out = portfw(&lab, &refs);
+                assert!(out.status.success(), "{}", text(&out));
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let from_file = first_line(args(true));
+            let from_kernel = first_line(args(false));
+            assert_eq!(from_file, from_kernel, "explain {source} -> {port}");
+        }
+    }
 }
