@@ -243,6 +243,11 @@ fn ipv6(f: Frame, off: usize, generation: u32, m: &mut Meta) -> Judgement {
                 };
                 next = h.nexthdr;
                 pos += 8;
+                // The fragment header itself must lie inside the payload length, or a header
+                // sitting in link padding would decide the verdict.
+                if pos > limit {
+                    return malformed(generation);
+                }
                 if be16(h.frag_off) >> 3 != 0 {
                     m.protocol = next;
                     return fragment(generation);

@@ -587,6 +587,55 @@ impl Lab {
         .context("sending a tagged frame")
     }
 
+    /// Starts `xtask/lab/craft.py sniff` on the server interface, recording every frame that
+    /// arrives (in hex) to `out`; returns once it listens. It exits when the end marker of
+    /// [`Lab::send_crafted`] arrives, or after `timeout`.
+    pub fn start_craft_sniffer(&mut self, out: &Path, timeout: Duration) -> Result<ChildId> {
+        let cmd = self.server([
+            PYTHON.to_owned(),
+            script("craft.py").display().to_string(),
+            "sniff".to_owned(),
+            "--iface".to_owned(),
+            self.server_iface.clone(),
+            "--out".to_owned(),
+            out.display().to_string(),
+            "--timeout".to_owned(),
+            format!("{:.1}", timeout.as_secs_f64()),
+        ]);
+        self.spawn_ready(cmd, "ready", Duration::from_secs(20))
+            .context("starting the craft sniffer")
+    }
+
+    /// Sends every case of `xtask/lab/craft.py` from the client to the server over a packet
+    /// socket, then its end marker, and writes what was sent to `manifest` (JSON).
+    pub fn send_crafted(&self, manifest: &Path) -> Result<String> {
+        self.run(
+            Side::Client,
+            [
+                PYTHON,
+                &script("craft.py").display().to_string(),
+                "send",
+                "--iface",
+                &self.client_iface,
+                "--src-mac",
+                &self.client_mac,
+                "--dst-mac",
+                &self.server_mac,
+                "--src4",
+                &self.client_v4.to_string(),
+                "--dst4",
+                &self.server_v4.to_string(),
+                "--src6",
+                &self.client_v6.to_string(),
+                "--dst6",
+                &self.server_v6.to_string(),
+                "--manifest",
+                &manifest.display().to_string(),
+            ],
+        )
+        .context("sending crafted frames")
+    }
+
     /// A started child, e.g. to take its stdout pipe; `None` once it was stopped.
     pub fn child_mut(&mut self, id: ChildId) -> Option<&mut Child> {
         self.children.get_mut(id.0).and_then(Option::as_mut)

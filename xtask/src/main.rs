@@ -1,6 +1,7 @@
-//! Developer tasks for portfw: `cargo xtask setup|test|lint|demo|lab`.
+//! Developer tasks for portfw: `cargo xtask setup|test|lint|demo|lab|fuzz`.
 
 mod demo;
+mod fuzz;
 mod lab;
 #[cfg(test)]
 mod lab_tests;
@@ -49,6 +50,17 @@ enum Cmd {
     /// Apply policies/demo.yaml in a two-namespace lab and show allowed and
     /// blocked connections, the events and `portfw status`.
     Demo,
+    /// Differential fuzzing: run setup, then the kernel program and the reference
+    /// classifier on random frames under random policies (release build); any
+    /// disagreement fails with the seed, the policy and the frame.
+    Fuzz {
+        /// How many frames to judge.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// The seed of the run, decimal or 0x-hex (default: the test's fixed seed).
+        #[arg(long, value_parser = fuzz::parse_seed)]
+        seed: Option<u64>,
+    },
     /// A long-lived lab for trying portfw by hand.
     Lab {
         #[command(subcommand)]
@@ -86,6 +98,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Cmd::Test { cargo_args } => tasks::test(&cargo_args)?,
         Cmd::Lint => tasks::lint()?,
         Cmd::Demo => demo::run()?,
+        Cmd::Fuzz { packets, seed } => fuzz::run(packets, seed)?,
         Cmd::Lab {
             action: LabAction::Up,
         } => lab_up()?,

@@ -209,8 +209,32 @@ impl Tables {
             });
         }
         let generation = self.inactive();
-        // Fresh tries replace whatever the inactive generation held; the kernel frees the
-        // old ones once no program run can still see them.
+        self.stage_sources(generation, policy)?;
+        self.reset_rule_hits(generation, policy.rules.len());
+        self.settings
+            .write(generation as usize, std::slice::from_ref(&policy.settings));
+        self.ports.write(
+            (generation * PORT_TABLE_GEN_ENTRIES) as usize,
+            &policy.ports,
+        );
+        Ok(generation)
+    }
+
+    /// Fresh tries replace whatever the inactive generation held; the kernel frees the old
+    /// ones once no program run can still see them.
+    ///
+    /// Each swap waits for an RCU grace period (the kernel makes map-in-map updates visible
+    /// to every running program before returning), about 10 ms. A policy without source
+    /// rules has no port entry naming a group, so the kernel never reads that generation's
+    /// tries, and the swap is skipped.
+    fn stage_sources(
+        &mut self,
+        generation: u32,
+        policy: &CompiledPolicy,
+    ) -> Result<(), LoaderError> {
+        if policy.groups.is_empty() {
+            return Ok(());
+        }
         let trie4: Trie4 = build_trie("PFW_SRC4", &policy.sources4)?;
         let trie6: Trie6 = build_trie("PFW_SRC6", &policy.sources6)?;
         self.sources4
@@ -225,14 +249,7 @@ impl Tables {
                 map: "PFW_SRC6",
                 source: Box::new(source),
             })?;
-        self.reset_rule_hits(generation, policy.rules.len());
-        self.settings
-            .write(generation as usize, std::slice::from_ref(&policy.settings));
-        self.ports.write(
-            (generation * PORT_TABLE_GEN_ENTRIES) as usize,
-            &policy.ports,
-        );
-        Ok(generation)
+        Ok(())
     }
 
     /// Makes `generation` the one the kernel reads: one aligned store, so each packet sees

@@ -1,0 +1,795 @@
+//! Differential fuzzing of the kernel program against the reference classifier: random and
+//! mutated frames under random policies, each judged by the XDP program (BPF_PROG_TEST_RUN)
+//! and by `common::reference`, which must agree on every frame and on the verdict counters.
+//!
+//! Deterministic: a seed fixes every policy and frame. `PORTFW_FUZZ_PACKETS=N` and
+//! `PORTFW_FUZZ_SEED=S` change the run (`cargo xtask fuzz --packets N --seed S` sets both).
+//! A disagreement fails with the seed, the policy's YAML and the frame in hex.
+//! Needs root to load the program.
+mod common;
+
+use std::{
+    cell::Cell,
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use common::{
+    builder::{
+        ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_LLDP, Ext, Frame, Ipv4, Ipv6, L4, Net, TPID_8021AD,
+        TPID_8021Q, TPID_9100, V4_DST, V4_SRC, V6_DST, V6_SRC, hex, hex_line, proto,
+    },
+    reference::{self, Tally, xdp_name},
+};
+use portfw::{compile, loader::Loaded, policy};
+
+/// Packets of a default run (CI runs it): a few seconds in a debug build on two cores.
+const DEFAULT_PACKETS: u64 = 200_000;
+/// Any fixed value; printed with every run so a failure can be replayed.
+const DEFAULT_SEED: u64 = 0x7066_7734_f022_0001;
+/// Frames judged under each random policy before the next one is installed.
+const PACKETS_PER_POLICY: u64 = 500;
+/// The most BPF_PROG_TEST_RUN puts in the linear buffer the program sees (a page less XDP's
+/// headroom and the shared-info tailroom); the rest of a longer frame goes into fragments the
+/// program cannot read, as no driver would hand this non-multi-buffer program such a frame.
+const MAX_FRAME: usize = 3520;
+/// Disagreements described in full in the failure message; the rest are only counted.
+const SHOWN_MISMATCHES: usize = 8;
+
+/// splitmix64: tiny, fast, and good enough to spread test cases; no crate needed. The state
+/// is a `Cell` so that draws can nest, as in `rng.pick(&[1, rng.u16()])`.
+struct Rng(Cell<u64>);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(Cell::new(seed))
+    }
+
+    fn next(&self) -> u64 {
+        let state = self.0.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.0.set(state);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`); the modulo bias is irrelevant here.
+    fn below(&self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn range(&self, low: usize, high_inclusive: usize) -> usize {
+        low + self.below((high_inclusive - low + 1) as u64) as usize
+    }
+
+    fn percent(&self, p: u64) -> bool {
+        self.below(100) < p
+    }
+
+    fn pick<T: Copy>(&self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    fn u8(&self) -> u8 {
+        self.next() as u8
+    }
+
+    fn u16(&self) -> u16 {
+        self.next() as u16
+    }
+
+    fn bytes(&self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.u8()).collect()
+    }
+
+    /// Picks an index by weight.
+    fn weighted(&self, weights: &[u64]) -> usize {
+        let total: u64 = weights.iter().sum();
+        let mut roll = self.below(total);
+        for (i, &w) in weights.iter().enumerate() {
+            if roll < w {
+                return i;
+            }
+            roll -= w;
+        }
+        weights.len() - 1
+    }
+}
+
+/// The seed of policy `index` of a run: each batch replays on its own.
+fn batch_seed(seed: u64, index: u64) -> u64 {
+    let rng = Rng::new(seed ^ index.wrapping_mul(0xd1b5_4a32_d192_ed03));
+    rng.next()
+}
+
+/// Ports that policies name and packets aim at, so that rules and packets meet often.
+const HOT_PORTS: [u16; 20] = [
+    0, 1, 7, 22, 23, 53, 80, 123, 443, 1023, 1024, 2905, 5001, 7000, 8000, 8080, 8999, 49151,
+    49152, 65535,
+];
+
+fn port(rng: &Rng) -> u16 {
+    match rng.weighted(&[60, 15, 25]) {
+        0 => rng.pick(&HOT_PORTS),
+        1 => rng.pick(&HOT_PORTS).wrapping_add(rng.range(0, 3) as u16),
+        _ => rng.u16(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Policies
+// ---------------------------------------------------------------------------------------
+
+fn action(rng: &Rng) -> &'static str {
+    rng.pick(&["allow", "drop"])
+}
+
+fn port_spec(rng: &Rng) -> String {
+    let target = match rng.weighted(&[40, 35, 15, 10]) {
+        0 => port(rng).to_string(),
+        1 => {
+            let a = port(rng);
+            let b = if rng.percent(50) {
+                a.saturating_add(rng.range(0, 200) as u16)
+            } else {
+                port(rng)
+            };
+            format!("{}-{}", a.min(b), a.max(b))
+        }
+        2 => rng
+            .pick(&[
+                "ssh", "dns", "https", "http", "ntp", "snmp", "domain", "sip",
+            ])
+            .to_owned(),
+        _ => rng
+            .pick(&["well-known", "registered", "dynamic", "any"])
+            .to_owned(),
+    };
+    match rng.weighted(&[35, 25, 20, 10, 10]) {
+        0 => target,
+        n => format!("{target}/{}", ["tcp", "udp", "sctp", "udplite"][n - 1]),
+    }
+}
+
+/// A random valid policy, as YAML: that text is what a failure prints and what replays.
+fn random_policy(rng: &Rng) -> String {
+    let mut y = String::new();
+    let _ = writeln!(y, "default: {}", action(rng));
+    if rng.percent(70) {
+        let _ = writeln!(y, "log: {}", rng.pick(&["none", "drops", "all"]));
+    }
+    for key in ["icmp", "fragments", "other-ip", "non-ip"] {
+        if rng.percent(60) {
+            let _ = writeln!(y, "{key}: {}", action(rng));
+        }
+    }
+    let sets = rng.pick(&[0, 0, 1, 2]);
+    if sets > 0 {
+        y.push_str("sets:\n");
+        for index in 0..sets {
+            let members: Vec<&str> = (0..rng.range(1, 3)).map(|_| rng.pick(&PREFIXES)).collect();
+            let _ = writeln!(y, "  s{index}: [{}]", members.join(", "));
+        }
+    }
+    let rules = rng.pick(&[0, 1, 2, 3, 4, 6, 8, 12]);
+    if rules > 0 || rng.percent(50) {
+        y.push_str("rules:\n");
+    }
+    for index in 0..rules {
+        let specs: Vec<String> = (0..rng.range(1, 4)).map(|_| port_spec(rng)).collect();
+        let list = if specs.len() == 1 && rng.percent(50) {
+            specs[0].clone()
+        } else {
+            format!("[{}]", specs.join(", "))
+        };
+        if rng.percent(40) {
+            let _ = writeln!(y, "  - name: r{index}");
+            let _ = writeln!(y, "    {}: {list}", action(rng));
+        } else {
+            let _ = writeln!(y, "  - {}: {list}", action(rng));
+        }
+        if rng.percent(25) {
+            let _ = writeln!(y, "    from: {}", sources(rng, sets));
+        }
+        if rng.percent(20) {
+            let _ = writeln!(y, "    log: {}", rng.pick(&["true", "false"]));
+        }
+    }
+    y
+}
+
+/// Prefixes around the addresses `source4` and `source6` draw from, nested and overlapping,
+/// of both families, so that `from:` rules meet members and strangers alike.
+const PREFIXES: [&str; 16] = [
+    "198.18.0.2",
+    "198.18.0.0/15",
+    "10.0.0.0/8",
+    "10.1.0.0/16",
+    "10.1.128.0/17",
+    "192.0.2.0/24",
+    "192.0.2.128/25",
+    "192.0.2.77",
+    "0.0.0.0/0",
+    "2001:2::2",
+    "2001:db8::/32",
+    "2001:db8:1::/48",
+    "2001:db8:1::8000/113",
+    "fd00::/8",
+    "fd00:0:0:5::/64",
+    "::/0",
+];
+
+/// A rule's `from:`: one prefix, or a list that may name the policy's sets.
+fn sources(rng: &Rng, sets: usize) -> String {
+    let item = |rng: &Rng| {
+        if sets > 0 && rng.percent(25) {
+            format!("$s{}", rng.below(sets as u64))
+        } else {
+            rng.pick(&PREFIXES).to_owned()
+        }
+    };
+    if rng.percent(40) {
+        item(rng)
+    } else {
+        let items: Vec<String> = (0..rng.range(1, 4)).map(|_| item(rng)).collect();
+        format!("[{}]", items.join(", "))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Frames
+// ---------------------------------------------------------------------------------------
+
+fn tags(rng: &Rng) -> Vec<(u16, u16)> {
+    let count = rng.weighted(&[55, 20, 17, 6, 2]);
+    (0..count)
+        .map(|_| {
+            let tpid = if rng.percent(88) {
+                rng.pick(&[TPID_8021Q, TPID_8021AD, TPID_9100])
+            } else {
+                // Near misses and strangers: none of these is a VLAN tag to portfw.
+                rng.pick(&[0x9200, 0x88e7, 0x8a88, 0x8101, 0x0081, rng.u16()])
+            };
+            (tpid, rng.u16())
+        })
+        .collect()
+}
+
+fn transport(rng: &Rng, v6: bool) -> L4 {
+    let (icmp, wrong_icmp) = if v6 {
+        (proto::ICMPV6, proto::ICMP)
+    } else {
+        (proto::ICMP, proto::ICMPV6)
+    };
+    let src = match rng.weighted(&[80, 6, 14]) {
+        0 => 40000,
+        1 => 0,
+        _ => port(rng),
+    };
+    let dst = port(rng);
+    let l4 = match rng.weighted(&[30, 18, 8, 7, 12, 2, 9, 6]) {
+        0 => {
+            let options = if rng.percent(15) {
+                rng.bytes(4 * rng.range(1, 10))
+            } else {
+                Vec::new()
+            };
+            L4::Tcp {
+                src,
+                dst,
+                flags: rng.u8(),
+                doff: rng.percent(10).then(|| rng.range(0, 15) as u8),
+                options,
+            }
+        }
+        1 => L4::Udp { src, dst },
+        2 => L4::Sctp { src, dst },
+        3 => L4::UdpLite { src, dst },
+        4 => {
+            let kind = rng.pick(&[
+                0, 2, 3, 3, 3, 4, 8, 11, 128, 129, 130, 133, 134, 135, 136, 137, 138, 139, 1,
+            ]);
+            let code = rng.pick(&[0, 0, 3, 4, 4, rng.u8()]);
+            if v6 {
+                L4::Icmpv6 { kind, code }
+            } else {
+                L4::Icmp { kind, code }
+            }
+        }
+        5 => L4::Raw {
+            protocol: wrong_icmp,
+            bytes: rng.bytes(rng.range(0, 12)),
+        },
+        6 => {
+            let protocol = rng.pick(&[
+                proto::GRE,
+                proto::ESP,
+                proto::NONE,
+                proto::OSPF,
+                proto::AH,
+                4,
+                41,
+                139,
+                255,
+                rng.u8(),
+            ]);
+            L4::Raw {
+                protocol,
+                bytes: rng.bytes(rng.range(0, 40)),
+            }
+        }
+        _ => {
+            // A transport header cut short, or random bytes under a transport protocol.
+            let protocol = rng.pick(&[proto::TCP, proto::UDP, proto::SCTP, proto::UDPLITE, icmp]);
+            let bytes = rng.bytes(rng.range(0, 24));
+            L4::Raw { protocol, bytes }
+        }
+    };
+    if rng.percent(5) {
+        let n = rng.range(0, 24);
+        return l4.cut(n);
+    }
+    l4
+}
+
+/// Source addresses from a few networks, so that rules restricted by source meet both
+/// members and strangers.
+fn source4(rng: &Rng) -> Ipv4Addr {
+    match rng.weighted(&[40, 20, 20, 20]) {
+        0 => V4_SRC,
+        1 => Ipv4Addr::new(10, 1, rng.u8(), rng.u8()),
+        2 => Ipv4Addr::new(192, 0, 2, rng.u8()),
+        _ => Ipv4Addr::from(rng.next() as u32),
+    }
+}
+
+fn source6(rng: &Rng) -> Ipv6Addr {
+    match rng.weighted(&[40, 20, 20, 20]) {
+        0 => V6_SRC,
+        1 => Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, rng.u16()),
+        2 => Ipv6Addr::new(0xfd00, 0, 0, rng.u16(), 0, 0, 0, 1),
+        _ => Ipv6Addr::from(u128::from(rng.next()) << 64 | u128::from(rng.next())),
+    }
+}
+
+fn ipv4(rng: &Rng) -> Ipv4 {
+    let options = if rng.percent(30) {
+        let words = rng.range(1, 10);
+        if rng.percent(50) {
+            rng.bytes(words * 4)
+        } else {
+            vec![1; words * 4]
+        }
+    } else {
+        Vec::new()
+    };
+    let (frag_offset, more_fragments) = match rng.weighted(&[70, 10, 14, 6]) {
+        0 => (0, false),
+        1 => (0, true),
+        2 => (
+            rng.pick(&[2, 3, 185, 0x1fff, rng.u16() & 0x1fff]),
+            rng.percent(50),
+        ),
+        _ => (1, rng.percent(50)),
+    };
+    let mut ip = Ipv4 {
+        src: source4(rng),
+        dst: V4_DST,
+        version: 4,
+        ihl: None,
+        options,
+        total_len: None,
+        dont_fragment: rng.percent(50),
+        more_fragments,
+        frag_offset,
+        protocol: None,
+        l4: transport(rng, false),
+    };
+    if rng.percent(4) {
+        ip.ihl = Some(rng.range(0, 15) as u8);
+    }
+    if rng.percent(6) {
+        let natural = 20 + ip.options.len() + ip.l4.bytes().len();
+        ip.total_len = Some(match rng.below(4) {
+            0 => rng.u16(),
+            1 => rng.range(0, 24) as u16,
+            2 => (natural + rng.range(1, 8)) as u16,
+            _ => natural.saturating_sub(rng.range(1, 12)) as u16,
+        });
+    }
+    if rng.percent(2) {
+        ip.version = rng.range(0, 15) as u8;
+    }
+    if rng.percent(2) {
+        ip.protocol = Some(rng.u8());
+    }
+    ip
+}
+
+fn extension(rng: &Rng) -> Ext {
+    let hdrlen = |rng: &Rng| match rng.weighted(&[60, 32, 8]) {
+        0 => 0,
+        1 => rng.range(1, 4) as u8,
+        _ => rng.u8(),
+    };
+    let mut ext = match rng.weighted(&[20, 15, 20, 8, 12, 25]) {
+        0 => Ext::opts(proto::HOPOPTS, hdrlen(rng)),
+        1 => Ext::opts(proto::ROUTING, hdrlen(rng)),
+        2 => Ext::opts(proto::DSTOPTS, hdrlen(rng)),
+        3 => Ext::opts(proto::MOBILITY, hdrlen(rng)),
+        4 => Ext::ah(match rng.weighted(&[15, 70, 15]) {
+            0 => 0,
+            1 => rng.range(1, 6) as u8,
+            _ => rng.u8(),
+        }),
+        _ => {
+            let offset = if rng.percent(55) {
+                0
+            } else {
+                rng.pick(&[1, 2, 0x1fff, rng.u16() & 0x1fff])
+            };
+            Ext::fragment(offset, rng.percent(50))
+        }
+    };
+    if rng.percent(10) {
+        // Random option bytes: the walk must not care what is inside.
+        for b in ext.bytes.iter_mut().skip(2) {
+            *b = rng.u8();
+        }
+    }
+    ext
+}
+
+fn ipv6(rng: &Rng) -> Ipv6 {
+    let count = match rng.weighted(&[40, 35, 15, 10]) {
+        0 => 0,
+        1 => rng.range(1, 3),
+        2 => rng.range(4, 8),
+        _ => rng.range(9, 11),
+    };
+    let mut ip = Ipv6 {
+        src: source6(rng),
+        dst: V6_DST,
+        version: 6,
+        payload_len: None,
+        ext: (0..count).map(|_| extension(rng)).collect(),
+        l4: transport(rng, true),
+    };
+    if rng.percent(10) {
+        // Mostly a little short, so the datagram ends inside an extension or transport
+        // header while the frame goes on: those bytes are padding, never a header.
+        let natural: usize =
+            ip.ext.iter().map(|e| e.bytes.len()).sum::<usize>() + ip.l4.bytes().len();
+        ip.payload_len = Some(match rng.weighted(&[15, 20, 65]) {
+            0 => rng.u16(),
+            1 => (natural + rng.range(1, 8)) as u16,
+            _ => natural.saturating_sub(rng.range(1, 24)) as u16,
+        });
+    }
+    if rng.percent(2) {
+        ip.version = rng.range(0, 15) as u8;
+    }
+    ip
+}
+
+/// Values that sit on decision boundaries, for byte mutations.
+const INTERESTING_BYTES: [u8; 14] = [
+    0x00, 0x01, 0x04, 0x05, 0x06, 0x11, 0x2c, 0x3b, 0x3c, 0x45, 0x4f, 0x60, 0x84, 0xff,
+];
+const INTERESTING_WORDS: [u16; 10] = [
+    0x0800, 0x86dd, 0x8100, 0x88a8, 0x9100, 0x0806, 0x0000, 0xffff, 0x2000, 0x0001,
+];
+
+/// Bit flips, byte and word overwrites, truncation and extension, mostly in the headers.
+fn mutate(rng: &Rng, frame: &mut Vec<u8>) {
+    for _ in 0..rng.range(1, 4) {
+        let len = frame.len();
+        // Headers sit in the first 100 bytes or so: aim there most of the time.
+        let at = if rng.percent(80) {
+            rng.range(0, len.min(100) - 1)
+        } else {
+            rng.range(0, len - 1)
+        };
+        match rng.weighted(&[35, 25, 15, 15, 10]) {
+            0 => frame[at] ^= 1 << rng.below(8),
+            1 => frame[at] = rng.pick(&INTERESTING_BYTES),
+            2 => {
+                let word = rng.pick(&INTERESTING_WORDS).to_be_bytes();
+                frame[at] = word[0];
+                if at + 1 < len {
+                    frame[at + 1] = word[1];
+                }
+            }
+            3 => frame.truncate(rng.range(14, len.max(14))),
+            _ => {
+                let extra = rng.bytes(rng.range(1, 16));
+                frame.extend_from_slice(&extra);
+            }
+        }
+    }
+}
+
+/// One random frame, at least 14 bytes (BPF_PROG_TEST_RUN refuses shorter ones).
+fn random_frame(rng: &Rng) -> Vec<u8> {
+    if rng.percent(2) {
+        return rng.bytes(rng.range(14, 120));
+    }
+    let net = match rng.weighted(&[44, 44, 12]) {
+        0 => Net::V4(ipv4(rng)),
+        1 => Net::V6(ipv6(rng)),
+        _ => {
+            let ethertype = rng.pick(&[
+                ETH_ARP,
+                ETH_LLDP,
+                0x8847,
+                0x88e5,
+                0x8863,
+                0x0040,
+                ETH_IPV4,
+                ETH_IPV6,
+                rng.u16(),
+            ]);
+            let n = rng.range(0, 64);
+            Net::Other {
+                ethertype,
+                payload: rng.bytes(n),
+            }
+        }
+    };
+    let padding = if rng.percent(10) {
+        rng.bytes(rng.range(1, 30))
+    } else {
+        Vec::new()
+    };
+    let frame = Frame {
+        tags: tags(rng),
+        net,
+        padding,
+    };
+    let mut bytes = frame.build();
+    if rng.percent(30) {
+        mutate(rng, &mut bytes);
+    }
+    if bytes.len() < 14 {
+        bytes.resize(14, 0);
+    }
+    bytes.truncate(MAX_FRAME);
+    bytes
+}
+
+// ---------------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------------
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(text) => {
+            let text = text.trim().replace('_', "");
+            let parsed = match text.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => text.parse(),
+            };
+            parsed.unwrap_or_else(|_| panic!("{name}={text:?} is not a number"))
+        }
+        Err(_) => default,
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    packets: u64,
+    /// Frames with another verdict, or another verdict counter, than the reference's.
+    mismatches: u64,
+    /// Policies under which the counters disagreed although the verdicts did not.
+    counter_batches: u64,
+    shown: Vec<String>,
+    by_tally: BTreeMap<Tally, u64>,
+    malformed: BTreeMap<&'static str, u64>,
+    kernel_time: Duration,
+    /// Compiling and installing the policies.
+    install_time: Duration,
+}
+
+#[test]
+fn kernel_agrees_with_the_reference_on_random_frames() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "differential fuzzing loads an XDP program and needs root"
+    );
+    let packets = env_u64("PORTFW_FUZZ_PACKETS", DEFAULT_PACKETS);
+    let seed = env_u64("PORTFW_FUZZ_SEED", DEFAULT_SEED);
+    assert!(packets > 0, "PORTFW_FUZZ_PACKETS must be at least 1");
+    println!("differential: {packets} packets, seed {seed:#x}");
+    let mut loaded = Loaded::load().unwrap_or_else(|e| panic!("loading the XDP program: {e:#?}"));
+    let started = Instant::now();
+    let mut stats = Stats::default();
+    let batches = packets.div_ceil(PACKETS_PER_POLICY);
+    for batch in 0..batches {
+        let rng = Rng::new(batch_seed(seed, batch));
+        let yaml = random_policy(&rng);
+        let policy = match policy::parse(&yaml, "fuzz.yaml") {
+            Ok(parsed) => parsed.policy,
+            Err(d) => panic!("generated policy is invalid (a generator bug):\n{yaml}\n{d}"),
+        };
+        let t = Instant::now();
+        loaded
+            .tables
+            .install(&compile::compile(&policy).expect("compile policy"))
+            .expect("install policy");
+        stats.install_time += t.elapsed();
+        let before = loaded.counters().expect("counters");
+        let count = PACKETS_PER_POLICY.min(packets - batch * PACKETS_PER_POLICY);
+        let mut expected_tallies: BTreeMap<Tally, u64> = BTreeMap::new();
+        let mut batch_mismatches = 0;
+        for index in 0..count {
+            let frame = random_frame(&rng);
+            let t = Instant::now();
+            let got = loaded.test_run(&frame).expect("test run");
+            stats.kernel_time += t.elapsed();
+            let expected = reference::classify(&frame, &policy);
+            *expected_tallies.entry(expected.tally()).or_default() += 1;
+            *stats.by_tally.entry(expected.tally()).or_default() += 1;
+            if let reference::Class::Malformed(why) = expected.class {
+                *stats.malformed.entry(why).or_default() += 1;
+            }
+            if got != expected.xdp() {
+                batch_mismatches += 1;
+                if stats.shown.len() < SHOWN_MISMATCHES {
+                    stats.shown.push(format!(
+                        "seed {seed:#x}, policy {batch}, packet {index}: kernel {}, reference {} ({:?})\n\
+                         replay: PORTFW_FUZZ_SEED={seed:#x} PORTFW_FUZZ_PACKETS={packets} \
+                         cargo test -p portfw-user --test differential -- --nocapture\n\
+                         policy:\n{}\nframe ({} bytes): {}\n{}",
+                        xdp_name(got),
+                        xdp_name(expected.xdp()),
+                        expected.class,
+                        indent(&yaml),
+                        frame.len(),
+                        hex_line(&frame),
+                        dump(&frame)
+                    ));
+                }
+            }
+        }
+        stats.packets += count;
+        stats.mismatches += batch_mismatches;
+        // The counters must tell the same story, verdict kind by verdict kind; a batch with
+        // wrong verdicts would only repeat what is reported already.
+        let after = loaded.counters().expect("counters");
+        let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        if batch_mismatches == 0 {
+            let disagree: Vec<Tally> = Tally::ALL
+                .into_iter()
+                .filter(|t| t.of(&delta) != expected_tallies.get(t).copied().unwrap_or(0))
+                .collect();
+            if !disagree.is_empty() {
+                // Same verdicts, different kinds (say malformed against a fragment drop):
+                // replay the batch frame by frame to name the frames.
+                stats.counter_batches += 1;
+                let culprits = replay_counting(&loaded, seed, batch, count);
+                stats.mismatches += culprits.len() as u64;
+                for culprit in culprits {
+                    if stats.shown.len() < SHOWN_MISMATCHES {
+                        stats.shown.push(format!(
+                            "seed {seed:#x}, policy {batch}, {culprit}\n\
+                             replay: PORTFW_FUZZ_SEED={seed:#x} PORTFW_FUZZ_PACKETS={packets} \
+                             cargo test -p portfw-user --test differential -- --nocapture\n\
+                             policy:\n{}",
+                            indent(&yaml)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "differential: {} packets under {batches} policies in {:.1} s ({:.0} packets/s; \
+         {:.1} µs per test run, {:.1} ms per policy compiled and installed), {} mismatches",
+        stats.packets,
+        elapsed.as_secs_f64(),
+        stats.packets as f64 / elapsed.as_secs_f64(),
+        stats.kernel_time.as_secs_f64() * 1e6 / stats.packets as f64,
+        stats.install_time.as_secs_f64() * 1e3 / batches as f64,
+        stats.mismatches
+    );
+    for (tally, n) in &stats.by_tally {
+        println!("  {tally:?}: {n}");
+    }
+    for (why, n) in &stats.malformed {
+        println!("  malformed, {why}: {n}");
+    }
+    assert!(
+        stats.mismatches == 0,
+        "{} of {} frames judged differently by the kernel and the reference (by verdict, or by \
+         counter under {} policies); the first {}:\n\n{}",
+        stats.mismatches,
+        stats.packets,
+        stats.counter_batches,
+        stats.shown.len(),
+        stats.shown.join("\n\n")
+    );
+    // A generator that stopped reaching a verdict would pass vacuously.
+    if stats.packets >= 10_000 {
+        for tally in Tally::ALL {
+            let n = stats.by_tally.get(&tally).copied().unwrap_or(0);
+            assert!(
+                n * 1000 >= stats.packets,
+                "only {n} of {} frames were {tally:?}: the generator no longer covers it",
+                stats.packets
+            );
+        }
+    }
+}
+
+/// Replays one batch reading the counters around every frame, and describes every frame whose
+/// counter is not the one the reference's verdict belongs to.
+fn replay_counting(loaded: &Loaded, seed: u64, batch: u64, count: u64) -> Vec<String> {
+    let rng = Rng::new(batch_seed(seed, batch));
+    let yaml = random_policy(&rng);
+    let policy = policy::parse(&yaml, "fuzz.yaml")
+        .expect("the policy parsed before")
+        .policy;
+    let mut found = Vec::new();
+    for index in 0..count {
+        let frame = random_frame(&rng);
+        let before = loaded.counters().expect("counters");
+        loaded.test_run(&frame).expect("test run");
+        let after = loaded.counters().expect("counters");
+        let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let expected = reference::classify(&frame, &policy);
+        let moved: Vec<Tally> = Tally::ALL
+            .into_iter()
+            .filter(|t| t.of(&delta) != 0)
+            .collect();
+        if moved != [expected.tally()] {
+            found.push(format!(
+                "packet {index}: kernel counted {moved:?}, reference {:?} ({:?})\nframe ({} bytes): {}\n{}",
+                expected.tally(),
+                expected.class,
+                frame.len(),
+                hex_line(&frame),
+                dump(&frame)
+            ));
+        }
+    }
+    found
+}
+
+/// The first bytes laid out by offset; the full frame is in the hex line above it.
+fn dump(frame: &[u8]) -> String {
+    hex(&frame[..frame.len().min(160)])
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+#[test]
+fn generated_policies_are_valid() {
+    // A policy the parser refuses would stop a fuzz run; better to learn it here, rootless.
+    for batch in 0..300 {
+        let rng = Rng::new(batch_seed(DEFAULT_SEED, batch));
+        let yaml = random_policy(&rng);
+        if let Err(d) = policy::parse(&yaml, "fuzz.yaml") {
+            panic!("generated policy {batch} is invalid:\n{yaml}\n{d}");
+        }
+    }
+}
+
+#[test]
+fn the_generator_is_deterministic() {
+    // Replaying a reported seed must rebuild the same policy and frames.
+    let run = |seed| {
+        let rng = Rng::new(batch_seed(seed, 3));
+        let yaml = random_policy(&rng);
+        let frames: Vec<Vec<u8>> = (0..50).map(|_| random_frame(&rng)).collect();
+        (yaml, frames)
+    };
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7), run(8));
+}
