@@ -6,7 +6,7 @@
 
 /// Bumped whenever a map layout or the meaning of a field changes, so that `portfw apply`
 /// knows it must load a fresh program instead of updating maps in place.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Verdict actions stored in the tables.
 pub mod action {
@@ -153,12 +153,12 @@ pub const fn source_key6(group: u16, addr: [u8; 16]) -> SourceKey6 {
 
 /// What a generation does with packets that the port table does not judge.
 ///
-/// Each field is an [`action`] value; `log` holds [`settings_log`] bits.
+/// Each verdict is an [`action`] value; `log` holds [`settings_log`] bits. ICMP verdicts are
+/// per message type: a set bit in `icmp4_drop` / `icmp6_drop` (bit `type % 8` of byte
+/// `type / 8`) drops that type; `icmp_frag_needed` overrides IPv4 type 3 for code 4.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// ICMP and ICMPv6.
-    pub icmp: u8,
     /// Non-first IPv4/IPv6 fragments, which carry no ports.
     pub fragments: u8,
     /// IP protocols other than TCP, UDP, SCTP, UDP-Lite, ICMP and ICMPv6.
@@ -167,7 +167,29 @@ pub struct Settings {
     pub non_ip: u8,
     /// Which setting-decided and malformed verdicts produce events.
     pub log: u8,
+    /// IPv4 destination-unreachable with code fragmentation-needed (path MTU discovery).
+    pub icmp_frag_needed: u8,
     pub _pad: [u8; 3],
+    pub icmp4_drop: [u8; 32],
+    pub icmp6_drop: [u8; 32],
+}
+
+const _: () = assert!(core::mem::size_of::<Settings>().is_multiple_of(8));
+
+impl Settings {
+    /// Whether an ICMP (`v6 == false`) or ICMPv6 message of this type and code is dropped.
+    #[inline(always)]
+    pub fn icmp_drops(&self, v6: bool, kind: u8, code: u8) -> bool {
+        if !v6 && kind == 3 && code == 4 {
+            return self.icmp_frag_needed == action::DROP;
+        }
+        let bits = if v6 {
+            &self.icmp6_drop
+        } else {
+            &self.icmp4_drop
+        };
+        bits[(kind >> 3) as usize] >> (kind & 7) & 1 != 0
+    }
 }
 
 /// Bits of [`Settings::log`].

@@ -378,15 +378,14 @@ fn icmp(f: Frame, l4: usize, limit: usize, v6: bool, generation: u32) -> Judgeme
     let Some(h) = f.read::<IcmpHdr>(l4) else {
         return malformed(generation);
     };
+    // Per type: the compiler has already let neighbour discovery and path-MTU messages
+    // through a drop default, unless the policy named them.
     let s = settings(generation);
-    // A host that drops ICMP must still resolve neighbours and learn path MTUs, or it cuts
-    // itself off; these messages pass whatever `icmp:` says.
-    let essential = if v6 {
-        h.kind == 2 || (133..=137).contains(&h.kind)
+    let verdict = if s.icmp_drops(v6, h.kind, h.code) {
+        action::DROP
     } else {
-        h.kind == 3 && h.code == 4
+        action::ALLOW
     };
-    let verdict = if essential { action::ALLOW } else { s.icmp };
     by_setting(verdict, s.log, counter::ICMP_ALLOW, counter::ICMP_DROP)
 }
 

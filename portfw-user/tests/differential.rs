@@ -162,7 +162,33 @@ fn random_policy(rng: &Rng) -> String {
         let _ = writeln!(y, "log: {}", rng.pick(&["none", "drops", "all"]));
     }
     for key in ["icmp", "fragments", "other-ip", "non-ip"] {
-        if rng.percent(60) {
+        if key == "icmp" && rng.percent(30) {
+            // Named types, essential ones among them, override the default.
+            let names = [
+                "echo-request",
+                "echo-reply",
+                "destination-unreachable",
+                "frag-needed",
+                "packet-too-big",
+                "neighbor-solicitation",
+                "router-advertisement",
+                "icmp/13",
+                "icmpv6/136",
+                "icmpv6/200",
+            ];
+            let _ = writeln!(y, "icmp:\n  default: {}", action(rng));
+            let mut used = Vec::new();
+            for verb in ["allow", "drop"] {
+                let picked: Vec<&str> = (0..rng.range(0, 3))
+                    .map(|_| rng.pick(&names))
+                    .filter(|n| !used.contains(n))
+                    .collect();
+                if !picked.is_empty() {
+                    let _ = writeln!(y, "  {verb}: [{}]", picked.join(", "));
+                    used.extend(picked);
+                }
+            }
+        } else if rng.percent(60) {
             let _ = writeln!(y, "{key}: {}", action(rng));
         }
     }

@@ -387,13 +387,25 @@ fn settings(policy: &Policy) -> Settings {
         LogMode::Drops => settings_log::DROP,
         LogMode::All => settings_log::ALLOW | settings_log::DROP,
     };
+    let mut icmp4_drop = [0u8; 32];
+    let mut icmp6_drop = [0u8; 32];
+    for kind in 0..=u8::MAX {
+        // Code 0 stands for every code but IPv4 fragmentation-needed, stored on its own.
+        for (v6, bits) in [(false, &mut icmp4_drop), (true, &mut icmp6_drop)] {
+            if policy.icmp_verdict(v6, kind, 0) == Action::Drop {
+                bits[usize::from(kind >> 3)] |= 1 << (kind & 7);
+            }
+        }
+    }
     Settings {
-        icmp: policy.icmp.to_kernel(),
         fragments: policy.fragments.to_kernel(),
         other_ip: policy.other_ip.to_kernel(),
         non_ip: policy.non_ip.to_kernel(),
         log,
+        icmp_frag_needed: policy.icmp_verdict(false, 3, 4).to_kernel(),
         _pad: [0; 3],
+        icmp4_drop,
+        icmp6_drop,
     }
 }
 

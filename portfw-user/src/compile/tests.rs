@@ -7,9 +7,7 @@ use std::{
     time::Instant,
 };
 
-use portfw_common::{
-    NO_SOURCE_GROUP, PortEntry, RULE_DEFAULT, Settings, action, port_flags, settings_log,
-};
+use portfw_common::{NO_SOURCE_GROUP, PortEntry, RULE_DEFAULT, action, port_flags, settings_log};
 
 use super::{CompileError, Limits, PortRun, compile, compile_with, reference, summary};
 use crate::policy::{Policy, Protocol, parse};
@@ -232,32 +230,67 @@ fn redundant_nested_prefixes_are_left_out() {
 #[test]
 fn settings_carry_the_policy_settings_and_log_bits() {
     let settings = |source: &str| compile(&parsed(source)).expect("compile").settings;
+    let plain = settings("default: drop\n");
     assert_eq!(
-        settings("default: drop\n"),
-        Settings {
-            icmp: action::ALLOW,
-            fragments: action::ALLOW,
-            other_ip: action::DROP,
-            non_ip: action::ALLOW,
-            log: settings_log::DROP,
-            _pad: [0; 3],
-        }
+        (plain.fragments, plain.other_ip, plain.non_ip, plain.log),
+        (
+            action::ALLOW,
+            action::DROP,
+            action::ALLOW,
+            settings_log::DROP
+        )
+    );
+    assert_eq!(plain.icmp4_drop, [0; 32]);
+    assert_eq!(plain.icmp6_drop, [0; 32]);
+    let strict = settings(
+        "default: allow\nlog: all\nicmp: drop\nfragments: drop\nother-ip: drop\nnon-ip: drop\n",
     );
     assert_eq!(
-        settings(
-            "default: allow\nlog: all\nicmp: drop\nfragments: drop\nother-ip: drop\nnon-ip: drop\n"
-        ),
-        Settings {
-            icmp: action::DROP,
-            fragments: action::DROP,
-            other_ip: action::DROP,
-            non_ip: action::DROP,
-            log: settings_log::ALLOW | settings_log::DROP,
-            _pad: [0; 3],
-        }
+        (strict.fragments, strict.other_ip, strict.non_ip, strict.log),
+        (
+            action::DROP,
+            action::DROP,
+            action::DROP,
+            settings_log::ALLOW | settings_log::DROP
+        )
     );
+    // icmp: drop drops every type but the essential ones.
+    assert!(strict.icmp_drops(false, 8, 0));
+    assert!(strict.icmp_drops(false, 3, 1));
+    assert!(!strict.icmp_drops(false, 3, 4));
+    assert!(strict.icmp_drops(true, 128, 0));
+    for kind in [2, 133, 134, 135, 136, 137] {
+        assert!(
+            !strict.icmp_drops(true, kind, 0),
+            "ICMPv6 {kind} is essential"
+        );
+    }
+    assert_eq!(strict.icmp_frag_needed, action::ALLOW);
     assert_eq!(settings("default: allow\nlog: none\n").log, 0);
     assert_eq!(settings("default: allow\n").other_ip, action::ALLOW);
+}
+
+#[test]
+fn named_icmp_types_override_the_default_and_the_essentials() {
+    let s = compile(&parsed(
+        "default: drop\nicmp:\n  default: drop\n  allow: [echo-request, icmpv6/200]\n  drop: [neighbor-solicitation, frag-needed]\n",
+    ))
+    .expect("compile")
+    .settings;
+    assert!(!s.icmp_drops(false, 8, 0));
+    assert!(!s.icmp_drops(true, 128, 0));
+    assert!(!s.icmp_drops(true, 200, 0));
+    assert!(s.icmp_drops(true, 135, 0), "named, so no longer essential");
+    assert!(!s.icmp_drops(true, 136, 0), "still essential");
+    assert!(s.icmp_drops(false, 3, 4), "frag-needed named");
+    assert!(s.icmp_drops(false, 0, 0));
+    let open = compile(&parsed(
+        "default: drop\nicmp:\n  default: allow\n  drop: [redirect]\n",
+    ))
+    .expect("compile")
+    .settings;
+    assert!(open.icmp_drops(false, 5, 0) && open.icmp_drops(true, 137, 0));
+    assert!(!open.icmp_drops(false, 8, 0));
 }
 
 #[test]

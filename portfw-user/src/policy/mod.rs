@@ -13,6 +13,7 @@ use thiserror::Error;
 
 pub mod cidr;
 pub mod diag;
+pub mod icmp;
 pub mod ports;
 mod quickhash;
 pub mod services;
@@ -22,6 +23,7 @@ mod yaml;
 
 pub use cidr::{Cidr, CidrError};
 pub use diag::{Diagnostic, Diagnostics, Location, Severity};
+pub use icmp::{IcmpMatch, IcmpPolicy};
 
 /// The most addresses and CIDRs a policy may hold: every set's entries once, plus, for each
 /// rule, the entries of the sets its `from` names and the addresses it lists itself.
@@ -200,7 +202,11 @@ pub struct Policy {
     pub log: LogMode,
     /// Interfaces the policy asks to be attached to; empty when it leaves that to the CLI.
     pub interfaces: Vec<String>,
+    /// The `icmp` default: the verdict for ICMP and ICMPv6 types not named in `icmp_types`
+    /// (with `drop`, essential messages still pass; see [`icmp`]).
     pub icmp: Action,
+    /// ICMP types the policy names explicitly.
+    pub icmp_types: IcmpPolicy,
     /// Non-first IP fragments, which carry no ports.
     pub fragments: Action,
     /// IP protocols other than TCP, UDP, SCTP, UDP-Lite and ICMP.
@@ -212,6 +218,13 @@ pub struct Policy {
     pub sets: Vec<AddressSet>,
     /// First match wins.
     pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// The verdict for an ICMP (`v6 == false`) or ICMPv6 message.
+    pub fn icmp_verdict(&self, v6: bool, kind: u8, code: u8) -> Action {
+        self.icmp_types.verdict(self.icmp, v6, kind, code)
+    }
 }
 
 /// A named list of prefixes from `sets:`, which rules name as `$name` in `from:`.

@@ -9,8 +9,9 @@ use std::{
 use portfw_common::MAX_RULES;
 
 use super::{
-    Action, LogMode, Parsed, Policy, PortRange, Protocol, Rule,
+    Action, IcmpMatch, IcmpPolicy, LogMode, Parsed, Policy, PortRange, Protocol, Rule,
     diag::{Diagnostics, Location, Reporter},
+    icmp,
     ports::{self, SpecForm},
     yaml::{self, Entry, Node, ScalarKind, Tree, Value},
 };
@@ -97,6 +98,7 @@ impl Validator<'_, '_, '_> {
             log: LogMode::default(),
             interfaces: Vec::new(),
             icmp: Action::Allow,
+            icmp_types: IcmpPolicy::default(),
             fragments: Action::Allow,
             other_ip: Action::Drop,
             non_ip: Action::Allow,
@@ -134,7 +136,7 @@ impl Validator<'_, '_, '_> {
                 "log" => policy.log = self.log_mode(entry).unwrap_or(policy.log),
                 "interfaces" => policy.interfaces = self.interfaces(entry),
                 "rules" => (policy.rules, written) = self.rules(entry),
-                "icmp" => policy.icmp = self.action(entry).unwrap_or(policy.icmp),
+                "icmp" => self.icmp(entry, &mut policy),
                 "fragments" => policy.fragments = self.action(entry).unwrap_or(policy.fragments),
                 "other-ip" => other_ip = self.action(entry),
                 "non-ip" => policy.non_ip = self.action(entry).unwrap_or(policy.non_ip),
@@ -182,6 +184,73 @@ impl Validator<'_, '_, '_> {
                     format!("`{}` must be `allow` or `drop`", entry.key),
                 );
                 None
+            }
+        }
+    }
+
+    /// `icmp: allow|drop`, or a mapping with `default` and lists of types to `allow`/`drop`.
+    fn icmp(&mut self, entry: &Entry, policy: &mut Policy) {
+        let Value::Mapping(entries) = &entry.value.value else {
+            policy.icmp = self.action(entry).unwrap_or(policy.icmp);
+            return;
+        };
+        let mut named: Vec<(IcmpMatch, Action, usize)> = Vec::new();
+        for inner in entries {
+            let action = match inner.key.as_str() {
+                "default" => {
+                    policy.icmp = self.action(inner).unwrap_or(policy.icmp);
+                    continue;
+                }
+                "allow" => Action::Allow,
+                "drop" => Action::Drop,
+                _ => {
+                    self.unknown_key(inner, " in `icmp`", &["default", "allow", "drop"]);
+                    continue;
+                }
+            };
+            let Some(items) = Self::one_or_many(&inner.value) else {
+                self.invalid(&inner.value, "expected an ICMP type or a list of them");
+                continue;
+            };
+            for item in items {
+                let Some(text) = Self::text(item) else {
+                    self.invalid(
+                        item,
+                        "expected an ICMP type name, `icmp/TYPE` or `icmpv6/TYPE`",
+                    );
+                    continue;
+                };
+                match icmp::parse_icmp_spec(text) {
+                    Err(message) => self.reporter.error(item.location, message),
+                    Ok(matches) => {
+                        // A name may cover both families; one conflict message per name.
+                        let conflict = matches.iter().find_map(|m| {
+                            named
+                                .iter()
+                                .find(|(n, a, _)| n == m && *a != action)
+                                .map(|&(_, _, line)| line)
+                        });
+                        if let Some(line) = conflict {
+                            self.reporter.error(
+                                item.location,
+                                format!(
+                                    "ICMP type `{text}` is both allowed and dropped (the other at line {line})"
+                                ),
+                            );
+                            continue;
+                        }
+                        named.extend(matches.into_iter().map(|m| (m, action, item.location.line)));
+                    }
+                }
+            }
+        }
+        for (m, action, _) in named {
+            let list = match action {
+                Action::Allow => &mut policy.icmp_types.allow,
+                Action::Drop => &mut policy.icmp_types.drop,
+            };
+            if !list.contains(&m) {
+                list.push(m);
             }
         }
     }

@@ -388,17 +388,19 @@ fn icmp(payload: &[u8], v6: bool, policy: &Policy) -> Verdict {
         return Verdict::malformed("ICMP message under 4 bytes");
     }
     let (kind, code) = (payload[0], payload[1]);
-    // With `icmp: drop` these still pass, or the host loses its neighbours and path MTUs.
+    // The policy semantics (named types, then the essential-message exception, then the
+    // default) are the policy module's; this file's independence is in the parsing.
+    let verdict = policy.icmp_verdict(v6, kind, code);
     let essential = if v6 {
         kind == icmpv6::TYPE_PACKET_TOO_BIG
             || (icmpv6::TYPE_ROUTER_SOLICITATION..=icmpv6::TYPE_REDIRECT_MESSAGE).contains(&kind)
     } else {
         kind == icmpv4::TYPE_DEST_UNREACH && code == icmpv4::CODE_DST_UNREACH_NEED_FRAG
     };
-    if essential {
+    if essential && verdict == Action::Allow && policy.icmp == Action::Drop {
         Verdict::setting(Action::Allow, Class::IcmpEssential)
     } else {
-        Verdict::setting(policy.icmp, Class::Icmp)
+        Verdict::setting(verdict, Class::Icmp)
     }
 }
 

@@ -529,3 +529,28 @@ fn warnings_render_with_the_warning_tag() {
         "{text}"
     );
 }
+
+#[test]
+fn icmp_types_are_named_with_positions_for_every_mistake() {
+    let p = policy(
+        "default: drop\nicmp:\n  default: drop\n  allow: echo-request\n  drop: [icmpv6/135]\n",
+    );
+    assert_eq!(p.icmp, Action::Drop);
+    assert_eq!(p.icmp_types.allow.len(), 2);
+    assert_eq!(p.icmp_types.drop.len(), 1);
+    assert_eq!(
+        errors(
+            "default: drop\nicmp:\n  defualt: drop\n  allow: [echo-requst, icmp/300]\n  drop: [echo-request]\n  allow: [tcp/1]\n"
+        ),
+        [
+            "3:3: unknown key `defualt` in `icmp`; expected one of: default, allow, drop",
+            "4:11: unknown ICMP type `echo-requst`; expected a name (echo-request, destination-unreachable, neighbor-solicitation, ... see docs/policy.md), `icmp/TYPE` or `icmpv6/TYPE`",
+            "4:24: ICMP type `300` in `icmp/300` is not a number 0-255",
+            "6:3: duplicate key `allow` (first given at line 4)",
+        ]
+    );
+    assert_eq!(
+        errors("default: drop\nicmp:\n  allow: [redirect]\n  drop: [redirect]\n"),
+        ["4:10: ICMP type `redirect` is both allowed and dropped (the other at line 3)"]
+    );
+}

@@ -197,6 +197,7 @@ fn random_policy(rng: &mut SplitMix64, count: usize) -> Policy {
         log: LogMode::Drops,
         interfaces: Vec::new(),
         icmp: Action::Allow,
+        icmp_types: Default::default(),
         fragments: Action::Allow,
         other_ip: Action::Drop,
         non_ip: Action::Allow,
