@@ -3,7 +3,7 @@
 //! Needs root (or CAP_BPF + CAP_NET_ADMIN) to load the program.
 mod common;
 
-use common::packet::*;
+use common::builder::*;
 use portfw::{
     compile,
     loader::{Loaded, LoaderError},
@@ -63,7 +63,7 @@ struct Fixture {
     expect: u32,
 }
 
-fn fx(what: &'static str, p: Packet, expect: u32) -> Fixture {
+fn fx(what: &'static str, p: Frame, expect: u32) -> Fixture {
     Fixture {
         what,
         frame: p.build(),
@@ -97,11 +97,7 @@ fn check_all(loaded: &Loaded, fixtures: &[Fixture]) {
 fn ports_allowed_dropped_and_default_over_both_ip_versions() {
     let loaded = load(POLICY);
     let mut fixtures = Vec::new();
-    for (ver, mk) in [
-        ("v4", v4 as fn(L4) -> Packet),
-        ("v6", v6 as fn(L4) -> Packet),
-    ] {
-        let _ = ver;
+    for mk in [v4 as fn(L4) -> Frame, v6] {
         fixtures.extend([
             fx("tcp 22 allowed by service name", mk(tcp(22)), XDP_PASS),
             fx("tcp 80 allowed", mk(tcp(80)), XDP_PASS),
@@ -121,24 +117,12 @@ fn ports_allowed_dropped_and_default_over_both_ip_versions() {
             fx("tcp 9101 default drop", mk(tcp(9101)), XDP_DROP),
             fx("tcp 65535 default drop", mk(tcp(65535)), XDP_DROP),
             fx("udp 0 default drop", mk(udp(0)), XDP_DROP),
-            fx(
-                "sctp 2905 allowed",
-                mk(L4::Sctp { src: 1, dst: 2905 }),
-                XDP_PASS,
-            ),
-            fx(
-                "sctp 22 default drop",
-                mk(L4::Sctp { src: 1, dst: 22 }),
-                XDP_DROP,
-            ),
-            fx(
-                "udplite 7000 allowed",
-                mk(L4::UdpLite { src: 1, dst: 7000 }),
-                XDP_PASS,
-            ),
+            fx("sctp 2905 allowed", mk(sctp(2905)), XDP_PASS),
+            fx("sctp 22 default drop", mk(sctp(22)), XDP_DROP),
+            fx("udplite 7000 allowed", mk(udplite(7000)), XDP_PASS),
             fx(
                 "udplite 53 default drop (not udp)",
-                mk(L4::UdpLite { src: 1, dst: 53 }),
+                mk(udplite(53)),
                 XDP_DROP,
             ),
         ]);
@@ -168,12 +152,9 @@ fn vlan_tags_one_and_two_get_the_same_verdicts() {
     for tags in [
         vec![(TPID_8021Q, 10)],
         vec![(TPID_8021AD, 100), (TPID_8021Q, 10)],
-        vec![(0x9100, 100), (TPID_8021Q, 10)],
+        vec![(TPID_9100, 100), (TPID_8021Q, 10)],
     ] {
-        let tag = |mut p: Packet| {
-            p.vlans = tags.clone();
-            p
-        };
+        let tag = |p: Frame| tags.iter().fold(p, |p, &(tpid, vid)| p.tag(tpid, vid));
         fixtures.extend([
             fx("vlan tcp 22 allowed", tag(v4(tcp(22))), XDP_PASS),
             fx("vlan tcp 8080 dropped", tag(v4(tcp(8080))), XDP_DROP),
@@ -186,9 +167,9 @@ fn vlan_tags_one_and_two_get_the_same_verdicts() {
         ]);
     }
     let three = v4(tcp(22))
-        .vlan(TPID_8021AD, 1)
-        .vlan(TPID_8021Q, 2)
-        .vlan(TPID_8021Q, 3);
+        .tag(TPID_8021AD, 1)
+        .tag(TPID_8021Q, 2)
+        .tag(TPID_8021Q, 3);
     fixtures.push(fx("three vlan tags are malformed", three, XDP_DROP));
     check_all(&loaded, &fixtures);
 }
@@ -196,40 +177,19 @@ fn vlan_tags_one_and_two_get_the_same_verdicts() {
 #[test]
 fn non_ip_icmp_and_other_protocols() {
     let loaded = load(POLICY);
-    let mut arp = Vec::new();
-    arp.extend_from_slice(&[0xff; 6]);
-    arp.extend_from_slice(&SRC_MAC);
-    arp.extend_from_slice(&0x0806u16.to_be_bytes());
-    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    arp.extend_from_slice(&[0; 20]);
     let fixtures = vec![
-        Fixture {
-            what: "ARP passes",
-            frame: arp,
-            expect: XDP_PASS,
-        },
-        fx(
-            "ICMP echo passes",
-            v4(L4::Icmp { kind: 8, code: 0 }),
-            XDP_PASS,
-        ),
-        fx(
-            "ICMPv6 echo passes",
-            v6(L4::Icmpv6 { kind: 128, code: 0 }),
-            XDP_PASS,
-        ),
+        fx("ARP passes", arp(), XDP_PASS),
+        fx("ICMP echo passes", v4(icmp(8, 0)), XDP_PASS),
+        fx("ICMPv6 echo passes", v6(icmp6(128, 0)), XDP_PASS),
         fx(
             "ICMPv6 neighbour solicitation passes",
-            v6(L4::Icmpv6 { kind: 135, code: 0 }),
+            v6(icmp6(135, 0)),
             XDP_PASS,
         ),
         // other-ip defaults to the policy default (drop here).
         fx(
             "GRE follows other-ip (default: the policy default)",
-            v4(L4::Raw {
-                protocol: 47,
-                payload: vec![0; 8],
-            }),
+            v4(raw(proto::GRE, &[0; 8])),
             XDP_DROP,
         ),
     ];
@@ -241,42 +201,19 @@ fn non_ip_icmp_and_other_protocols() {
         &[
             fx(
                 "GRE allowed by other-ip: allow",
-                v4(L4::Raw {
-                    protocol: 47,
-                    payload: vec![0; 8],
-                }),
+                v4(raw(proto::GRE, &[0; 8])),
                 XDP_PASS,
             ),
-            fx(
-                "ICMP echo dropped by icmp: drop",
-                v4(L4::Icmp { kind: 8, code: 0 }),
-                XDP_DROP,
-            ),
-            fx(
-                "ICMPv6 echo dropped",
-                v6(L4::Icmpv6 { kind: 128, code: 0 }),
-                XDP_DROP,
-            ),
+            fx("ICMP echo dropped by icmp: drop", v4(icmp(8, 0)), XDP_DROP),
+            fx("ICMPv6 echo dropped", v6(icmp6(128, 0)), XDP_DROP),
             fx(
                 "NDP still passes with icmp: drop",
-                v6(L4::Icmpv6 { kind: 136, code: 0 }),
+                v6(icmp6(136, 0)),
                 XDP_PASS,
             ),
-            fx(
-                "packet-too-big still passes",
-                v6(L4::Icmpv6 { kind: 2, code: 0 }),
-                XDP_PASS,
-            ),
-            fx(
-                "frag-needed still passes",
-                v4(L4::Icmp { kind: 3, code: 4 }),
-                XDP_PASS,
-            ),
-            fx(
-                "port unreachable dropped",
-                v4(L4::Icmp { kind: 3, code: 3 }),
-                XDP_DROP,
-            ),
+            fx("packet-too-big still passes", v6(icmp6(2, 0)), XDP_PASS),
+            fx("frag-needed still passes", v4(icmp(3, 4)), XDP_PASS),
+            fx("port unreachable dropped", v4(icmp(3, 3)), XDP_DROP),
         ],
     );
 }
@@ -284,20 +221,7 @@ fn non_ip_icmp_and_other_protocols() {
 #[test]
 fn ipv4_options_and_ipv6_extension_headers() {
     let loaded = load(POLICY);
-    let with_opts = |dst, opts: Vec<u8>| {
-        let mut p = v4(tcp(dst));
-        if let L3::V4 { options, .. } = &mut p.l3 {
-            *options = opts;
-        }
-        p
-    };
-    let with_ext = |l4, ext: Vec<(u8, Vec<u8>)>| {
-        let mut p = v6(l4);
-        if let L3::V6 { ext: e, .. } = &mut p.l3 {
-            *e = ext;
-        }
-        p
-    };
+    let with_opts = |dst, opts: Vec<u8>| v4(tcp(dst)).v4(|ip| ip.options = opts);
     let fixtures = vec![
         // Record-route option (IHL 8): the ports sit after the options, not at offset 20.
         fx(
@@ -317,32 +241,32 @@ fn ipv4_options_and_ipv6_extension_headers() {
         ),
         fx(
             "v6 hop-by-hop + dstopts: tcp 22",
-            with_ext(tcp(22), vec![(0, ext_opts8()), (60, ext_opts8())]),
+            v6(tcp(22)).ext(Ext::hop_by_hop()).ext(Ext::dest_opts()),
             XDP_PASS,
         ),
         fx(
             "v6 hop-by-hop + dstopts: tcp 8080",
-            with_ext(tcp(8080), vec![(0, ext_opts8()), (60, ext_opts8())]),
+            v6(tcp(8080)).ext(Ext::hop_by_hop()).ext(Ext::dest_opts()),
             XDP_DROP,
         ),
         fx(
             "v6 first fragment: judged by port (allowed)",
-            with_ext(udp(53), vec![(44, ext_fragment(0, true))]),
+            v6(udp(53)).fragment(0, true),
             XDP_PASS,
         ),
         fx(
             "v6 first fragment: judged by port (dropped)",
-            with_ext(udp(99), vec![(44, ext_fragment(0, true))]),
+            v6(udp(99)).fragment(0, true),
             XDP_DROP,
         ),
         fx(
             "v6 non-first fragment: fragments setting (allow)",
-            with_ext(udp(99), vec![(44, ext_fragment(10, false))]),
+            v6(udp(99)).fragment(10, false),
             XDP_PASS,
         ),
         fx(
             "v6 routing header",
-            with_ext(tcp(443), vec![(43, vec![0, 4, 0, 0, 0, 0, 0])]),
+            v6(tcp(443)).ext(Ext::routing()),
             XDP_PASS,
         ),
     ];
@@ -351,19 +275,7 @@ fn ipv4_options_and_ipv6_extension_headers() {
 
 #[test]
 fn fragments_follow_the_fragments_setting() {
-    let frag = |offset: u16, more: bool, l4: L4| {
-        let mut p = v4(l4);
-        if let L3::V4 {
-            frag_offset,
-            more_fragments,
-            ..
-        } = &mut p.l3
-        {
-            *frag_offset = offset;
-            *more_fragments = more;
-        }
-        p
-    };
+    let frag = |offset: u16, more: bool, l4: L4| v4(l4).fragment(offset, more);
     let allow = load(POLICY);
     let drop = load(&format!("{POLICY}fragments: drop\n"));
     check_all(
@@ -419,7 +331,7 @@ fn malformed_and_truncated_frames_are_dropped() {
         ("udp/ipv6", v6(udp(80))),
         (
             "tcp/ipv4 in two vlans",
-            v4(tcp(80)).vlan(TPID_8021AD, 5).vlan(TPID_8021Q, 6),
+            v4(tcp(80)).tag(TPID_8021AD, 5).tag(TPID_8021Q, 6),
         ),
     ] {
         let full = packet.build();
@@ -436,64 +348,51 @@ fn malformed_and_truncated_frames_are_dropped() {
             );
         }
     }
-    let mut bad_ihl = v4(tcp(80)).build();
-    bad_ihl[14] = 0x44; // IHL 4 < 5
-    fixtures.push(Fixture {
-        what: "IHL below 5",
-        frame: bad_ihl,
-        expect: XDP_DROP,
-    });
-    let mut bad_version = v4(tcp(80)).build();
-    bad_version[14] = 0x55;
-    fixtures.push(Fixture {
-        what: "IP version 5 in an IPv4 frame",
-        frame: bad_version,
-        expect: XDP_DROP,
-    });
-    let mut short_total = v4(tcp(80)).build();
-    short_total[16..18].copy_from_slice(&24u16.to_be_bytes()); // tot_len ends inside TCP
-    fixtures.push(Fixture {
-        what: "total length cuts the TCP header",
-        frame: short_total,
-        expect: XDP_DROP,
-    });
-    let mut long_total = v4(tcp(80)).build();
-    long_total[16..18].copy_from_slice(&1500u16.to_be_bytes());
-    fixtures.push(Fixture {
-        what: "total length beyond the frame",
-        frame: long_total,
-        expect: XDP_DROP,
-    });
-    let mut padded = v4(udp(80)).build();
-    padded.truncate(14 + 20 + 4); // ports only, no full UDP header
-    padded[16..18].copy_from_slice(&24u16.to_be_bytes());
-    padded.extend_from_slice(&[0; 22]); // Ethernet padding must not be read as UDP header
-    fixtures.push(Fixture {
-        what: "UDP header only in link padding",
-        frame: padded,
-        expect: XDP_DROP,
-    });
-    fixtures.push(fx("TCP destination port 0", v4(tcp(0)), XDP_DROP));
-    fixtures.push(fx(
-        "TCP source port 0",
-        v6(L4::Tcp {
-            src: 0,
-            dst: 80,
-            flags: 2,
-        }),
-        XDP_DROP,
-    ));
-    let mut bad_doff = v4(tcp(80)).build();
-    bad_doff[14 + 20 + 12] = 4 << 4;
-    fixtures.push(Fixture {
-        what: "TCP data offset below 5",
-        frame: bad_doff,
-        expect: XDP_DROP,
-    });
-    let mut long_chain = v6(tcp(80));
-    if let L3::V6 { ext, .. } = &mut long_chain.l3 {
-        *ext = (0..9).map(|_| (60u8, ext_opts8())).collect();
-    }
+    fixtures.extend([
+        // IHL 4 < 5
+        fx(
+            "IHL below 5",
+            v4(tcp(80)).v4(|ip| ip.ihl = Some(4)),
+            XDP_DROP,
+        ),
+        fx(
+            "IP version 5 in an IPv4 frame",
+            v4(tcp(80)).v4(|ip| ip.version = 5),
+            XDP_DROP,
+        ),
+        // tot_len ends inside TCP
+        fx(
+            "total length cuts the TCP header",
+            v4(tcp(80)).v4(|ip| ip.total_len = Some(24)),
+            XDP_DROP,
+        ),
+        fx(
+            "total length beyond the frame",
+            v4(tcp(80)).v4(|ip| ip.total_len = Some(1500)),
+            XDP_DROP,
+        ),
+        // Ports only, no full UDP header (total length 24); the Ethernet padding after the
+        // datagram must not be read as UDP header.
+        fx(
+            "UDP header only in link padding",
+            v4(udp(80).cut(4)).pad(22),
+            XDP_DROP,
+        ),
+        fx("TCP destination port 0", v4(tcp(0)), XDP_DROP),
+        fx("TCP source port 0", v6(tcp_from(0, 80)), XDP_DROP),
+        fx(
+            "TCP data offset below 5",
+            v4(L4::Tcp {
+                src: 40000,
+                dst: 80,
+                flags: 0x02,
+                doff: Some(4),
+                options: Vec::new(),
+            }),
+            XDP_DROP,
+        ),
+    ]);
+    let long_chain = (0..9).fold(v6(tcp(80)), |p, _| p.ext(Ext::dest_opts()));
     fixtures.push(fx(
         "IPv6 chain over the bound (9 headers)",
         long_chain,
@@ -604,13 +503,11 @@ fn a_policy_swap_changes_verdicts_at_once() {
     assert_eq!(verdict(&loaded, &frame80), XDP_DROP);
 }
 
-fn from_source(mut p: Packet, source: std::net::IpAddr) -> Packet {
-    match (&mut p.l3, source) {
-        (L3::V4 { src, .. }, std::net::IpAddr::V4(a)) => *src = a,
-        (L3::V6 { src, .. }, std::net::IpAddr::V6(a)) => *src = a,
-        _ => panic!("family mismatch"),
+fn from_source(p: Frame, source: std::net::IpAddr) -> Frame {
+    match source {
+        std::net::IpAddr::V4(a) => p.v4(|ip| ip.src = a),
+        std::net::IpAddr::V6(a) => p.v6(|ip| ip.src = a),
     }
-    p
 }
 
 /// Source-restricted rules judged by the kernel (port table, then the source tries, head

@@ -2,5 +2,4 @@
 #![allow(dead_code)]
 pub mod builder;
 pub mod e2e;
-pub mod packet;
 pub mod reference;
