@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod maps;
 mod parse;
 
@@ -74,12 +75,24 @@ pub fn portfw(ctx: XdpContext) -> u32 {
     }
 }
 
+/// All-allow settings for a generation that was never written (the map always has both
+/// slots, so this only guards the lookup's `None`).
+static NO_SETTINGS: Settings = Settings {
+    fragments: action::ALLOW,
+    other_ip: action::ALLOW,
+    non_ip: action::ALLOW,
+    log: 0,
+    icmp_frag_needed: action::ALLOW,
+    _pad: [0; 3],
+    icmp4_drop: [0; 32],
+    icmp6_drop: [0; 32],
+};
+
+/// The generation's settings, by reference: copying the 72-byte struct at every use would
+/// bloat each call site.
 #[inline(always)]
-fn settings(generation: u32) -> Settings {
-    match PFW_SETTINGS.get(generation) {
-        Some(s) => *s,
-        None => Settings::default(),
-    }
+fn settings(generation: u32) -> &'static Settings {
+    PFW_SETTINGS.get(generation).unwrap_or(&NO_SETTINGS)
 }
 
 #[inline(always)]
