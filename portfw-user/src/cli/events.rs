@@ -62,6 +62,29 @@ impl RuleNames {
     }
 }
 
+/// Interface names by index. Resolving one costs a socket and an ioctl, which at event rates
+/// was most of the reader's time; names are re-resolved each second in case an interface was
+/// renamed or replaced.
+#[derive(Default)]
+struct IfNames {
+    names: std::collections::HashMap<u32, (Option<String>, std::time::Instant)>,
+}
+
+impl IfNames {
+    fn name(&mut self, index: u32) -> Option<String> {
+        let now = std::time::Instant::now();
+        let fresh = |at: &std::time::Instant| now.duration_since(*at) < Duration::from_secs(1);
+        if let Some((name, at)) = self.names.get(&index)
+            && fresh(at)
+        {
+            return name.clone();
+        }
+        let name = loader::ifname(index);
+        self.names.insert(index, (name.clone(), now));
+        name
+    }
+}
+
 pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -79,6 +102,7 @@ async fn stream(args: EventsArgs) -> anyhow::Result<ExitCode> {
         .context("watching the event ring buffer")?;
     let offset = mono_to_wall_offset();
     let mut rules = RuleNames::new(paths);
+    let mut ifnames = IfNames::default();
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let deadline = args
         .timeout
@@ -107,7 +131,8 @@ async fn stream(args: EventsArgs) -> anyhow::Result<ExitCode> {
                     // read_unaligned makes no alignment assumption.
                     let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
                     drop(item);
-                    let view = decode(&event, offset, loader::ifname, |i| rules.get(i));
+                    let iface = ifnames.name(event.ifindex);
+                    let view = decode(&event, offset, |_| iface.clone(), |i| rules.get(i));
                     let line = if args.json {
                         serde_json::to_string(&view)?
                     } else {
