@@ -1,5 +1,7 @@
-//! Developer tasks for portfw: `cargo xtask setup|test|lint|demo|lab|fuzz`.
+//! Developer tasks for portfw: `cargo xtask setup|test|lint|demo|lab|fuzz|bench`.
 
+mod bench;
+mod bench_report;
 mod demo;
 mod fuzz;
 mod lab;
@@ -61,6 +63,15 @@ enum Cmd {
         #[arg(long, value_parser = fuzz::parse_seed)]
         seed: Option<u64>,
     },
+    /// Benchmarks: run setup, then portfw's per-packet kernel cost, throughput under load,
+    /// control plane and events, against a floor, xdp-filter, nftables and iptables, all in
+    /// one run; writes BENCHMARKS.md and its plots (docs/bench/). Takes about 10 minutes.
+    Bench {
+        /// A smoke run (under two minutes) that only checks every figure is produced; writes
+        /// nothing outside target/bench/quick.
+        #[arg(long)]
+        quick: bool,
+    },
     /// A long-lived lab for trying portfw by hand.
     Lab {
         #[command(subcommand)]
@@ -99,6 +110,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Cmd::Lint => tasks::lint()?,
         Cmd::Demo => demo::run()?,
         Cmd::Fuzz { packets, seed } => fuzz::run(packets, seed)?,
+        Cmd::Bench { quick } => bench::run(quick)?,
         Cmd::Lab {
             action: LabAction::Up,
         } => lab_up()?,

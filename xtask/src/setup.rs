@@ -35,6 +35,10 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "hping3",
     "netsniff-ng",
+    // `cargo xtask bench`: veth offloads and the plots of BENCHMARKS.md.
+    "ethtool",
+    "python3-matplotlib",
+    "linux-perf",
     "util-linux",
     "procps",
 ];

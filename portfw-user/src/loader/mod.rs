@@ -208,25 +208,50 @@ impl Loaded {
     }
 
     fn program(&self) -> Result<&Xdp, LoaderError> {
+        self.xdp(PROGRAM_NAME)
+    }
+
+    /// The XDP program `name` of the object, for BPF_PROG_TEST_RUN with options of the
+    /// caller's choosing (the benchmarks time runs and inject live frames with it).
+    pub fn xdp(&self, name: &str) -> Result<&Xdp, LoaderError> {
         self.ebpf
-            .program(PROGRAM_NAME)
-            .ok_or_else(|| LoaderError::Internal(format!("no program {PROGRAM_NAME}")))?
+            .program(name)
+            .ok_or_else(|| LoaderError::Internal(format!("no program {name} in object")))?
             .try_into()
             .map_err(|source| LoaderError::Program {
-                what: "lookup".into(),
+                what: format!("lookup of {name}"),
                 source: Box::new(source),
             })
     }
 
-    fn program_mut(&mut self) -> Result<&mut Xdp, LoaderError> {
+    /// The XDP program `name` of the object, to attach it (the benchmarks keep every program
+    /// they time attached to an idle veth, as in production).
+    pub fn xdp_mut(&mut self, name: &str) -> Result<&mut Xdp, LoaderError> {
         self.ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or_else(|| LoaderError::Internal(format!("no program {PROGRAM_NAME}")))?
+            .program_mut(name)
+            .ok_or_else(|| LoaderError::Internal(format!("no program {name} in object")))?
             .try_into()
             .map_err(|source| LoaderError::Program {
-                what: "lookup".into(),
+                what: format!("lookup of {name}"),
                 source: Box::new(source),
             })
+    }
+
+    /// Verifies and loads one more XDP program of the embedded object: the benchmarks'
+    /// floors, parse-only twin and injector (`portfw-ebpf/src/bench.rs`). `apply` never calls
+    /// it, so in production only `portfw` is ever loaded.
+    pub fn load_extra(&mut self, name: &str) -> Result<&Xdp, LoaderError> {
+        self.xdp_mut(name)?
+            .load()
+            .map_err(|source| LoaderError::Program {
+                what: format!("verification and load of {name}"),
+                source: Box::new(source),
+            })?;
+        self.xdp(name)
+    }
+
+    fn program_mut(&mut self) -> Result<&mut Xdp, LoaderError> {
+        self.xdp_mut(PROGRAM_NAME)
     }
 
     /// Runs the program once on `frame` through `BPF_PROG_TEST_RUN` and returns the XDP action.
