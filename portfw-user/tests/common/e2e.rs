@@ -98,21 +98,30 @@ pub fn probe(lab: &Lab, proto: Proto, ip: IpAddr, port: u16) -> Probe {
 
 /// `nc -z` from the client: true when the TCP handshake completes.
 pub fn nc_connects(lab: &Lab, ip: IpAddr, port: u16) -> bool {
+    nc_connects_from(lab, None, ip, port)
+}
+
+/// `nc -z` from the client, from a chosen source address when given: true when the TCP
+/// handshake completes.
+pub fn nc_connects_from(lab: &Lab, source: Option<IpAddr>, ip: IpAddr, port: u16) -> bool {
     let family = if ip.is_ipv6() { "-6" } else { "-4" };
-    lab.client([
-        "nc.openbsd",
-        family,
-        "-z",
-        "-w",
-        "2",
-        &ip.to_string(),
-        &port.to_string(),
-    ])
-    .stdin(Stdio::null())
-    .output()
-    .expect("nc")
-    .status
-    .success()
+    let mut args = vec![
+        "nc.openbsd".to_string(),
+        family.into(),
+        "-z".into(),
+        "-w".into(),
+        "2".into(),
+    ];
+    if let Some(source) = source {
+        args.extend(["-s".into(), source.to_string()]);
+    }
+    args.extend([ip.to_string(), port.to_string()]);
+    lab.client(&args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("nc")
+        .status
+        .success()
 }
 
 /// `curl` from the client: the body when the request succeeds.
