@@ -531,21 +531,39 @@ impl Lab {
         timeout: Duration,
         count: u32,
     ) -> Result<ChildId> {
-        let cmd = self.server([
+        self.start_sniffer(
+            "vlan_probe.py",
+            out,
+            &[
+                "--timeout".to_owned(),
+                timeout.as_secs().to_string(),
+                "--count".to_owned(),
+                count.to_string(),
+            ],
+        )
+        .context("starting the VLAN sniffer")
+    }
+
+    /// Starts `xtask/lab/SCRIPT sniff --iface <server iface> --out OUT EXTRA...` in the server
+    /// namespace and returns once it prints `ready`.
+    fn start_sniffer(
+        &mut self,
+        script_name: &str,
+        out: &Path,
+        extra: &[String],
+    ) -> Result<ChildId> {
+        let mut args = vec![
             PYTHON.to_owned(),
-            script("vlan_probe.py").display().to_string(),
+            script(script_name).display().to_string(),
             "sniff".to_owned(),
             "--iface".to_owned(),
             self.server_iface.clone(),
             "--out".to_owned(),
             out.display().to_string(),
-            "--timeout".to_owned(),
-            timeout.as_secs().to_string(),
-            "--count".to_owned(),
-            count.to_string(),
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let cmd = self.server(args);
         self.spawn_ready(cmd, "ready", Duration::from_secs(20))
-            .context("starting the VLAN sniffer")
     }
 
     /// Sends one VLAN-tagged TCP SYN or UDP datagram from the client to the server with
@@ -591,19 +609,15 @@ impl Lab {
     /// arrives (in hex) to `out`; returns once it listens. It exits when the end marker of
     /// [`Lab::send_crafted`] arrives, or after `timeout`.
     pub fn start_craft_sniffer(&mut self, out: &Path, timeout: Duration) -> Result<ChildId> {
-        let cmd = self.server([
-            PYTHON.to_owned(),
-            script("craft.py").display().to_string(),
-            "sniff".to_owned(),
-            "--iface".to_owned(),
-            self.server_iface.clone(),
-            "--out".to_owned(),
-            out.display().to_string(),
-            "--timeout".to_owned(),
-            format!("{:.1}", timeout.as_secs_f64()),
-        ]);
-        self.spawn_ready(cmd, "ready", Duration::from_secs(20))
-            .context("starting the craft sniffer")
+        self.start_sniffer(
+            "craft.py",
+            out,
+            &[
+                "--timeout".to_owned(),
+                format!("{:.1}", timeout.as_secs_f64()),
+            ],
+        )
+        .context("starting the craft sniffer")
     }
 
     /// Sends every case of `xtask/lab/craft.py` from the client to the server over a packet

@@ -19,6 +19,9 @@ pub const TPID_8021AD: u16 = 0x88a8;
 pub const TPID_9100: u16 = 0x9100;
 
 /// IPv6 extension header types (and the IPv4/IPv6 protocol numbers used in tests).
+///
+/// Written out here rather than taken from `portfw_common::ipproto` on purpose: frames built
+/// from the kernel's own constants would agree with it even if a constant were wrong.
 pub mod proto {
     pub const HOPOPTS: u8 = 0;
     pub const ICMP: u8 = 1;
