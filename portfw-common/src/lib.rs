@@ -264,12 +264,6 @@ pub const fn rule_hit_index(cpu: u32, generation: u32, rule: u32) -> u32 {
     cpu * RULE_HIT_SLOTS + generation * MAX_RULES + rule
 }
 
-/// Event verdict values (match [`action`]).
-pub mod event_kind {
-    pub const ALLOW: u8 = 0;
-    pub const DROP: u8 = 1;
-}
-
 /// One drop or allow event, written to the ring buffer by the kernel program.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -324,6 +318,12 @@ impl MapNames {
     /// Array of maps, one IPv6 source trie (`LpmTrie<SourceKey6, PortEntry>`) per generation.
     pub const SOURCES6: &'static str = "PFW_SRC6";
 }
+
+/// portfw's directory on bpffs: one subdirectory of pins per network namespace.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/portfw";
+/// Where `portfw apply` records what it applied (one state file and one lock per network
+/// namespace); like the pins, nothing there outlives a reboot.
+pub const STATE_ROOT: &str = "/run/portfw";
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "portfw";

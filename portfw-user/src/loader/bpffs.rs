@@ -10,11 +10,7 @@ use super::LoaderError;
 
 /// The bpffs mount point the kernel and tools agree on.
 pub const BPFFS: &str = "/sys/fs/bpf";
-/// portfw's directory on bpffs.
-pub const PIN_ROOT: &str = "/sys/fs/bpf/portfw";
-/// Where `portfw apply` records what it applied, next to nothing else that outlives a reboot,
-/// like the pins themselves.
-pub const STATE_ROOT: &str = "/run/portfw";
+pub use portfw_common::{PIN_ROOT, STATE_ROOT};
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
