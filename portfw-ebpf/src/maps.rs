@@ -44,6 +44,16 @@ pub static PFW_SRC4: ArrayOfMaps<SourceTrie4, { GENERATIONS as usize }> = ArrayO
 #[btf_map(name = "PFW_SRC6")]
 pub static PFW_SRC6: ArrayOfMaps<SourceTrie6, { GENERATIONS as usize }> = ArrayOfMaps::new();
 
+/// The generation the kernel reads (0 or 1). A missing slot, which the verifier must see
+/// handled, reads as generation 0.
+#[inline(always)]
+pub fn active_generation() -> u32 {
+    match PFW_ACTIVE.get(0) {
+        Some(g) => *g & 1,
+        None => 0,
+    }
+}
+
 /// Adds one to a per-CPU counter. Per-CPU slots need no atomics.
 #[inline(always)]
 pub fn bump(map: &PerCpuArray<u64>, index: u32) {

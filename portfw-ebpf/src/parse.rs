@@ -1,37 +1,29 @@
-//! Header parsing: one bounds-checked cursor over the frame, and the protocol constants.
+//! The header walk: one bounds-checked cursor over the frame, turned into a [`Packet`].
 //!
-//! Every read goes through [`Frame::ptr`], which checks `offset + len` against `data_end`
-//! before forming the pointer, so no read can leave the packet. Header structs are byte
-//! arrays (alignment 1), so a pointer into the packet is always well-aligned for them.
+//! Parsing decides nothing. It reads each header once, checks it, and describes what it
+//! found; `judge` looks the description up in the tables, and `emit` reports it. Every read
+//! goes through [`Frame::ptr`], which checks `offset + len` against `data_end` before it
+//! forms the pointer, so no read can leave the packet. Loops are bounded by constants.
 
 use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
+use portfw_common::{ipproto, proto};
 
-pub const ETH_HLEN: usize = 14;
-pub const ETH_P_IPV4: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86DD;
-pub const ETH_P_8021Q: u16 = 0x8100;
-pub const ETH_P_8021AD: u16 = 0x88A8;
-/// Pre-standard QinQ outer tag still seen in the field.
-pub const ETH_P_QINQ_9100: u16 = 0x9100;
-
-pub const VLAN_HLEN: usize = 4;
-pub const IPV4_MIN_HLEN: usize = 20;
-pub const IPV6_HLEN: usize = 40;
-
-/// Most VLAN tags walked; a frame with more is malformed.
-pub const MAX_VLAN_TAGS: usize = 2;
-/// Most IPv6 extension headers walked; a chain longer than this is malformed.
-pub const MAX_IPV6_EXT: usize = 8;
+use crate::headers::{
+    ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IPV4_MIN_HLEN, IPV6_HLEN, IcmpHdr, Ipv4Hdr,
+    Ipv6ExtHdr, Ipv6FragHdr, Ipv6Hdr, MAX_IPV6_EXT, MAX_VLAN_TAGS, Ports as PortsHdr, TcpHdr,
+    VLAN_HLEN, VlanHdr, be16, is_vlan,
+};
 
 /// The packet bytes `[data, data_end)`.
 #[derive(Clone, Copy)]
 pub struct Frame {
-    pub ctx: *const xdp_md,
-    pub data: usize,
-    pub end: usize,
+    ctx: *const xdp_md,
+    data: usize,
+    end: usize,
 }
 
 impl Frame {
+    #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
         Self {
             ctx: ctx.ctx,
@@ -52,7 +44,7 @@ impl Frame {
 
     /// A pointer to `T` at `offset`, or `None` if `T` does not fit before the end.
     #[inline(always)]
-    pub fn ptr<T>(&self, offset: usize) -> Option<*const T> {
+    fn ptr<T>(&self, offset: usize) -> Option<*const T> {
         let start = self.data + offset;
         if start + core::mem::size_of::<T>() > self.data_end() {
             return None;
@@ -62,111 +54,299 @@ impl Frame {
 
     /// Reads `T` at `offset`; `T` must be a plain byte-array header.
     #[inline(always)]
-    pub fn read<T: Copy>(&self, offset: usize) -> Option<T> {
-        // SAFETY: `ptr` checked the bounds, and `T` is a byte array (alignment 1).
-        self.ptr::<T>(offset).map(|p| unsafe { *p })
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        self.checked::<T>(offset).map(|h| h.get())
+    }
+
+    /// `T` at `offset`, bounds-checked once, to be read later.
+    #[inline(always)]
+    fn checked<T: Copy>(&self, offset: usize) -> Option<Checked<T>> {
+        self.ptr::<T>(offset).map(Checked)
     }
 
     #[inline(always)]
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.end - self.data
     }
 }
 
-#[inline(always)]
-pub fn be16(b: [u8; 2]) -> u16 {
-    u16::from_be_bytes(b)
+/// A header that the cursor has bounds-checked: it lies wholly inside the packet, which
+/// stays where it is for the whole program run (portfw never moves packet data). Keeping
+/// the pointer rather than a copy lets the description carry the IPv6 addresses without
+/// 32 bytes of stack per copy of the description.
+#[derive(Clone, Copy)]
+pub struct Checked<T>(*const T);
+
+impl<T: Copy> Checked<T> {
+    #[inline(always)]
+    pub fn get(&self) -> T {
+        // SAFETY: built only by `Frame::checked`, after the bounds check; `T` is a byte
+        // array (alignment 1).
+        unsafe { *self.0 }
+    }
 }
 
+/// What the header walk found: the whole input of `judge` and `emit`.
 #[derive(Clone, Copy)]
-#[repr(C)]
-pub struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    pub ethertype: [u8; 2],
+pub enum Packet {
+    /// A frame whose EtherType is neither IPv4 nor IPv6 (ARP, LLDP, ...).
+    NonIp,
+    /// A frame that could not be walked up to a valid IP header (truncated Ethernet or VLAN
+    /// header, a third VLAN tag, a broken IPv4 or IPv6 header). Nothing of it is reported.
+    Malformed,
+    /// An IPv4 or IPv6 datagram whose IP header was read and checked.
+    Ip(Ip),
 }
 
+/// The IP layer of a packet, and what follows it.
 #[derive(Clone, Copy)]
-#[repr(C)]
-pub struct VlanHdr {
-    pub tci: [u8; 2],
-    pub ethertype: [u8; 2],
-}
-
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Ipv4Hdr {
-    pub version_ihl: u8,
-    pub tos: u8,
-    pub tot_len: [u8; 2],
-    pub id: [u8; 2],
-    pub frag_off: [u8; 2],
-    pub ttl: u8,
+pub struct Ip {
+    /// The checked IP header, for its addresses.
+    pub hdr: IpHdr,
+    /// The protocol the walk stopped at: the transport protocol, after any IPv6 extension
+    /// headers (or the extension header that could not be walked).
     pub protocol: u8,
-    pub check: [u8; 2],
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+    pub l4: L4,
 }
 
+/// The IP header of either family.
 #[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Ipv6Hdr {
-    pub vtc_flow: [u8; 4],
-    pub payload_len: [u8; 2],
-    pub nexthdr: u8,
-    pub hop_limit: u8,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
+pub enum IpHdr {
+    V4(Checked<Ipv4Hdr>),
+    V6(Checked<Ipv6Hdr>),
 }
 
-/// The first two bytes every IPv6 extension header shares.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Ipv6ExtHdr {
-    pub nexthdr: u8,
-    pub hdrlen: u8,
+impl Ip {
+    #[inline(always)]
+    pub fn is_v6(&self) -> bool {
+        matches!(self.hdr, IpHdr::V6(_))
+    }
 }
 
+/// The transport layer, as far as the walk could read it.
 #[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Ipv6FragHdr {
-    pub nexthdr: u8,
-    pub reserved: u8,
-    pub frag_off: [u8; 2],
-    pub id: [u8; 4],
+pub enum L4 {
+    /// TCP, UDP, UDP-Lite or SCTP: judged by the port table. `slot` is the protocol's slot
+    /// in that table; `tcp_flags` is zero for the other protocols.
+    Ports {
+        slot: u32,
+        src_port: u16,
+        dst_port: u16,
+        tcp_flags: u8,
+    },
+    /// ICMP in IPv4, ICMPv6 in IPv6.
+    Icmp { kind: u8, code: u8 },
+    /// A non-first fragment, which carries no transport header.
+    Fragment,
+    /// Any other IP protocol.
+    OtherIp,
+    /// A transport header (or IPv6 extension header chain) that is truncated, lies outside
+    /// the datagram, or is invalid.
+    Malformed,
 }
 
-/// The part of TCP needed to judge a segment: ports, and the flags byte at offset 13.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct TcpHdr {
-    pub source: [u8; 2],
-    pub dest: [u8; 2],
-    pub seq: [u8; 4],
-    pub ack_seq: [u8; 4],
-    pub doff_res: u8,
-    pub flags: u8,
-    pub window: [u8; 2],
-    pub check: [u8; 2],
-    pub urg_ptr: [u8; 2],
+/// Walks the frame's headers once.
+#[inline(always)]
+pub fn parse(f: Frame) -> Packet {
+    walk(f).unwrap_or(Packet::Malformed)
 }
 
-/// UDP, UDP-Lite and SCTP all start with source and destination port.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Ports {
-    pub source: [u8; 2],
-    pub dest: [u8; 2],
-}
-
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct IcmpHdr {
-    pub kind: u8,
-    pub code: u8,
+/// Ethernet and VLAN tags, then the IP header; `None` means malformed.
+#[inline(always)]
+fn walk(f: Frame) -> Option<Packet> {
+    let eth = f.read::<EthHdr>(0)?;
+    let mut ethertype = be16(eth.ethertype);
+    let mut off = ETH_HLEN;
+    let mut tags = 0;
+    while tags < MAX_VLAN_TAGS {
+        if !is_vlan(ethertype) {
+            break;
+        }
+        let tag = f.read::<VlanHdr>(off)?;
+        ethertype = be16(tag.ethertype);
+        off += VLAN_HLEN;
+        tags += 1;
+    }
+    // A third tag is more than any legitimate access or QinQ port carries.
+    if is_vlan(ethertype) {
+        return None;
+    }
+    match ethertype {
+        ETH_P_IPV4 => ipv4(f, off).map(Packet::Ip),
+        ETH_P_IPV6 => ipv6(f, off).map(Packet::Ip),
+        _ => Some(Packet::NonIp),
+    }
 }
 
 #[inline(always)]
-pub fn is_vlan(ethertype: u16) -> bool {
-    ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD || ethertype == ETH_P_QINQ_9100
+fn ipv4(f: Frame, off: usize) -> Option<Ip> {
+    let hdr = f.checked::<Ipv4Hdr>(off)?;
+    let ip = hdr.get();
+    if ip.version_ihl >> 4 != 4 {
+        return None;
+    }
+    let hlen = ((ip.version_ihl & 0x0f) as usize) * 4;
+    if hlen < IPV4_MIN_HLEN {
+        return None;
+    }
+    // The datagram must fit in the frame; bytes past tot_len are link padding and are
+    // never read as transport header.
+    let tot_len = be16(ip.tot_len) as usize;
+    if tot_len < hlen || off + tot_len > f.len() {
+        return None;
+    }
+    let frag_offset = be16(ip.frag_off) & 0x1fff;
+    let l4 = if frag_offset != 0 {
+        // RFC 1858: a TCP fragment at offset 8 bytes can rewrite the first fragment's flags.
+        if ip.protocol == ipproto::TCP && frag_offset == 1 {
+            L4::Malformed
+        } else {
+            L4::Fragment
+        }
+    } else {
+        transport(f, off + hlen, off + tot_len, ip.protocol, false)
+    };
+    Some(Ip {
+        hdr: IpHdr::V4(hdr),
+        protocol: ip.protocol,
+        l4,
+    })
+}
+
+#[inline(always)]
+fn ipv6(f: Frame, off: usize) -> Option<Ip> {
+    let hdr = f.checked::<Ipv6Hdr>(off)?;
+    let ip = hdr.get();
+    if ip.vtc_flow[0] >> 4 != 6 {
+        return None;
+    }
+    let limit = off + IPV6_HLEN + be16(ip.payload_len) as usize;
+    if limit > f.len() {
+        return None;
+    }
+    let (protocol, l4) = ipv6_payload(f, off + IPV6_HLEN, limit, ip.nexthdr);
+    Some(Ip {
+        hdr: IpHdr::V6(hdr),
+        protocol,
+        l4,
+    })
+}
+
+/// Walks the extension headers from `pos`, then the transport header. Returns the protocol
+/// the walk stopped at and what it found there.
+#[inline(always)]
+fn ipv6_payload(f: Frame, mut pos: usize, limit: usize, mut next: u8) -> (u8, L4) {
+    let mut walked = 0;
+    while walked < MAX_IPV6_EXT {
+        match next {
+            ipproto::HOPOPTS | ipproto::ROUTING | ipproto::DSTOPTS | ipproto::MOBILITY => {
+                let Some(h) = f.read::<Ipv6ExtHdr>(pos) else {
+                    return (next, L4::Malformed);
+                };
+                next = h.nexthdr;
+                pos += (h.hdrlen as usize + 1) * 8;
+            }
+            ipproto::AH => {
+                let Some(h) = f.read::<Ipv6ExtHdr>(pos) else {
+                    return (next, L4::Malformed);
+                };
+                next = h.nexthdr;
+                pos += (h.hdrlen as usize + 2) * 4;
+            }
+            ipproto::FRAGMENT => {
+                let Some(h) = f.read::<Ipv6FragHdr>(pos) else {
+                    return (next, L4::Malformed);
+                };
+                next = h.nexthdr;
+                pos += 8;
+                // The fragment header itself must lie inside the payload length, or a header
+                // sitting in link padding would decide the verdict.
+                if pos > limit {
+                    return (next, L4::Malformed);
+                }
+                if be16(h.frag_off) >> 3 != 0 {
+                    return (next, L4::Fragment);
+                }
+            }
+            _ => break,
+        }
+        if pos > limit {
+            return (next, L4::Malformed);
+        }
+        walked += 1;
+    }
+    // A chain longer than MAX_IPV6_EXT headers.
+    if is_ipv6_ext(next) {
+        return (next, L4::Malformed);
+    }
+    (next, transport(f, pos, limit, next, true))
+}
+
+#[inline(always)]
+fn is_ipv6_ext(next: u8) -> bool {
+    matches!(
+        next,
+        ipproto::HOPOPTS
+            | ipproto::ROUTING
+            | ipproto::DSTOPTS
+            | ipproto::MOBILITY
+            | ipproto::AH
+            | ipproto::FRAGMENT
+    )
+}
+
+/// The transport header at `l4`, which must end by `limit` (the end of the datagram).
+#[inline(always)]
+fn transport(f: Frame, l4: usize, limit: usize, protocol: u8, v6: bool) -> L4 {
+    let (slot, min_len) = match protocol {
+        ipproto::TCP => (proto::TCP, 20),
+        ipproto::UDP => (proto::UDP, 8),
+        ipproto::UDPLITE => (proto::UDPLITE, 8),
+        ipproto::SCTP => (proto::SCTP, 12),
+        ipproto::ICMP if !v6 => return icmp(f, l4, limit),
+        ipproto::ICMPV6 if v6 => return icmp(f, l4, limit),
+        _ => return L4::OtherIp,
+    };
+    // The whole minimal transport header must be inside the datagram: this also catches a
+    // first fragment too short to carry the ports (the tiny-fragment attack).
+    if l4 + min_len > limit {
+        return L4::Malformed;
+    }
+    let Some(ports) = f.read::<PortsHdr>(l4) else {
+        return L4::Malformed;
+    };
+    let src_port = be16(ports.source);
+    let dst_port = be16(ports.dest);
+    let mut tcp_flags = 0;
+    if protocol == ipproto::TCP {
+        let Some(tcp) = f.read::<TcpHdr>(l4) else {
+            return L4::Malformed;
+        };
+        // Port 0 is reserved and a data offset under 5 words is not a TCP header.
+        if src_port == 0 || dst_port == 0 || tcp.doff_res >> 4 < 5 {
+            return L4::Malformed;
+        }
+        tcp_flags = tcp.flags;
+    }
+    L4::Ports {
+        slot,
+        src_port,
+        dst_port,
+        tcp_flags,
+    }
+}
+
+#[inline(always)]
+fn icmp(f: Frame, l4: usize, limit: usize) -> L4 {
+    // Type, code and checksum: an ICMP message shorter than that is not one.
+    if l4 + 4 > limit {
+        return L4::Malformed;
+    }
+    match f.read::<IcmpHdr>(l4) {
+        Some(h) => L4::Icmp {
+            kind: h.kind,
+            code: h.code,
+        },
+        None => L4::Malformed,
+    }
 }

@@ -1,0 +1,185 @@
+//! The verdict: a [`Packet`] looked up in one generation's tables, each table at most once.
+//!
+//! Ports go to the port table, and to a source trie when the port's rules name sources;
+//! everything else is decided by the generation's settings, read only on those paths, so the
+//! common path (a port without source rules) costs one array lookup.
+
+use aya_ebpf::btf_maps::lpm_trie::Key;
+use portfw_common::{
+    MAX_RULES, NO_SOURCE_GROUP, PortEntry, RULE_MALFORMED, RULE_SETTING, SOURCE_GROUP_BITS,
+    Settings, action, counter, port_flags, port_index, settings_log, source_key4, source_key6,
+};
+
+use crate::{
+    maps::{PFW_PORTS, PFW_SETTINGS, PFW_SRC4, PFW_SRC6},
+    parse::{Ip, IpHdr, L4, Packet},
+};
+
+/// How a packet was judged.
+#[derive(Clone, Copy)]
+pub struct Judgement {
+    /// [`action::ALLOW`] or [`action::DROP`].
+    pub action: u8,
+    /// The deciding rule, or one of the `RULE_*` markers.
+    pub rule: u32,
+    /// The verdict counter to bump.
+    pub counter: u32,
+    /// Whether the verdict goes to the event stream.
+    pub log: bool,
+}
+
+/// Judges `packet` against `generation`'s tables.
+#[inline(always)]
+pub fn judge(packet: &Packet, generation: u32) -> Judgement {
+    match packet {
+        Packet::Ip(ip) => judge_ip(ip, generation),
+        Packet::NonIp => {
+            let s = settings(generation);
+            by_setting(s.non_ip, s.log, counter::NON_IP_ALLOW, counter::NON_IP_DROP)
+        }
+        Packet::Malformed => malformed(settings(generation)),
+    }
+}
+
+#[inline(always)]
+fn judge_ip(ip: &Ip, generation: u32) -> Judgement {
+    match ip.l4 {
+        L4::Ports { slot, dst_port, .. } => match port_entry(generation, slot, dst_port) {
+            Some(entry) => by_port(ip, generation, entry),
+            None => malformed(settings(generation)),
+        },
+        L4::Icmp { kind, code } => {
+            // Per type: the compiler has already let neighbour discovery and path-MTU
+            // messages through a drop default, unless the policy named them.
+            let s = settings(generation);
+            let verdict = if s.icmp_drops(ip.is_v6(), kind, code) {
+                action::DROP
+            } else {
+                action::ALLOW
+            };
+            by_setting(verdict, s.log, counter::ICMP_ALLOW, counter::ICMP_DROP)
+        }
+        L4::Fragment => {
+            let s = settings(generation);
+            by_setting(
+                s.fragments,
+                s.log,
+                counter::FRAGMENT_ALLOW,
+                counter::FRAGMENT_DROP,
+            )
+        }
+        L4::OtherIp => {
+            let s = settings(generation);
+            by_setting(
+                s.other_ip,
+                s.log,
+                counter::OTHER_IP_ALLOW,
+                counter::OTHER_IP_DROP,
+            )
+        }
+        L4::Malformed => malformed(settings(generation)),
+    }
+}
+
+/// The port table's entry for a (protocol slot, destination port). Every port has one, so
+/// `None` only guards the verifier's view of the lookup.
+#[inline(always)]
+pub fn port_entry(generation: u32, slot: u32, dst_port: u16) -> Option<&'static PortEntry> {
+    PFW_PORTS.get(port_index(generation, slot, dst_port))
+}
+
+/// The verdict of a port entry, after the source tries when the port has source rules.
+#[inline(always)]
+fn by_port(ip: &Ip, generation: u32, port: &PortEntry) -> Judgement {
+    // Ports whose rules restrict sources: the longest prefix under the port's group decides,
+    // then under its tail group; a miss in both leaves the port's own verdict (the first
+    // rule without `from`, or the default).
+    let mut entry = *port;
+    if port.group != NO_SOURCE_GROUP {
+        if let Some(hit) = source_lookup(ip, generation, port.group) {
+            entry = hit;
+        } else if port.tail != NO_SOURCE_GROUP {
+            if let Some(hit) = source_lookup(ip, generation, port.tail) {
+                entry = hit;
+            }
+        }
+    }
+    let drop = entry.action == action::DROP;
+    let counter = match (entry.rule < MAX_RULES, drop) {
+        (true, false) => counter::ALLOW_RULE,
+        (true, true) => counter::DROP_RULE,
+        (false, false) => counter::ALLOW_DEFAULT,
+        (false, true) => counter::DROP_DEFAULT,
+    };
+    Judgement {
+        action: if drop { action::DROP } else { action::ALLOW },
+        rule: entry.rule,
+        counter,
+        log: entry.flags & port_flags::LOG != 0,
+    }
+}
+
+/// Looks the source address up in the generation's trie of its family, under `group`.
+#[inline(always)]
+fn source_lookup(ip: &Ip, generation: u32, group: u16) -> Option<PortEntry> {
+    let value = match ip.hdr {
+        IpHdr::V4(h) => {
+            let key = Key::new(SOURCE_GROUP_BITS + 32, source_key4(group, h.get().saddr));
+            PFW_SRC4.get_value_ptr_mut(generation, &key)?
+        }
+        IpHdr::V6(h) => {
+            let key = Key::new(SOURCE_GROUP_BITS + 128, source_key6(group, h.get().saddr));
+            PFW_SRC6.get_value_ptr_mut(generation, &key)?
+        }
+    };
+    // SAFETY: a pointer to a trie value from a successful lookup; the trie outlives this
+    // program run (RCU), and we only read it.
+    Some(unsafe { *value })
+}
+
+/// All-allow settings for a generation that was never written (the map always has both
+/// slots, so this only guards the lookup's `None`).
+static NO_SETTINGS: Settings = Settings {
+    fragments: action::ALLOW,
+    other_ip: action::ALLOW,
+    non_ip: action::ALLOW,
+    log: 0,
+    icmp_frag_needed: action::ALLOW,
+    _pad: [0; 3],
+    icmp4_drop: [0; 32],
+    icmp6_drop: [0; 32],
+};
+
+/// The generation's settings, by reference: copying the 72-byte struct at every use would
+/// bloat each call site.
+#[inline(always)]
+fn settings(generation: u32) -> &'static Settings {
+    PFW_SETTINGS.get(generation).unwrap_or(&NO_SETTINGS)
+}
+
+#[inline(always)]
+fn malformed(s: &Settings) -> Judgement {
+    Judgement {
+        action: action::DROP,
+        rule: RULE_MALFORMED,
+        counter: counter::MALFORMED,
+        log: s.log & settings_log::DROP != 0,
+    }
+}
+
+/// A verdict that comes from a policy setting rather than the port table.
+#[inline(always)]
+fn by_setting(verdict: u8, log_bits: u8, allow_counter: u32, drop_counter: u32) -> Judgement {
+    let drop = verdict == action::DROP;
+    let (counter, bit) = if drop {
+        (drop_counter, settings_log::DROP)
+    } else {
+        (allow_counter, settings_log::ALLOW)
+    };
+    Judgement {
+        action: if drop { action::DROP } else { action::ALLOW },
+        rule: RULE_SETTING,
+        counter,
+        log: log_bits & bit != 0,
+    }
+}
