@@ -6,7 +6,7 @@
 
 /// Bumped whenever a map layout or the meaning of a field changes, so that `portfw apply`
 /// knows it must load a fresh program instead of updating maps in place.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Verdict actions stored in the tables.
 pub mod action {
@@ -69,6 +69,9 @@ pub const RULE_DEFAULT: u32 = u32::MAX;
 pub const RULE_SETTING: u32 = u32::MAX - 1;
 /// Rule index used for packets judged malformed.
 pub const RULE_MALFORMED: u32 = u32::MAX - 2;
+/// Rule index used for replies to, and ICMP errors about, a flow the host opened
+/// (`replies: allow`): the flow table decided, ahead of the rules.
+pub const RULE_REPLY: u32 = u32::MAX - 3;
 
 /// Flags of a [`PortEntry`].
 pub mod port_flags {
@@ -169,9 +172,42 @@ pub struct Settings {
     pub log: u8,
     /// IPv4 destination-unreachable with code fragmentation-needed (path MTU discovery).
     pub icmp_frag_needed: u8,
-    pub _pad: [u8; 3],
+    /// [`action::ALLOW`]: record the flows that leave and pass their replies (`replies:
+    /// allow`); [`action::DROP`]: stateless, the flow table is neither written nor read.
+    /// Flow-table verdicts are allowed ones, logged under [`settings_log::ALLOW`] (`log: all`).
+    pub replies: u8,
+    pub _pad: [u8; 2],
     pub icmp4_drop: [u8; 32],
     pub icmp6_drop: [u8; 32],
+    /// How long a flow lives after its last packet, by [`flow_state`], in nanoseconds.
+    pub flow_timeouts: FlowTimeouts,
+}
+
+/// Idle timeouts of the flow table, in nanoseconds of `bpf_ktime_get_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    /// An established TCP connection.
+    pub tcp_ns: u64,
+    /// A TCP connection that has seen a FIN or RST, or only our SYN so far.
+    pub tcp_closing_ns: u64,
+    /// UDP, UDP-Lite and SCTP.
+    pub udp_ns: u64,
+    /// ICMP and ICMPv6 echo.
+    pub icmp_ns: u64,
+}
+
+impl FlowTimeouts {
+    /// The idle timeout of a flow in `state` of IP protocol `protocol`.
+    #[inline(always)]
+    pub fn for_flow(&self, protocol: u8, state: u8) -> u64 {
+        match state {
+            flow_state::ESTABLISHED => self.tcp_ns,
+            flow_state::SYN_SENT | flow_state::CLOSING => self.tcp_closing_ns,
+            _ if protocol == ipproto::ICMP || protocol == ipproto::ICMPV6 => self.icmp_ns,
+            _ => self.udp_ns,
+        }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<Settings>().is_multiple_of(8));
@@ -230,8 +266,14 @@ pub mod counter {
     pub const FRAGMENT_DROP: u32 = 12;
     /// Events lost because the ring buffer was full.
     pub const EVENTS_LOST: u32 = 13;
+    /// Replies to a flow the host opened, passed although the port table said drop.
+    pub const ALLOW_REPLY: u32 = 14;
+    /// ICMP errors about a flow the host opened, passed although `icmp:` said drop.
+    pub const ALLOW_RELATED: u32 = 15;
+    /// Flows recorded by the egress program (new entries in the flow table).
+    pub const FLOWS_CREATED: u32 = 16;
     /// Number of counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 32;
 
     /// Human names, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -249,9 +291,92 @@ pub mod counter {
         "fragment_allow",
         "fragment_drop",
         "events_lost",
-        "reserved14",
-        "reserved15",
+        "allow_reply",
+        "allow_related",
+        "flows_created",
+        "reserved17",
+        "reserved18",
+        "reserved19",
+        "reserved20",
+        "reserved21",
+        "reserved22",
+        "reserved23",
+        "reserved24",
+        "reserved25",
+        "reserved26",
+        "reserved27",
+        "reserved28",
+        "reserved29",
+        "reserved30",
+        "reserved31",
     ];
+}
+
+/// States of a flow-table entry.
+pub mod flow_state {
+    /// TCP: only our SYN has been seen; the remote may answer with SYN-ACK or RST.
+    pub const SYN_SENT: u8 = 1;
+    /// TCP: our side has acknowledged the remote's SYN-ACK, or the connection predates apply.
+    pub const ESTABLISHED: u8 = 2;
+    /// TCP: a FIN or RST has been seen in either direction.
+    pub const CLOSING: u8 = 3;
+    /// UDP, UDP-Lite, SCTP, ICMP echo: open until idle for its timeout.
+    pub const OPEN: u8 = 4;
+}
+
+/// Key of the flow table: the same from both directions without swapping, because it names
+/// the host's side (`local`) and the peer's (`remote`) rather than source and destination.
+/// For ICMP echo, `local_port` holds the echo identifier and `remote_port` is 0. Padding is
+/// explicit and always zero, so that equal flows hash equally.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    pub _pad: [u8; 2],
+    /// Network order; IPv4 in the first 4 bytes, the rest zero.
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of the flow table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// `bpf_ktime_get_ns()` when the flow was recorded.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` of a recent packet, refreshed at most every
+    /// [`FLOW_REFRESH_NS`], so that a busy flow does not write its cache line per packet.
+    pub seen_ns: u64,
+    /// Interface the flow left through.
+    pub ifindex: u32,
+    /// One of [`flow_state`].
+    pub state: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+
+/// How stale a flow's `seen_ns` may get before a packet refreshes it.
+pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Default `flows: max:`.
+pub const FLOWS_DEFAULT_MAX: u32 = 262_144;
+
+/// Flow-table entries beyond `flows: max:`: the kernel's LRU hash keeps free nodes in
+/// per-CPU lists of up to 128 and starts evicting when the shared free list runs short, so a
+/// table sized exactly to `max` would evict before it holds `max` flows.
+#[inline(always)]
+pub const fn flow_map_entries(max: u32, cpus: u32) -> u32 {
+    max.saturating_add(cpus.saturating_add(1).saturating_mul(128))
 }
 
 /// Rule hit counters of one CPU: one per rule per generation. `PFW_RULE_HITS` holds one
@@ -317,6 +442,9 @@ impl MapNames {
     pub const SOURCES4: &'static str = "PFW_SRC4";
     /// Array of maps, one IPv6 source trie (`LpmTrie<SourceKey6, PortEntry>`) per generation.
     pub const SOURCES6: &'static str = "PFW_SRC6";
+    /// `LruHashMap<FlowKey, FlowValue>`: flows the host opened, recorded by the egress program
+    /// and looked up by the XDP program. Outside the generations: it survives a re-apply.
+    pub const FLOWS: &'static str = "PFW_FLOWS";
 }
 
 /// portfw's directory on bpffs: one subdirectory of pins per network namespace.
@@ -327,6 +455,8 @@ pub const STATE_ROOT: &str = "/run/portfw";
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "portfw";
+/// Name of the TC egress program that records flows.
+pub const EGRESS_PROGRAM_NAME: &str = "portfw_egress";
 
 /// `BPF_F_MMAPABLE`: lets userspace write whole tables through a memory mapping.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -337,4 +467,6 @@ mod user {
     unsafe impl aya::Pod for super::PortEntry {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
 }

@@ -13,8 +13,14 @@ pub const ETH_P_8021AD: u16 = 0x88A8;
 pub const ETH_P_QINQ_9100: u16 = 0x9100;
 
 pub const VLAN_HLEN: usize = 4;
+/// ICMP and ICMPv6: type, code, checksum, and four bytes that depend on the type.
+pub const ICMP_HLEN: usize = 8;
 pub const IPV4_MIN_HLEN: usize = 20;
 pub const IPV6_HLEN: usize = 40;
+
+/// Bytes of headers the egress program wants in the linear part of an skb: Ethernet, two
+/// VLAN tags, IPv6 with a few extension headers, and TCP.
+pub const MAX_HEADERS_LEN: u32 = 128;
 
 /// Most VLAN tags walked; a frame with more is malformed.
 pub const MAX_VLAN_TAGS: usize = 2;
@@ -112,6 +118,37 @@ pub struct Ports {
 pub struct IcmpHdr {
     pub kind: u8,
     pub code: u8,
+}
+
+/// The first eight bytes of an ICMP or ICMPv6 message, as an echo lays them out.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct IcmpEcho {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub id: [u8; 2],
+    pub seq: [u8; 2],
+}
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
+pub const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// TCP flag bits (the byte at offset 13).
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
 }
 
 #[inline(always)]

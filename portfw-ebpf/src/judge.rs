@@ -4,13 +4,15 @@
 //! everything else is decided by the generation's settings, read only on those paths, so the
 //! common path (a port without source rules) costs one array lookup.
 
-use aya_ebpf::btf_maps::lpm_trie::Key;
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::XdpContext};
 use portfw_common::{
-    MAX_RULES, NO_SOURCE_GROUP, PortEntry, RULE_MALFORMED, RULE_SETTING, SOURCE_GROUP_BITS,
-    Settings, action, counter, port_flags, port_index, settings_log, source_key4, source_key6,
+    FlowTimeouts, MAX_RULES, NO_SOURCE_GROUP, PortEntry, RULE_MALFORMED, RULE_REPLY, RULE_SETTING,
+    SOURCE_GROUP_BITS, Settings, action, counter, port_flags, port_index, settings_log,
+    source_key4, source_key6,
 };
 
 use crate::{
+    flows,
     maps::{PFW_PORTS, PFW_SETTINGS, PFW_SRC4, PFW_SRC6},
     parse::{Ip, IpHdr, L4, Packet},
 };
@@ -28,11 +30,12 @@ pub struct Judgement {
     pub log: bool,
 }
 
-/// Judges `packet` against `generation`'s tables.
+/// Judges `packet` against `generation`'s tables. `ctx` is only for the kernel's socket
+/// table, which vouches for TCP connections older than the flow table.
 #[inline(always)]
-pub fn judge(packet: &Packet, generation: u32) -> Judgement {
+pub fn judge(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
     match packet {
-        Packet::Ip(ip) => judge_ip(ip, generation),
+        Packet::Ip(ip) => judge_ip(ctx, ip, generation),
         Packet::NonIp => {
             let s = settings(generation);
             by_setting(s.non_ip, s.log, counter::NON_IP_ALLOW, counter::NON_IP_DROP)
@@ -42,22 +45,48 @@ pub fn judge(packet: &Packet, generation: u32) -> Judgement {
 }
 
 #[inline(always)]
-fn judge_ip(ip: &Ip, generation: u32) -> Judgement {
+fn judge_ip(ctx: &XdpContext, ip: &Ip, generation: u32) -> Judgement {
     match ip.l4 {
-        L4::Ports { slot, dst_port, .. } => match port_entry(generation, slot, dst_port) {
-            Some(entry) => by_port(ip, generation, entry),
-            None => malformed(settings(generation)),
-        },
-        L4::Icmp { kind, code } => {
+        L4::Ports {
+            slot,
+            src_port,
+            dst_port,
+            tcp_flags,
+        } => {
+            let Some(entry) = port_entry(generation, slot, dst_port) else {
+                return malformed(settings(generation));
+            };
+            let judgement = by_port(ip, generation, entry);
+            // The flow table is read only for what the rules drop, so an allowed port costs
+            // what it did without it.
+            if judgement.action == action::DROP {
+                let s = settings(generation);
+                if s.replies == action::ALLOW
+                    && flows::is_reply(ctx, ip, s, src_port, dst_port, tcp_flags)
+                {
+                    return reply(s, counter::ALLOW_REPLY);
+                }
+            }
+            judgement
+        }
+        L4::Icmp { kind, code, about } => {
             // Per type: the compiler has already let neighbour discovery and path-MTU
             // messages through a drop default, unless the policy named them.
             let s = settings(generation);
-            let verdict = if s.icmp_drops(ip.is_v6(), kind, code) {
-                action::DROP
-            } else {
-                action::ALLOW
-            };
-            by_setting(verdict, s.log, counter::ICMP_ALLOW, counter::ICMP_DROP)
+            if !s.icmp_drops(ip.is_v6(), kind, code) {
+                return by_setting(
+                    action::ALLOW,
+                    s.log,
+                    counter::ICMP_ALLOW,
+                    counter::ICMP_DROP,
+                );
+            }
+            if s.replies == action::ALLOW {
+                if let Some(counter) = flows::is_related(ip, s, about) {
+                    return reply(s, counter);
+                }
+            }
+            by_setting(action::DROP, s.log, counter::ICMP_ALLOW, counter::ICMP_DROP)
         }
         L4::Fragment => {
             let s = settings(generation);
@@ -145,15 +174,22 @@ static NO_SETTINGS: Settings = Settings {
     non_ip: action::ALLOW,
     log: 0,
     icmp_frag_needed: action::ALLOW,
-    _pad: [0; 3],
+    replies: action::DROP,
+    _pad: [0; 2],
     icmp4_drop: [0; 32],
     icmp6_drop: [0; 32],
+    flow_timeouts: FlowTimeouts {
+        tcp_ns: 0,
+        tcp_closing_ns: 0,
+        udp_ns: 0,
+        icmp_ns: 0,
+    },
 };
 
 /// The generation's settings, by reference: copying the 72-byte struct at every use would
 /// bloat each call site.
 #[inline(always)]
-fn settings(generation: u32) -> &'static Settings {
+pub fn settings(generation: u32) -> &'static Settings {
     PFW_SETTINGS.get(generation).unwrap_or(&NO_SETTINGS)
 }
 
@@ -164,6 +200,18 @@ fn malformed(s: &Settings) -> Judgement {
         rule: RULE_MALFORMED,
         counter: counter::MALFORMED,
         log: s.log & settings_log::DROP != 0,
+    }
+}
+
+/// A packet the flow table lets through: a reply to, or an ICMP error about, a flow the host
+/// opened.
+#[inline(always)]
+fn reply(s: &Settings, counter: u32) -> Judgement {
+    Judgement {
+        action: action::ALLOW,
+        rule: RULE_REPLY,
+        counter,
+        log: s.log & settings_log::ALLOW != 0,
     }
 }
 

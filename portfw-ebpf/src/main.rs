@@ -1,28 +1,35 @@
-//! The portfw XDP program: parse each frame once, judge the description with O(1) table
-//! lookups, then count, report and return the verdict.
+//! The portfw programs. XDP `portfw`: parse each arriving frame once, judge the description
+//! with O(1) table lookups, then count, report and return the verdict. TC egress
+//! `portfw_egress`: parse each leaving packet the same way and record the flow it opens.
 //!
 //! The stages live in their own files: `parse` (the header walk, which decides nothing),
-//! `judge` (the table lookups), `emit` (the event record), with the maps in `maps` and the
-//! wire formats in `headers`. Anything that cannot be parsed safely is dropped and counted
-//! as malformed.
+//! `judge` (the table lookups), `flows` (the flow table), `emit` (the event record), with
+//! the maps in `maps` and the wire formats in `headers`. Anything that cannot be parsed
+//! safely is dropped and counted as malformed.
 #![no_std]
 #![no_main]
 
 mod bench;
 mod emit;
+mod flows;
 mod headers;
 mod judge;
 mod maps;
 mod parse;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use portfw_common::{MAX_RULES, action};
 
 use crate::{
     emit::emit,
-    judge::judge,
+    headers::MAX_HEADERS_LEN,
+    judge::{judge, settings},
     maps::{PFW_COUNTERS, active_generation, bump, bump_rule},
-    parse::{Frame, parse},
+    parse::{Frame, Packet, parse},
 };
 
 #[xdp]
@@ -31,7 +38,7 @@ pub fn portfw(ctx: XdpContext) -> u32 {
     // Read once: every table lookup for this packet uses the same generation, so a policy
     // swap never mixes two policies within one packet.
     let generation = active_generation();
-    let judgement = judge(&packet, generation);
+    let judgement = judge(&ctx, &packet, generation);
 
     bump(&PFW_COUNTERS, judgement.counter);
     if judgement.rule < MAX_RULES {
@@ -45,6 +52,25 @@ pub fn portfw(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_PASS
     }
+}
+
+/// Records the flows the host opens (or forwards) through the interface. Never drops, and
+/// hands the packet on to whatever else is attached (`TC_ACT_UNSPEC`, tcx's "next").
+#[classifier]
+pub fn portfw_egress(ctx: TcContext) -> i32 {
+    if settings(active_generation()).replies == action::ALLOW {
+        // Headers of locally built packets are linear; a forwarded skb may need pulling.
+        let want = ctx.len().min(MAX_HEADERS_LEN);
+        if ctx.data_end() - ctx.data() < want as usize {
+            let _ = ctx.pull_data(want);
+        }
+        if let Packet::Ip(ip) = parse(Frame::of_skb(&ctx)) {
+            // SAFETY: reading a field of the program's context.
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            flows::record(&ip, ifindex);
+        }
+    }
+    TC_ACT_UNSPEC
 }
 
 #[cfg(not(test))]

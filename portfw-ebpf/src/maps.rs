@@ -2,11 +2,12 @@
 use aya_ebpf::{
     btf_maps::{ArrayOfMaps, LpmTrie},
     macros::{btf_map, map},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use portfw_common::{
-    BPF_F_MMAPABLE, EVENT_RING_BYTES, Event, GENERATIONS, PORT_TABLE_GEN_ENTRIES, PortEntry,
-    RULE_HIT_SLOTS, SOURCE_TRIE_ENTRIES, Settings, SourceKey4, SourceKey6, counter, rule_hit_index,
+    BPF_F_MMAPABLE, EVENT_RING_BYTES, Event, FLOWS_DEFAULT_MAX, FlowKey, FlowValue, GENERATIONS,
+    PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS, SOURCE_TRIE_ENTRIES, Settings, SourceKey4,
+    SourceKey6, counter, rule_hit_index,
 };
 
 // The generation index, the settings and the port table are memory-mapped by the loader,
@@ -32,6 +33,12 @@ pub static PFW_RULE_HITS: Array<u64> = Array::with_max_entries(RULE_HIT_SLOTS, B
 
 #[map(name = "PFW_EVENTS")]
 pub static PFW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// Flows the host opened. Not double-buffered: it outlives re-applies. The loader sizes it
+/// from `flows: max:` at load time.
+#[map(name = "PFW_FLOWS")]
+pub static PFW_FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(FLOWS_DEFAULT_MAX, 0);
 
 /// The source tries, one per generation: the loader builds a fresh trie for each policy and
 /// swaps it into the inactive slot, and the kernel frees the old one once no packet uses it.

@@ -5,19 +5,23 @@
 //! goes through [`Frame::ptr`], which checks `offset + len` against `data_end` before it
 //! forms the pointer, so no read can leave the packet. Loops are bounded by constants.
 
-use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
+use aya_ebpf::programs::{TcContext, XdpContext};
 use portfw_common::{ipproto, proto};
 
 use crate::headers::{
-    ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IPV4_MIN_HLEN, IPV6_HLEN, IcmpHdr, Ipv4Hdr,
-    Ipv6ExtHdr, Ipv6FragHdr, Ipv6Hdr, MAX_IPV6_EXT, MAX_VLAN_TAGS, Ports as PortsHdr, TcpHdr,
-    VLAN_HLEN, VlanHdr, be16, is_vlan,
+    ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMPV6_DEST_UNREACH,
+    ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMPV6_PACKET_TOO_BIG, ICMPV6_PARAMETER_PROBLEM,
+    ICMPV6_TIME_EXCEEDED, IPV4_MIN_HLEN, IPV6_HLEN, IcmpEcho, IcmpHdr, Ipv4Hdr, Ipv6ExtHdr,
+    Ipv6FragHdr, Ipv6Hdr, MAX_IPV6_EXT, MAX_VLAN_TAGS, Ports as PortsHdr, TcpHdr, VLAN_HLEN,
+    VlanHdr, be16, is_vlan,
 };
 
-/// The packet bytes `[data, data_end)`.
+/// The packet bytes `[data, data_end)` of an XDP frame or of the linear part of an skb.
 #[derive(Clone, Copy)]
 pub struct Frame {
-    ctx: *const xdp_md,
+    /// The context's `data_end` field, which the verifier rewrites into the real bound.
+    data_end: *const u32,
     data: usize,
     end: usize,
 }
@@ -26,7 +30,19 @@ impl Frame {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
         Self {
-            ctx: ctx.ctx,
+            // SAFETY: the program's context pointer, valid for the whole run.
+            data_end: unsafe { &raw const (*ctx.ctx).data_end },
+            data: ctx.data(),
+            end: ctx.data_end(),
+        }
+    }
+
+    /// The linear part of a socket buffer (the headers of anything the host sends).
+    #[inline(always)]
+    pub fn of_skb(ctx: &TcContext) -> Self {
+        Self {
+            // SAFETY: the program's context pointer, valid for the whole run.
+            data_end: unsafe { &raw const (*ctx.skb.skb).data_end },
             data: ctx.data(),
             end: ctx.data_end(),
         }
@@ -38,8 +54,8 @@ impl Frame {
     /// read. A volatile load cannot be reasoned about, so every check survives.
     #[inline(always)]
     fn data_end(&self) -> usize {
-        // SAFETY: `ctx` is the program's context pointer, valid for the whole run.
-        unsafe { core::ptr::read_volatile(&raw const (*self.ctx).data_end) as usize }
+        // SAFETY: a field of the program's context, valid for the whole run.
+        unsafe { core::ptr::read_volatile(self.data_end) as usize }
     }
 
     /// A pointer to `T` at `offset`, or `None` if `T` does not fit before the end.
@@ -135,7 +151,11 @@ pub enum L4 {
         tcp_flags: u8,
     },
     /// ICMP in IPv4, ICMPv6 in IPv6.
-    Icmp { kind: u8, code: u8 },
+    Icmp {
+        kind: u8,
+        code: u8,
+        about: IcmpAbout,
+    },
     /// A non-first fragment, which carries no transport header.
     Fragment,
     /// Any other IP protocol.
@@ -143,6 +163,29 @@ pub enum L4 {
     /// A transport header (or IPv6 extension header chain) that is truncated, lies outside
     /// the datagram, or is invalid.
     Malformed,
+}
+
+/// What an ICMP message says about a flow, for the flow table.
+#[derive(Clone, Copy)]
+pub enum IcmpAbout {
+    /// Neither an echo nor an error with a readable embedded header.
+    Nothing,
+    /// An echo request (`request`) or reply, with its identifier.
+    Echo { request: bool, id: u16 },
+    /// An error (destination unreachable, packet too big, time exceeded, parameter problem)
+    /// whose embedded datagram starts with a readable IP header and eight transport bytes.
+    Error(Embedded),
+}
+
+/// The start of the datagram an ICMP error quotes: a packet that went the other way, so
+/// its source is our side.
+#[derive(Clone, Copy)]
+pub struct Embedded {
+    pub hdr: IpHdr,
+    pub protocol: u8,
+    /// For a quoted echo request: its identifier, and 0.
+    pub src_port: u16,
+    pub dst_port: u16,
 }
 
 /// Walks the frame's headers once.
@@ -303,8 +346,8 @@ fn transport(f: Frame, l4: usize, limit: usize, protocol: u8, v6: bool) -> L4 {
         ipproto::UDP => (proto::UDP, 8),
         ipproto::UDPLITE => (proto::UDPLITE, 8),
         ipproto::SCTP => (proto::SCTP, 12),
-        ipproto::ICMP if !v6 => return icmp(f, l4, limit),
-        ipproto::ICMPV6 if v6 => return icmp(f, l4, limit),
+        ipproto::ICMP if !v6 => return icmp(f, l4, limit, false),
+        ipproto::ICMPV6 if v6 => return icmp(f, l4, limit, true),
         _ => return L4::OtherIp,
     };
     // The whole minimal transport header must be inside the datagram: this also catches a
@@ -337,16 +380,88 @@ fn transport(f: Frame, l4: usize, limit: usize, protocol: u8, v6: bool) -> L4 {
 }
 
 #[inline(always)]
-fn icmp(f: Frame, l4: usize, limit: usize) -> L4 {
+fn icmp(f: Frame, l4: usize, limit: usize, v6: bool) -> L4 {
     // Type, code and checksum: an ICMP message shorter than that is not one.
     if l4 + 4 > limit {
         return L4::Malformed;
     }
-    match f.read::<IcmpHdr>(l4) {
-        Some(h) => L4::Icmp {
-            kind: h.kind,
-            code: h.code,
+    let Some(h) = f.read::<IcmpHdr>(l4) else {
+        return L4::Malformed;
+    };
+    // Both echo and errors have four more header bytes (identifier and sequence, or unused),
+    // then the quoted datagram; a message too short for them is about nothing.
+    let about = match f.read::<IcmpEcho>(l4) {
+        Some(echo) if l4 + ICMP_HLEN <= limit => match (v6, h.kind) {
+            (false, ICMP_ECHO_REQUEST) | (true, ICMPV6_ECHO_REQUEST) => IcmpAbout::Echo {
+                request: true,
+                id: be16(echo.id),
+            },
+            (false, ICMP_ECHO_REPLY) | (true, ICMPV6_ECHO_REPLY) => IcmpAbout::Echo {
+                request: false,
+                id: be16(echo.id),
+            },
+            (false, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM)
+            | (
+                true,
+                ICMPV6_DEST_UNREACH
+                | ICMPV6_PACKET_TOO_BIG
+                | ICMPV6_TIME_EXCEEDED
+                | ICMPV6_PARAMETER_PROBLEM,
+            ) => match embedded(f, l4 + ICMP_HLEN, limit, v6) {
+                Some(inner) => IcmpAbout::Error(inner),
+                None => IcmpAbout::Nothing,
+            },
+            _ => IcmpAbout::Nothing,
         },
-        None => L4::Malformed,
+        _ => IcmpAbout::Nothing,
+    };
+    L4::Icmp {
+        kind: h.kind,
+        code: h.code,
+        about,
     }
+}
+
+/// The quoted datagram of an ICMP error at `at`: an IP header of the message's own family
+/// and the first eight bytes after it, all before `limit`. Its length fields describe the
+/// original datagram, which the error truncates, so they are not checked against the frame;
+/// IPv6 extension headers in the quote are not walked (a quote that has them is about
+/// nothing), nor are quoted non-first fragments.
+#[inline(always)]
+fn embedded(f: Frame, at: usize, limit: usize, v6: bool) -> Option<Embedded> {
+    let (hdr, protocol, l4) = if v6 {
+        let hdr = f.checked::<Ipv6Hdr>(at)?;
+        let ip = hdr.get();
+        if ip.vtc_flow[0] >> 4 != 6 {
+            return None;
+        }
+        (IpHdr::V6(hdr), ip.nexthdr, at + IPV6_HLEN)
+    } else {
+        let hdr = f.checked::<Ipv4Hdr>(at)?;
+        let ip = hdr.get();
+        let hlen = ((ip.version_ihl & 0x0f) as usize) * 4;
+        if ip.version_ihl >> 4 != 4 || hlen < IPV4_MIN_HLEN || be16(ip.frag_off) & 0x1fff != 0 {
+            return None;
+        }
+        (IpHdr::V4(hdr), ip.protocol, at + hlen)
+    };
+    if l4 + ICMP_HLEN > limit {
+        return None;
+    }
+    let quoted = f.read::<IcmpEcho>(l4)?;
+    let (src_port, dst_port) = match protocol {
+        ipproto::TCP | ipproto::UDP | ipproto::UDPLITE | ipproto::SCTP => {
+            let ports = f.read::<PortsHdr>(l4)?;
+            (be16(ports.source), be16(ports.dest))
+        }
+        ipproto::ICMP if !v6 && quoted.kind == ICMP_ECHO_REQUEST => (be16(quoted.id), 0),
+        ipproto::ICMPV6 if v6 && quoted.kind == ICMPV6_ECHO_REQUEST => (be16(quoted.id), 0),
+        _ => return None,
+    };
+    Some(Embedded {
+        hdr,
+        protocol,
+        src_port,
+        dst_port,
+    })
 }

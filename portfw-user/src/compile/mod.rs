@@ -403,9 +403,16 @@ fn settings(policy: &Policy) -> Settings {
         non_ip: policy.non_ip.to_kernel(),
         log,
         icmp_frag_needed: policy.icmp_verdict(false, 3, 4).to_kernel(),
-        _pad: [0; 3],
+        replies: portfw_common::action::ALLOW,
+        _pad: [0; 2],
         icmp4_drop,
         icmp6_drop,
+        flow_timeouts: portfw_common::FlowTimeouts {
+            tcp_ns: 6 * 3600 * 1_000_000_000,
+            tcp_closing_ns: 10 * 1_000_000_000,
+            udp_ns: 60 * 1_000_000_000,
+            icmp_ns: 30 * 1_000_000_000,
+        },
     }
 }
 

@@ -1,0 +1,320 @@
+//! The flow table: flows the host opens are recorded where they leave (the TC egress
+//! program), and replies to them are recognised on the way in (the XDP program).
+//!
+//! Only what leaves creates an entry; what arrives can at most move an existing entry's
+//! state or refresh its timestamp. A reply must match the flow exactly: protocol, both
+//! addresses and both ports (for ICMP echo, the identifier).
+
+use aya_ebpf::{
+    bindings::{BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple},
+    helpers::{bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp},
+    programs::XdpContext,
+};
+use portfw_common::{FLOW_REFRESH_NS, FlowKey, FlowValue, Settings, counter, flow_state, ipproto};
+
+use crate::{
+    headers::tcp_flag,
+    maps::{PFW_COUNTERS, PFW_FLOWS, bump},
+    parse::{Embedded, IcmpAbout, Ip, IpHdr, L4},
+};
+
+/// The flow-table key of a packet: `outbound` packets have our side as their source.
+#[inline(always)]
+fn flow_key(hdr: IpHdr, protocol: u8, outbound: bool, src_port: u16, dst_port: u16) -> FlowKey {
+    let mut key = FlowKey {
+        protocol,
+        ..FlowKey::default()
+    };
+    match hdr {
+        IpHdr::V4(h) => {
+            let h = h.get();
+            key.family = 4;
+            let (local, remote) = if outbound {
+                (h.saddr, h.daddr)
+            } else {
+                (h.daddr, h.saddr)
+            };
+            key.local[..4].copy_from_slice(&local);
+            key.remote[..4].copy_from_slice(&remote);
+        }
+        IpHdr::V6(h) => {
+            let h = h.get();
+            key.family = 6;
+            (key.local, key.remote) = if outbound {
+                (h.saddr, h.daddr)
+            } else {
+                (h.daddr, h.saddr)
+            };
+        }
+    }
+    (key.local_port, key.remote_port) = if outbound {
+        (src_port, dst_port)
+    } else {
+        (dst_port, src_port)
+    };
+    key
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a plain helper call with no arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Refreshes a flow's timestamp, at most once per [`FLOW_REFRESH_NS`].
+#[inline(always)]
+fn touch(flow: &mut FlowValue, now: u64) {
+    if now.wrapping_sub(flow.seen_ns) > FLOW_REFRESH_NS {
+        flow.seen_ns = now;
+    }
+}
+
+/// Moves a flow to `state`, stamping the change.
+#[inline(always)]
+fn set_state(flow: &mut FlowValue, state: u8, now: u64) {
+    if flow.state != state {
+        flow.state = state;
+        flow.seen_ns = now;
+    } else {
+        touch(flow, now);
+    }
+}
+
+/// The live entry of `key`, or `None` when there is none or it has been idle past its
+/// timeout (an expired entry is left for the LRU to reclaim).
+#[inline(always)]
+fn live(key: &FlowKey, s: &Settings, now: u64) -> Option<&'static mut FlowValue> {
+    let flow = PFW_FLOWS.get_ptr_mut(key)?;
+    // SAFETY: a pointer to a hash value from a successful lookup, valid for this program run
+    // (RCU). Concurrent writers only store whole fields; a torn timestamp costs at most one
+    // early or late expiry.
+    let flow = unsafe { &mut *flow };
+    let timeout = s.flow_timeouts.for_flow(key.protocol, flow.state);
+    if now.wrapping_sub(flow.seen_ns) > timeout {
+        return None;
+    }
+    Some(flow)
+}
+
+/// Whether an arriving TCP segment with `flags` belongs to `flow`, moving the flow's state.
+/// While only our SYN has been seen, the remote may answer only with SYN-ACK or RST; after
+/// that, anything but a new SYN.
+#[inline(always)]
+fn tcp_inbound(flow: &mut FlowValue, flags: u8, now: u64) -> bool {
+    let syn = flags & tcp_flag::SYN != 0;
+    let ack = flags & tcp_flag::ACK != 0;
+    let closing = flags & (tcp_flag::FIN | tcp_flag::RST) != 0;
+    let ok = match flow.state {
+        flow_state::SYN_SENT => flags & tcp_flag::RST != 0 || (syn && ack),
+        flow_state::ESTABLISHED | flow_state::CLOSING => !syn || ack,
+        _ => false,
+    };
+    if ok {
+        if closing {
+            set_state(flow, flow_state::CLOSING, now);
+        } else {
+            touch(flow, now);
+        }
+    }
+    ok
+}
+
+/// Whether an arriving packet on a port is a reply to a flow the host opened.
+#[inline(always)]
+pub fn is_reply(
+    ctx: &XdpContext,
+    ip: &Ip,
+    s: &Settings,
+    src_port: u16,
+    dst_port: u16,
+    tcp_flags: u8,
+) -> bool {
+    let key = flow_key(ip.hdr, ip.protocol, false, src_port, dst_port);
+    let now = now_ns();
+    match live(&key, s, now) {
+        Some(flow) if ip.protocol == ipproto::TCP => tcp_inbound(flow, tcp_flags, now),
+        Some(flow) => {
+            touch(flow, now);
+            true
+        }
+        // A TCP connection older than the table (opened before `apply`, or before
+        // `replies: allow`): the kernel's own socket for the exact four-tuple vouches for it.
+        // A new SYN never takes this path.
+        None => {
+            ip.protocol == ipproto::TCP
+                && tcp_flags & tcp_flag::SYN == 0
+                && socket_vouches(ctx, ip.hdr, src_port, dst_port)
+        }
+    }
+}
+
+/// Whether an ICMP message is about a flow the host opened: an echo reply to our echo
+/// request, or an error quoting a packet of one of our flows. Returns the counter to bump.
+#[inline(always)]
+pub fn is_related(ip: &Ip, s: &Settings, about: IcmpAbout) -> Option<u32> {
+    let now = now_ns();
+    match about {
+        IcmpAbout::Echo { request: false, id } => {
+            let key = flow_key(ip.hdr, ip.protocol, false, 0, id);
+            let flow = live(&key, s, now)?;
+            touch(flow, now);
+            Some(counter::ALLOW_REPLY)
+        }
+        IcmpAbout::Error(Embedded {
+            hdr,
+            protocol,
+            src_port,
+            dst_port,
+        }) => {
+            // The quote is of our own packet: its source is our side.
+            let key = flow_key(hdr, protocol, true, src_port, dst_port);
+            live(&key, s, now)?;
+            Some(counter::ALLOW_RELATED)
+        }
+        IcmpAbout::Echo { request: true, .. } | IcmpAbout::Nothing => None,
+    }
+}
+
+/// TCP states of `struct sock` (`include/net/tcp_states.h`) in which a socket of ours
+/// exchanges segments with its peer: not listening, not in an inbound handshake, not closed.
+#[inline(always)]
+fn state_vouches(state: u32) -> bool {
+    const ESTABLISHED: u32 = 1;
+    const FIN_WAIT1: u32 = 4;
+    const FIN_WAIT2: u32 = 5;
+    const TIME_WAIT: u32 = 6;
+    const CLOSE_WAIT: u32 = 8;
+    const LAST_ACK: u32 = 9;
+    const CLOSING: u32 = 11;
+    matches!(
+        state,
+        ESTABLISHED | FIN_WAIT1 | FIN_WAIT2 | TIME_WAIT | CLOSE_WAIT | LAST_ACK | CLOSING
+    )
+}
+
+/// Whether this namespace has a connected TCP socket for the arriving segment's exact
+/// four-tuple.
+#[inline(always)]
+fn socket_vouches(ctx: &XdpContext, hdr: IpHdr, src_port: u16, dst_port: u16) -> bool {
+    // SAFETY: an all-zero tuple is a valid value of this plain C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = match hdr {
+        IpHdr::V4(h) => {
+            let h = h.get();
+            // SAFETY: writing the fields of the union's IPv4 member.
+            unsafe {
+                let t = &mut tuple.__bindgen_anon_1.ipv4;
+                t.saddr = u32::from_ne_bytes(h.saddr);
+                t.daddr = u32::from_ne_bytes(h.daddr);
+                t.sport = src_port.to_be();
+                t.dport = dst_port.to_be();
+            }
+            core::mem::size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv4 })
+        }
+        IpHdr::V6(h) => {
+            let h = h.get();
+            // SAFETY: writing the fields of the union's IPv6 member.
+            unsafe {
+                let t = &mut tuple.__bindgen_anon_1.ipv6;
+                t.saddr = words(h.saddr);
+                t.daddr = words(h.daddr);
+                t.sport = src_port.to_be();
+                t.dport = dst_port.to_be();
+            }
+            core::mem::size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv6 })
+        }
+    };
+    // SAFETY: the helper reads `size` bytes of `tuple`; the socket it returns, if any, is
+    // released before this function returns.
+    unsafe {
+        let sk = bpf_skc_lookup_tcp(
+            ctx.ctx.cast(),
+            &mut tuple,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return false;
+        }
+        let vouches = state_vouches((*sk).state);
+        bpf_sk_release(sk.cast());
+        vouches
+    }
+}
+
+/// An IPv6 address as the four network-order words of `bpf_sock_tuple`.
+#[inline(always)]
+fn words(a: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// Records a packet the host sends out through `ifindex`: creates the flow it opens (a TCP
+/// SYN, the first datagram of a UDP, UDP-Lite or SCTP flow, an echo request), or moves and
+/// refreshes the flow it belongs to.
+#[inline(always)]
+pub fn record(ip: &Ip, ifindex: u32) {
+    let (key, flags) = match ip.l4 {
+        L4::Ports {
+            src_port,
+            dst_port,
+            tcp_flags,
+            ..
+        } => (
+            flow_key(ip.hdr, ip.protocol, true, src_port, dst_port),
+            tcp_flags,
+        ),
+        L4::Icmp {
+            about: IcmpAbout::Echo { request: true, id },
+            ..
+        } => (flow_key(ip.hdr, ip.protocol, true, id, 0), 0),
+        _ => return,
+    };
+    let now = now_ns();
+    let tcp = ip.protocol == ipproto::TCP;
+    let syn = flags & tcp_flag::SYN != 0 && flags & tcp_flag::ACK == 0;
+    if let Some(flow) = PFW_FLOWS.get_ptr_mut(&key) {
+        // SAFETY: as in `live`.
+        let flow = unsafe { &mut *flow };
+        if !tcp {
+            touch(flow, now);
+        } else if syn {
+            // A new connection on the same four-tuple starts over.
+            flow.created_ns = now;
+            flow.ifindex = ifindex;
+            set_state(flow, flow_state::SYN_SENT, now);
+        } else if flags & (tcp_flag::FIN | tcp_flag::RST) != 0 {
+            set_state(flow, flow_state::CLOSING, now);
+        } else if flow.state == flow_state::SYN_SENT && flags & tcp_flag::ACK != 0 {
+            set_state(flow, flow_state::ESTABLISHED, now);
+        } else {
+            touch(flow, now);
+        }
+        return;
+    }
+    // TCP flows start with our SYN only: a SYN-ACK or data leaving without an entry belongs
+    // to a connection someone else opened, or to one older than the table, which the
+    // socket lookup on the way in vouches for.
+    if tcp && !syn {
+        return;
+    }
+    let flow = FlowValue {
+        created_ns: now,
+        seen_ns: now,
+        ifindex,
+        state: if tcp {
+            flow_state::SYN_SENT
+        } else {
+            flow_state::OPEN
+        },
+        _pad: [0; 3],
+    };
+    if PFW_FLOWS.insert(&key, &flow, BPF_NOEXIST as u64).is_ok() {
+        bump(&PFW_COUNTERS, counter::FLOWS_CREATED);
+    }
+}
