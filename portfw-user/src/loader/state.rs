@@ -7,7 +7,10 @@ use std::{fs, io, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use super::LoaderError;
+use super::{
+    error::{LoaderError, io_err},
+    iface::ifname,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -16,6 +19,13 @@ pub struct Attachment {
     pub ifindex: u32,
     /// "native" or "generic".
     pub mode: String,
+}
+
+impl Attachment {
+    /// The interface still exists under its name, so the link still filters it.
+    pub fn is_live(&self) -> bool {
+        ifname(self.ifindex).as_deref() == Some(self.iface.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -57,16 +67,12 @@ impl State {
                     message: e.to_string(),
                 }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(LoaderError::Io {
-                what: format!("reading {}", path.display()),
-                source,
-            }),
+            Err(e) => Err(io_err(format!("reading {}", path.display()))(e)),
         }
     }
 
     /// Writes via a temporary file and a rename, so a reader never sees half a file.
     pub fn write(&self, path: &Path) -> Result<(), LoaderError> {
-        let io_err = |what: String| move |source| LoaderError::Io { what, source };
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
@@ -87,10 +93,7 @@ impl State {
         match fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(LoaderError::Io {
-                what: format!("removing {}", path.display()),
-                source,
-            }),
+            Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
         }
     }
 }
