@@ -78,7 +78,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         compiled: &compiled,
         record,
         interfaces: &interfaces,
-        mode: args.mode,
+        mode: args.mode.into(),
     })
     .with_context(|| format!("applying {file} failed"))?;
 

@@ -18,12 +18,12 @@ use super::{
     error::{LoaderError, io_err, program_err},
     iface::ifindex,
     object::{Loaded, open_tables},
-    state::{Attachment, PolicyRecord, State},
+    state::{AttachMode, Attachment, PolicyRecord, State},
 };
 use crate::compile::CompiledPolicy;
 
 /// How to attach: native (driver) XDP, generic (skb) XDP, or native with generic fallback.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
     #[default]
     Auto,
@@ -31,12 +31,26 @@ pub enum Mode {
     Generic,
 }
 
-fn xdp_mode_name(mode: XdpMode) -> &'static str {
+impl Mode {
+    /// The attach modes to try, in order.
+    fn tries(self) -> &'static [AttachMode] {
+        match self {
+            Self::Auto => &[AttachMode::Native, AttachMode::Generic],
+            Self::Native => &[AttachMode::Native],
+            Self::Generic => &[AttachMode::Generic],
+        }
+    }
+
+    /// An interface already attached in `mode` satisfies this request.
+    fn accepts(self, mode: AttachMode) -> bool {
+        self.tries().contains(&mode)
+    }
+}
+
+fn xdp_mode(mode: AttachMode) -> XdpMode {
     match mode {
-        XdpMode::Skb => "generic",
-        XdpMode::Driver => "native",
-        XdpMode::Hardware => "offload",
-        XdpMode::Default => "default",
+        AttachMode::Native => XdpMode::Driver,
+        AttachMode::Generic => XdpMode::Skb,
     }
 }
 
@@ -126,21 +140,16 @@ fn attach_and_pin(
     pin: &Path,
 ) -> Result<Attachment, LoaderError> {
     let index = ifindex(iface)?;
-    let tries: &[XdpMode] = match mode {
-        Mode::Auto => &[XdpMode::Driver, XdpMode::Skb],
-        Mode::Native => &[XdpMode::Driver],
-        Mode::Generic => &[XdpMode::Skb],
-    };
     let mut last_err = None;
-    for &xdp_mode in tries {
-        match program.attach_to_if_index(index, xdp_mode) {
+    for &attach_mode in mode.tries() {
+        match program.attach_to_if_index(index, xdp_mode(attach_mode)) {
             Ok(link_id) => {
                 let link: XdpLink = program
                     .take_link(link_id)
                     .map_err(program_err("taking the XDP link"))?;
                 let fd_link = FdLink::try_from(link).map_err(|_| LoaderError::Attach {
                     iface: iface.to_string(),
-                    mode: xdp_mode_name(xdp_mode),
+                    mode: attach_mode.name(),
                     reason: "the kernel attached without a bpf_link (needs Linux 5.9 or newer), \
                              so the filter could not outlive this command"
                         .into(),
@@ -156,13 +165,13 @@ fn attach_and_pin(
                 return Ok(Attachment {
                     iface: iface.to_string(),
                     ifindex: index,
-                    mode: xdp_mode_name(xdp_mode).to_string(),
+                    mode: attach_mode,
                 });
             }
-            Err(e) => last_err = Some((xdp_mode, e)),
+            Err(e) => last_err = Some((attach_mode, e)),
         }
     }
-    let (xdp_mode, source) =
+    let (attach_mode, source) =
         last_err.ok_or_else(|| LoaderError::Internal("no attach mode".into()))?;
     let busy = matches!(&source, ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EBUSY));
     let reason = if busy {
@@ -174,7 +183,7 @@ fn attach_and_pin(
     };
     Err(LoaderError::Attach {
         iface: iface.to_string(),
-        mode: xdp_mode_name(xdp_mode),
+        mode: attach_mode.name(),
         reason,
         source: Some(Box::new(source)),
     })
@@ -248,7 +257,7 @@ fn fresh(paths: &Paths, req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderErr
         abi: ABI_VERSION,
         program_id,
         attachments: attachments.clone(),
-        generations: [None, None],
+        generations: Default::default(),
     };
     state.generations[generation as usize] = Some(req.record);
     state.write(&paths.state)?;
@@ -286,12 +295,8 @@ fn update(
     let mut detached = Vec::new();
     for old in std::mem::take(&mut state.attachments) {
         let wanted = req.interfaces.contains(&old.iface);
-        let mode_ok = match req.mode {
-            Mode::Auto => true,
-            Mode::Native => old.mode == "native",
-            Mode::Generic => old.mode == "generic",
-        };
-        if wanted && mode_ok && old.is_live() && paths.link(&old.iface).exists() {
+        if wanted && req.mode.accepts(old.mode) && old.is_live() && paths.link(&old.iface).exists()
+        {
             attachments.push(old);
         } else {
             unpin_link(&paths.link(&old.iface))?;

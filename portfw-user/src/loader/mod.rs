@@ -20,5 +20,5 @@ pub use error::LoaderError;
 pub use iface::ifname;
 pub use object::{Loaded, open_tables};
 pub use query::{AttachmentStatus, RunningVerdict, Status, explain_running, open_events, status};
-pub use state::{Attachment, PolicyRecord, RuleRecord, State};
+pub use state::{AttachMode, Attachment, PolicyRecord, RuleRecord, State};
 pub use tables::Tables;

@@ -3,8 +3,9 @@
 //! The kernel's PFW_ACTIVE map is the truth about which policy runs; the state keeps one
 //! record per generation, so whichever generation is active, its description is on file,
 //! even if an apply was killed half-way.
-use std::{fs, io, path::Path};
+use std::{fmt, fs, io, path::Path};
 
+use portfw_common::GENERATIONS;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -12,13 +13,37 @@ use super::{
     iface::ifname,
 };
 
+/// The XDP mode an interface was attached in.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachMode {
+    /// In the driver.
+    Native,
+    /// In the kernel stack (skb mode).
+    Generic,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub struct Attachment {
     pub iface: String,
     pub ifindex: u32,
-    /// "native" or "generic".
-    pub mode: String,
+    pub mode: AttachMode,
 }
 
 impl Attachment {
@@ -54,7 +79,8 @@ pub struct State {
     pub abi: u32,
     pub program_id: u32,
     pub attachments: Vec<Attachment>,
-    pub generations: [Option<PolicyRecord>; 2],
+    /// The record of each table generation, indexed by generation.
+    pub generations: [Option<PolicyRecord>; GENERATIONS as usize],
 }
 
 impl State {
@@ -95,5 +121,31 @@ impl State {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AttachMode, Attachment, State};
+
+    #[test]
+    fn attach_modes_keep_their_names_on_file() {
+        let attachment = Attachment {
+            iface: "eth0".into(),
+            ifindex: 2,
+            mode: AttachMode::Generic,
+        };
+        let json = serde_json::to_value(&attachment).unwrap_or_default();
+        assert_eq!(json["mode"], "generic");
+        let state: Result<State, _> = serde_json::from_str(
+            r#"{"abi": 3, "program-id": 7, "generations": [null, null],
+                "attachments": [{"iface": "eth0", "ifindex": 2, "mode": "native"}]}"#,
+        );
+        assert_eq!(
+            state
+                .ok()
+                .and_then(|s| s.attachments.first().map(|a| a.mode)),
+            Some(AttachMode::Native)
+        );
     }
 }
