@@ -57,7 +57,10 @@ fn xdp_mode(mode: AttachMode) -> XdpMode {
 /// What one `apply` asks for.
 pub struct ApplyRequest<'a> {
     pub compiled: &'a CompiledPolicy,
-    pub record: PolicyRecord,
+    /// The policy file as named by the user; its record shows the canonical path.
+    pub file: &'a Path,
+    /// The bytes `compiled` was compiled from; its record shows their SHA-256.
+    pub source: &'a [u8],
     pub interfaces: &'a [String],
     pub mode: Mode,
 }
@@ -69,6 +72,8 @@ pub struct ApplyOutcome {
     pub fresh: bool,
     pub generation: u32,
     pub program_id: u32,
+    /// What is now on file about the policy put in force.
+    pub policy: PolicyRecord,
     pub attachments: Vec<Attachment>,
     pub detached: Vec<String>,
     pub notes: Vec<String>,
@@ -200,6 +205,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     for iface in req.interfaces {
         ifindex(iface)?;
     }
+    let record = PolicyRecord::new(req.file, req.source, req.compiled);
     ensure_mounted()?;
     let paths = Paths::current()?;
     let _lock = paths.lock()?;
@@ -207,7 +213,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     let state = State::read(&paths.state)?;
     let loaded = paths.prog().exists();
     match state {
-        Some(state) if loaded && state.abi == ABI_VERSION => update(&paths, state, req),
+        Some(state) if loaded && state.abi == ABI_VERSION => update(&paths, state, req, record),
         previous => {
             let mut notes = Vec::new();
             if loaded {
@@ -222,14 +228,18 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
                 remove_pins(&paths.pins)?;
                 State::remove(&paths.state)?;
             }
-            let mut outcome = fresh(&paths, req)?;
+            let mut outcome = fresh(&paths, req, record)?;
             outcome.notes.extend(notes);
             Ok(outcome)
         }
     }
 }
 
-fn fresh(paths: &Paths, req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
+fn fresh(
+    paths: &Paths,
+    req: ApplyRequest<'_>,
+    record: PolicyRecord,
+) -> Result<ApplyOutcome, LoaderError> {
     fs::create_dir_all(PIN_ROOT).map_err(io_err(format!("creating {PIN_ROOT}")))?;
     let tmp_dir = Path::new(PIN_ROOT).join(format!("tmp-{}-{}", paths.netns, std::process::id()));
     let _ = remove_pins(&tmp_dir);
@@ -259,7 +269,7 @@ fn fresh(paths: &Paths, req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderErr
         attachments: attachments.clone(),
         generations: Default::default(),
     };
-    state.generations[generation as usize] = Some(req.record);
+    state.generations[generation as usize] = Some(record.clone());
     state.write(&paths.state)?;
     fs::rename(&tmp_dir, &paths.pins).map_err(io_err(format!(
         "moving {} to {}",
@@ -271,6 +281,7 @@ fn fresh(paths: &Paths, req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderErr
         fresh: true,
         generation,
         program_id,
+        policy: record,
         attachments,
         detached: Vec::new(),
         notes: Vec::new(),
@@ -281,12 +292,13 @@ fn update(
     paths: &Paths,
     mut state: State,
     req: ApplyRequest<'_>,
+    record: PolicyRecord,
 ) -> Result<ApplyOutcome, LoaderError> {
     let mut tables = open_tables(paths)?;
     let generation = tables.stage(req.compiled)?;
     // Record the new generation before switching: whichever generation is active, its
     // description is on file.
-    state.generations[generation as usize] = Some(req.record);
+    state.generations[generation as usize] = Some(record.clone());
     state.write(&paths.state)?;
     tables.switch_to(generation);
 
@@ -331,6 +343,7 @@ fn update(
         fresh: false,
         generation,
         program_id: state.program_id,
+        policy: record,
         attachments,
         detached,
         notes: Vec::new(),

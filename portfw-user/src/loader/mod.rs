@@ -19,6 +19,9 @@ pub use bpffs::{BPFFS, PIN_ROOT, Paths, STATE_ROOT, ensure_mounted, netns_inode}
 pub use error::LoaderError;
 pub use iface::ifname;
 pub use object::{Loaded, open_tables};
-pub use query::{AttachmentStatus, RunningVerdict, Status, explain_running, open_events, status};
+pub use query::{
+    AttachmentStatus, RunningPolicy, RunningVerdict, Status, explain_running, open_events,
+    running_policy, status,
+};
 pub use state::{AttachMode, Attachment, PolicyRecord, RuleRecord, State};
 pub use tables::Tables;

@@ -4,10 +4,10 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, Map, MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
 };
-use portfw_common::{MapNames, PROGRAM_NAME, RULE_HIT_SLOTS, counter};
+use portfw_common::{GENERATIONS, MapNames, PROGRAM_NAME, RULE_HIT_SLOTS, counter};
 
 use super::{
     bpffs::Paths,
@@ -204,6 +204,15 @@ pub fn open_tables(paths: &Paths) -> Result<Tables, LoaderError> {
         pinned_map(paths, MapNames::SOURCES4)?,
         pinned_map(paths, MapNames::SOURCES6)?,
     )
+}
+
+/// The generation the filter pinned at `paths` reads now: one lookup in its PFW_ACTIVE,
+/// without mapping any table.
+pub(super) fn pinned_active(paths: &Paths) -> Result<u32, LoaderError> {
+    let active = Array::<MapData, u32>::try_from(Map::Array(pinned_map(paths, MapNames::ACTIVE)?))
+        .map_err(map_err(MapNames::ACTIVE))?;
+    let generation = active.get(&0, 0).map_err(map_err(MapNames::ACTIVE))?;
+    Ok(generation % GENERATIONS)
 }
 
 /// The verdict counters of the filter pinned at `paths`, summed over CPUs.

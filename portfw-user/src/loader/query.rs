@@ -1,5 +1,6 @@
-//! Questions to the running filter, changing nothing: `status`, the verdict for one packet,
-//! and its event stream.
+//! Questions to the running filter, changing nothing: which policy it runs (`status`,
+//! `explain` and `events` all ask [`running_policy`]), its counters, the verdict for one
+//! packet, and its event stream.
 use std::{net::IpAddr, path::PathBuf};
 
 use aya::maps::{MapData, RingBuf};
@@ -8,9 +9,40 @@ use portfw_common::{PortEntry, counter};
 use super::{
     bpffs::Paths,
     error::LoaderError,
-    object::{open_tables, pinned_counters, pinned_events},
+    object::{open_tables, pinned_active, pinned_counters, pinned_events},
     state::{Attachment, PolicyRecord, State},
 };
+
+/// The policy the running filter enforces.
+#[derive(Clone, Debug)]
+pub struct RunningPolicy {
+    /// The table generation the kernel reads now.
+    pub generation: u32,
+    /// What `apply` recorded about that generation, when it is on file.
+    pub policy: Option<PolicyRecord>,
+}
+
+/// The state file of the filter pinned at `paths`; [`LoaderError::NotLoaded`] without one.
+fn loaded_state(paths: &Paths) -> Result<State, LoaderError> {
+    State::read(&paths.state)?
+        .filter(|_| paths.prog().exists())
+        .ok_or_else(|| LoaderError::NotLoaded(paths.pins.clone()))
+}
+
+/// The active generation and its record in `state`.
+fn running_in(paths: &Paths, state: &State) -> Result<RunningPolicy, LoaderError> {
+    let generation = pinned_active(paths)?;
+    Ok(RunningPolicy {
+        generation,
+        policy: state.record(generation).cloned(),
+    })
+}
+
+/// The running policy's rules, by generation: the generation the filter pinned at `paths`
+/// reads now (one lookup in its PFW_ACTIVE map) and what `apply` recorded about it.
+pub fn running_policy(paths: &Paths) -> Result<RunningPolicy, LoaderError> {
+    running_in(paths, &loaded_state(paths)?)
+}
 
 /// Everything `portfw status` shows.
 #[derive(Debug, serde::Serialize)]
@@ -35,20 +67,16 @@ pub struct AttachmentStatus {
 
 pub fn status() -> Result<Status, LoaderError> {
     let paths = Paths::current()?;
-    let state = State::read(&paths.state)?;
-    let Some(state) = state.filter(|_| paths.prog().exists()) else {
-        return Err(LoaderError::NotLoaded(paths.pins));
-    };
-    let tables = open_tables(&paths)?;
-    let generation = tables.active();
-    let policy = state.generations[generation as usize].clone();
-    let rules = policy.as_ref().map_or(0, |p| p.rules.len());
+    let state = loaded_state(&paths)?;
+    let running = running_in(&paths, &state)?;
+    let rules = running.policy.as_ref().map_or(0, |p| p.rules.len());
+    let rule_hits = open_tables(&paths)?.rule_hits(rules);
     let counters = pinned_counters(&paths)?;
     Ok(Status {
         netns: paths.netns,
         pins: paths.pins.clone(),
         program_id: state.program_id,
-        generation,
+        generation: running.generation,
         attachments: state
             .attachments
             .iter()
@@ -57,14 +85,14 @@ pub fn status() -> Result<Status, LoaderError> {
                 attachment: a.clone(),
             })
             .collect(),
-        policy,
+        policy: running.policy,
         counters: counter::NAMES
             .iter()
             .zip(counters)
             .filter(|(name, _)| !name.starts_with("reserved"))
             .map(|(name, v)| (name.to_string(), v))
             .collect(),
-        rule_hits: tables.rule_hits(rules),
+        rule_hits,
     })
 }
 
@@ -73,8 +101,7 @@ pub struct RunningVerdict {
     pub entry: PortEntry,
     /// The source trie decided (rather than the port table).
     pub by_source: bool,
-    pub generation: u32,
-    pub policy: Option<PolicyRecord>,
+    pub running: RunningPolicy,
 }
 
 /// Looks a packet up in the running filter's active tables, as the kernel program does.
@@ -84,22 +111,16 @@ pub fn explain_running(
     source: IpAddr,
 ) -> Result<RunningVerdict, LoaderError> {
     let paths = Paths::current()?;
-    let state = State::read(&paths.state)?;
-    let Some(state) = state.filter(|_| paths.prog().exists()) else {
-        return Err(LoaderError::NotLoaded(paths.pins));
-    };
-    let tables = open_tables(&paths)?;
-    let generation = tables.active();
-    let (entry, by_source) = tables.lookup(proto_slot, port, source)?;
+    let running = running_policy(&paths)?;
+    let (entry, by_source) = open_tables(&paths)?.lookup(proto_slot, port, source)?;
     Ok(RunningVerdict {
         entry,
         by_source,
-        generation,
-        policy: state.generations[generation as usize].clone(),
+        running,
     })
 }
 
-/// The pinned event ring buffer and the paths of the running filter.
+/// The pinned event ring buffer, and the paths to ask [`running_policy`] with.
 pub fn open_events() -> Result<(RingBuf<MapData>, Paths), LoaderError> {
     let paths = Paths::current()?;
     if !paths.prog().exists() {

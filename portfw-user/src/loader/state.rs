@@ -3,15 +3,21 @@
 //! The kernel's PFW_ACTIVE map is the truth about which policy runs; the state keeps one
 //! record per generation, so whichever generation is active, its description is on file,
 //! even if an apply was killed half-way.
-use std::{fmt, fs, io, path::Path};
+use std::{
+    fmt, fs, io,
+    path::Path,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use portfw_common::GENERATIONS;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use super::{
     error::{LoaderError, io_err},
     iface::ifname,
 };
+use crate::compile::{CompiledPolicy, RuleInfo};
 
 /// The XDP mode an interface was attached in.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -61,6 +67,16 @@ pub struct RuleRecord {
     pub line: usize,
 }
 
+impl From<&RuleInfo> for RuleRecord {
+    fn from(rule: &RuleInfo) -> Self {
+        Self {
+            name: rule.name.clone(),
+            summary: rule.summary.clone(),
+            line: rule.line,
+        }
+    }
+}
+
 /// Description of the policy loaded into one generation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -71,6 +87,28 @@ pub struct PolicyRecord {
     pub applied_at: u64,
     pub default: String,
     pub rules: Vec<RuleRecord>,
+}
+
+impl PolicyRecord {
+    /// The record of `compiled`, compiled from `source`, the bytes of `file`, applied now.
+    pub fn new(file: &Path, source: &[u8], compiled: &CompiledPolicy) -> Self {
+        Self {
+            file: fs::canonicalize(file)
+                .unwrap_or_else(|_| file.to_path_buf())
+                .display()
+                .to_string(),
+            sha256: Sha256::digest(source)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            applied_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            default: compiled.default.to_string(),
+            rules: compiled.rules.iter().map(RuleRecord::from).collect(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -122,11 +160,49 @@ impl State {
             Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
         }
     }
+
+    /// The record of `generation`, if one is on file.
+    pub fn record(&self, generation: u32) -> Option<&PolicyRecord> {
+        self.generations
+            .get(generation as usize)
+            .and_then(Option::as_ref)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{AttachMode, Attachment, State};
+    use std::path::Path;
+
+    use super::{AttachMode, Attachment, PolicyRecord, RuleRecord, State};
+    use crate::{compile, policy};
+
+    #[test]
+    fn a_record_names_the_file_hashes_its_bytes_and_lists_the_rules() {
+        let yaml = "default: drop\nrules:\n  - name: web\n    allow: 80/tcp\n  - allow: 53\n";
+        let compiled = policy::parse(yaml, "p.yaml")
+            .ok()
+            .and_then(|parsed| compile::compile(&parsed.policy).ok());
+        let Some(compiled) = compiled else {
+            panic!("the test policy must compile");
+        };
+        // The hash is of the bytes given, whatever they compiled to: here, of no bytes.
+        let record = PolicyRecord::new(Path::new("no/such/p.yaml"), b"", &compiled);
+        assert_eq!(record.file, "no/such/p.yaml");
+        assert_eq!(
+            record.sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(record.default, "drop");
+        assert_eq!(
+            record.rules.first(),
+            Some(&RuleRecord {
+                name: Some("web".into()),
+                summary: "allow 80/tcp".into(),
+                line: 3,
+            })
+        );
+        assert_eq!(record.rules.len(), 2);
+    }
 
     #[test]
     fn attach_modes_keep_their_names_on_file() {
