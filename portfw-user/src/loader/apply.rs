@@ -366,7 +366,8 @@ fn unpin_link(path: &Path) -> Result<(), LoaderError> {
 }
 
 /// Removes the filter from `ifaces`, or from every interface and entirely when `None`.
-/// Returns the interfaces it was removed from.
+/// Returns the interfaces it was removed from. Naming an interface the filter is not on
+/// changes nothing and fails with [`LoaderError::NotAttached`].
 pub fn detach(ifaces: Option<&[String]>) -> Result<Vec<String>, LoaderError> {
     let paths = Paths::current()?;
     let _lock = paths.lock()?;
@@ -379,17 +380,15 @@ pub fn detach(ifaces: Option<&[String]>) -> Result<Vec<String>, LoaderError> {
     let removing: Vec<String> = match ifaces {
         None => all.clone(),
         Some(list) => {
-            for iface in list {
-                if !all.contains(iface) {
-                    return Err(LoaderError::Internal(format!(
-                        "portfw is not attached to `{iface}` (attached: {})",
-                        if all.is_empty() {
-                            "none".to_string()
-                        } else {
-                            all.join(", ")
-                        }
-                    )));
-                }
+            if let Some(iface) = list.iter().find(|iface| !all.contains(iface)) {
+                return Err(LoaderError::NotAttached {
+                    iface: iface.clone(),
+                    attached: if all.is_empty() {
+                        "none".to_string()
+                    } else {
+                        all.join(", ")
+                    },
+                });
             }
             list.to_vec()
         }
