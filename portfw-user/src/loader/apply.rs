@@ -11,7 +11,7 @@ use aya::programs::{
     xdp::XdpLink,
 };
 use aya_obj::programs::XdpAttachType;
-use portfw_common::ABI_VERSION;
+use portfw_common::{ABI_VERSION, PROGRAM_NAME};
 
 use super::{
     bpffs::{PIN_ROOT, Paths, ensure_mounted},
@@ -257,7 +257,7 @@ fn fresh(
     for iface in req.interfaces {
         let link_pin = tmp_dir.join(format!("link-{iface}"));
         attachments.push(attach_and_pin(
-            loaded.xdp_mut(portfw_common::PROGRAM_NAME)?,
+            loaded.xdp_mut(PROGRAM_NAME)?,
             iface,
             req.mode,
             &link_pin,

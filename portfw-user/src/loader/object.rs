@@ -1,6 +1,6 @@
 //! The kernel object: the embedded XDP program loaded as [`Loaded`], handles on its maps
 //! (its own or pinned ones), and pinning them.
-use std::path::Path;
+use std::{io, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -136,12 +136,12 @@ impl Loaded {
         let what = format!("pinning program in {}", dir.display());
         self.xdp_mut(PROGRAM_NAME)?
             .pin(dir.join("prog"))
-            .map_err(std::io::Error::other)
+            .map_err(io::Error::other)
             .map_err(io_err(what))?;
         for name in PINNED_MAPS {
             map_data(&self.ebpf, name)?
                 .pin(dir.join(name))
-                .map_err(std::io::Error::other)
+                .map_err(io::Error::other)
                 .map_err(io_err(format!("pinning map {name}")))?;
         }
         Ok(())
