@@ -1,7 +1,7 @@
 //! Decoding and rendering of the kernel's drop/allow event records.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use portfw_common::{Event, RULE_DEFAULT, RULE_MALFORMED, RULE_SETTING, action};
+use portfw_common::{Event, RULE_DEFAULT, RULE_MALFORMED, RULE_SETTING, action, ipproto};
 use serde::Serialize;
 
 /// What decided an event's verdict.
@@ -60,18 +60,21 @@ const TCP_FLAG_NAMES: [(u8, &str); 8] = [
 
 pub fn protocol_name(protocol: u8) -> String {
     match protocol {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "icmpv6".into(),
-        132 => "sctp".into(),
-        136 => "udplite".into(),
+        ipproto::ICMP => "icmp".into(),
+        ipproto::TCP => "tcp".into(),
+        ipproto::UDP => "udp".into(),
+        ipproto::ICMPV6 => "icmpv6".into(),
+        ipproto::SCTP => "sctp".into(),
+        ipproto::UDPLITE => "udplite".into(),
         n => format!("proto-{n}"),
     }
 }
 
 fn has_ports(protocol: u8) -> bool {
-    matches!(protocol, 6 | 17 | 132 | 136)
+    matches!(
+        protocol,
+        ipproto::TCP | ipproto::UDP | ipproto::SCTP | ipproto::UDPLITE
+    )
 }
 
 /// Decodes `event`. `mono_to_wall_ns` is added to the kernel's monotonic timestamp;
@@ -136,7 +139,7 @@ pub fn decode(
         dst,
         src_port: ports.then_some(event.src_port),
         dst_port: ports.then_some(event.dst_port),
-        tcp_flags: if event.protocol == 6 {
+        tcp_flags: if event.protocol == ipproto::TCP {
             TCP_FLAG_NAMES
                 .iter()
                 .filter(|(bit, _)| event.tcp_flags & bit != 0)
@@ -246,7 +249,7 @@ mod tests {
             rule: 2,
             verdict: action::DROP,
             ip_version: 4,
-            protocol: 6,
+            protocol: ipproto::TCP,
             tcp_flags: 0x02,
             src_port: 51234,
             dst_port: 8080,
@@ -287,7 +290,7 @@ mod tests {
     fn ipv6_endpoints_are_bracketed() {
         let mut e = sample();
         e.ip_version = 6;
-        e.protocol = 17;
+        e.protocol = ipproto::UDP;
         e.src_addr = "2001:2::2"
             .parse::<Ipv6Addr>()
             .map(|a| a.octets())

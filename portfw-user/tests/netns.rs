@@ -491,3 +491,40 @@ fn source_rules_judge_each_client_address_and_explain_agrees() {
         }
     }
 }
+
+#[test]
+fn detaching_from_an_interface_the_filter_is_not_on_says_so_and_changes_nothing() {
+    let mut lab = root_lab("nt-detach-other");
+    lab.start_responder(&[8080], &[]).expect("responder");
+    let policy = PolicyFile::new("detach-other.yaml", POLICY);
+    apply(&lab, &policy, &[]);
+    // `lo` exists in every namespace, and the filter was applied to the veth only.
+    let out = portfw(&lab, &["detach", "--iface", "lo"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        stderr.contains("not attached to `lo`"),
+        "stderr must name lo as not attached: {}",
+        text(&out)
+    );
+    assert!(!stderr.contains("internal error"), "{}", text(&out));
+
+    let status = portfw(&lab, &["status", "--json"]);
+    assert!(status.status.success(), "{}", text(&status));
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(
+        json["attachments"][0]["iface"],
+        lab.server_iface(),
+        "{json}"
+    );
+    assert_eq!(json["attachments"][0]["live"], true, "{json}");
+    assert!(
+        lab.pin_dir().exists(),
+        "pins in {}",
+        lab.pin_dir().display()
+    );
+    assert!(
+        !nc_connects(&lab, lab.server_v4().into(), 8080),
+        "8080 still blocked: the filter stays attached"
+    );
+}

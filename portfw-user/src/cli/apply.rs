@@ -1,17 +1,12 @@
 //! `portfw apply`: validate, compile and put a policy in force.
-use std::{
-    fs,
-    process::ExitCode,
-    time::{Instant, SystemTime, UNIX_EPOCH},
-};
+use std::{fs, process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, bail};
-use sha2::{Digest as _, Sha256};
 
 use super::{ApplyArgs, EXIT_OK, report_invalid};
 use crate::{
     compile,
-    loader::{self, ApplyRequest, PolicyRecord, RuleRecord},
+    loader::{self, ApplyRequest},
     policy,
 };
 
@@ -50,37 +45,16 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     })?;
     let compiled_at = started.elapsed();
 
-    let record = PolicyRecord {
-        file: fs::canonicalize(&args.policy)
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| file.clone()),
-        sha256: Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        applied_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        default: policy.default.to_string(),
-        rules: compiled
-            .rules
-            .iter()
-            .map(|r| RuleRecord {
-                name: r.name.clone(),
-                summary: r.summary.clone(),
-                line: r.line,
-            })
-            .collect(),
-    };
-    let sha_short = record.sha256[..12].to_string();
     let outcome = loader::apply(ApplyRequest {
         compiled: &compiled,
-        record,
+        file: &args.policy,
+        source: &bytes,
         interfaces: &interfaces,
-        mode: args.mode,
+        mode: args.mode.into(),
     })
     .with_context(|| format!("applying {file} failed"))?;
+    let sha = &outcome.policy.sha256;
+    let sha_short = sha.get(..12).unwrap_or(sha);
 
     for note in &outcome.notes {
         eprintln!("portfw: note: {note}");

@@ -17,7 +17,7 @@ use tokio::{
 use super::{EXIT_OK, EventsArgs};
 use crate::{
     events::{decode, human_line, mono_to_wall_offset},
-    loader::{self, Paths, State},
+    loader::{self, Paths},
 };
 
 /// Rule names of the active policy, re-read when the state file changes (a new apply).
@@ -46,13 +46,9 @@ impl RuleNames {
             return;
         }
         self.modified = modified;
-        let active = loader::open_tables(&self.paths)
-            .map(|t| t.active())
-            .unwrap_or(0);
-        self.names = State::read(&self.paths.state)
+        self.names = loader::running_policy(&self.paths)
             .ok()
-            .flatten()
-            .and_then(|s| s.generations[active as usize].clone())
+            .and_then(|running| running.policy)
             .map(|p| p.rules.into_iter().map(|r| r.name).collect())
             .unwrap_or_default();
     }

@@ -93,7 +93,8 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             }
         }
         None => {
-            let running = loader::explain_running(protocol.slot(), port, source)?;
+            let verdict = loader::explain_running(protocol.slot(), port, source)?;
+            let running = &verdict.running;
             let name = |rule: u32| {
                 running
                     .policy
@@ -103,16 +104,16 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             };
             println!(
                 "{}",
-                verdict_line(protocol, source, port, &running.entry, name)
+                verdict_line(protocol, source, port, &verdict.entry, name)
             );
-            let via = if running.by_source {
+            let via = if verdict.by_source {
                 "source trie"
             } else {
                 "port table"
             };
             match running.policy.as_ref() {
                 Some(p) => {
-                    if let Some(rule) = p.rules.get(running.entry.rule as usize) {
+                    if let Some(rule) = p.rules.get(verdict.entry.rule as usize) {
                         println!("  {} (line {}), from the {via}", rule.summary, rule.line);
                     }
                     println!(

@@ -8,9 +8,9 @@ mod status;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::loader::Mode;
+use crate::loader;
 
 /// Exit code of a successful run.
 pub const EXIT_OK: u8 = 0;
@@ -58,6 +58,25 @@ pub struct ApplyArgs {
     /// (native where the driver supports it, otherwise generic).
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
+}
+
+/// `--mode`: how to attach, as the command line spells it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+impl From<Mode> for loader::Mode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Auto => Self::Auto,
+            Mode::Native => Self::Native,
+            Mode::Generic => Self::Generic,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

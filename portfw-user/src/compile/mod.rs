@@ -34,6 +34,9 @@ pub struct CompiledPolicy {
     /// [`PORT_TABLE_GEN_ENTRIES`] entries, indexed by `slot * PORTS_PER_PROTO + port`.
     pub ports: Vec<PortEntry>,
     pub settings: Settings,
+    /// The verdict of a packet no rule decides (the port table holds it per port; user
+    /// space names it).
+    pub default: Action,
     /// What user space needs to name a rule index found in an event or counter.
     pub rules: Vec<RuleInfo>,
     /// Source groups: `groups[g - 1]` lists the rule indices of group `g`, in order.
@@ -247,6 +250,7 @@ pub fn compile_with(policy: &Policy, limits: Limits) -> Result<CompiledPolicy, C
     Ok(CompiledPolicy {
         ports,
         settings: settings(policy),
+        default: policy.default,
         rules: policy
             .rules
             .iter()

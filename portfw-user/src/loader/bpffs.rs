@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::LoaderError;
+use super::error::{LoaderError, io_err};
 
 /// The bpffs mount point the kernel and tools agree on.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -20,10 +20,7 @@ pub fn netns_inode() -> Result<u64, LoaderError> {
     let path = "/proc/self/ns/net";
     fs::metadata(path)
         .map(|m| m.ino())
-        .map_err(|source| LoaderError::Io {
-            what: format!("reading {path}"),
-            source,
-        })
+        .map_err(io_err(format!("reading {path}")))
 }
 
 /// The pin and state locations of the filter of one network namespace.
@@ -51,7 +48,6 @@ impl Paths {
     /// inactive generation at once would switch to a mix of both policies.
     pub fn lock(&self) -> Result<Lock, LoaderError> {
         use std::os::fd::AsRawFd as _;
-        let io_err = |what: String| move |source| LoaderError::Io { what, source };
         fs::create_dir_all(STATE_ROOT).map_err(io_err(format!("creating {STATE_ROOT}")))?;
         let path = Path::new(STATE_ROOT).join(format!("{}.lock", self.netns));
         let file = fs::OpenOptions::new()
@@ -134,10 +130,7 @@ fn same_mount_ns_as_init() -> bool {
 /// Under `ip netns exec` /sys is a private remount: a bpffs mounted there vanishes with the
 /// command, and the filter with it, so we refuse and say what to run instead.
 pub fn ensure_mounted() -> Result<(), LoaderError> {
-    let mounted = is_bpffs(BPFFS).map_err(|source| LoaderError::Io {
-        what: format!("checking {BPFFS}"),
-        source,
-    })?;
+    let mounted = is_bpffs(BPFFS).map_err(io_err(format!("checking {BPFFS}")))?;
     if mounted {
         return Ok(());
     }
@@ -160,10 +153,9 @@ pub fn ensure_mounted() -> Result<(), LoaderError> {
         )
     };
     if rc != 0 {
-        return Err(LoaderError::Io {
-            what: format!("mounting bpffs at {BPFFS} (mount -t bpf bpf {BPFFS})"),
-            source: io::Error::last_os_error(),
-        });
+        return Err(io_err(format!(
+            "mounting bpffs at {BPFFS} (mount -t bpf bpf {BPFFS})"
+        ))(io::Error::last_os_error()));
     }
     Ok(())
 }

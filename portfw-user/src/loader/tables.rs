@@ -9,11 +9,11 @@ use std::{
 
 use aya::maps::{ArrayOfMaps, LpmTrie, Map, MapData, lpm_trie::Key};
 use portfw_common::{
-    GENERATIONS, MAX_RULES, PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS, SOURCE_TRIE_ENTRIES,
-    Settings, SourceKey4, SourceKey6, rule_hit_index,
+    GENERATIONS, MAX_RULES, MapNames, PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS,
+    SOURCE_TRIE_ENTRIES, Settings, SourceKey4, SourceKey6, rule_hit_index,
 };
 
-use super::LoaderError;
+use super::error::{LoaderError, io_err, map_err};
 use crate::compile::{CompiledPolicy, SourceEntry};
 
 /// `BPF_F_NO_PREALLOC`: LPM tries must allocate as they grow.
@@ -100,10 +100,7 @@ fn of_maps<K: aya::Pod>(
     data: MapData,
     map: &'static str,
 ) -> Result<ArrayOfMaps<MapData, LpmTrie<MapData, K, PortEntry>>, LoaderError> {
-    ArrayOfMaps::try_from(Map::ArrayOfMaps(data)).map_err(|source| LoaderError::Map {
-        map,
-        source: Box::new(source),
-    })
+    ArrayOfMaps::try_from(Map::ArrayOfMaps(data)).map_err(map_err(map))
 }
 
 /// A new, unattached source trie holding `entries`.
@@ -111,15 +108,11 @@ fn build_trie<K: aya::Pod>(
     map: &'static str,
     entries: &[SourceEntry<K>],
 ) -> Result<LpmTrie<MapData, K, PortEntry>, LoaderError> {
-    let map_err = |source| LoaderError::Map {
-        map,
-        source: Box::new(source),
-    };
     let mut trie = LpmTrie::<MapData, K, PortEntry>::create(SOURCE_TRIE_ENTRIES, BPF_F_NO_PREALLOC)
-        .map_err(map_err)?;
+        .map_err(map_err(map))?;
     for entry in entries {
         trie.insert(&Key::new(entry.prefix_len, entry.key), entry.verdict, 0)
-            .map_err(map_err)?;
+            .map_err(map_err(map))?;
     }
     Ok(trie)
 }
@@ -138,10 +131,7 @@ pub struct Tables {
 }
 
 fn mmap_err(map: &'static str) -> impl FnOnce(io::Error) -> LoaderError {
-    move |source| LoaderError::Io {
-        what: format!("memory-mapping map {map}"),
-        source,
-    }
+    io_err(format!("memory-mapping map {map}"))
 }
 
 impl Tables {
@@ -156,30 +146,28 @@ impl Tables {
         use std::os::fd::AsFd as _;
         let hit_slots = rule_hits
             .info()
-            .map_err(|source| LoaderError::Map {
-                map: "PFW_RULE_HITS",
-                source: Box::new(source),
-            })?
+            .map_err(map_err(MapNames::RULE_HITS))?
             .max_entries();
         if hit_slots == 0 || hit_slots % RULE_HIT_SLOTS != 0 {
             return Err(LoaderError::Internal(format!(
-                "PFW_RULE_HITS has {hit_slots} entries, not a multiple of {RULE_HIT_SLOTS}"
+                "{} has {hit_slots} entries, not a multiple of {RULE_HIT_SLOTS}",
+                MapNames::RULE_HITS
             )));
         }
         Ok(Self {
-            active: Mapped::new(active.fd().as_fd(), 1).map_err(mmap_err("PFW_ACTIVE"))?,
+            active: Mapped::new(active.fd().as_fd(), 1).map_err(mmap_err(MapNames::ACTIVE))?,
             settings: Mapped::new(settings.fd().as_fd(), GENERATIONS as usize)
-                .map_err(mmap_err("PFW_SETTINGS"))?,
+                .map_err(mmap_err(MapNames::SETTINGS))?,
             ports: Mapped::new(
                 ports.fd().as_fd(),
                 (GENERATIONS * PORT_TABLE_GEN_ENTRIES) as usize,
             )
-            .map_err(mmap_err("PFW_PORTS"))?,
+            .map_err(mmap_err(MapNames::PORTS))?,
             rule_hits: Mapped::new(rule_hits.fd().as_fd(), hit_slots as usize)
-                .map_err(mmap_err("PFW_RULE_HITS"))?,
+                .map_err(mmap_err(MapNames::RULE_HITS))?,
             cpus: hit_slots / RULE_HIT_SLOTS,
-            sources4: of_maps(sources4, "PFW_SRC4")?,
-            sources6: of_maps(sources6, "PFW_SRC6")?,
+            sources4: of_maps(sources4, MapNames::SOURCES4)?,
+            sources6: of_maps(sources6, MapNames::SOURCES6)?,
         })
     }
 
@@ -235,20 +223,14 @@ impl Tables {
         if policy.groups.is_empty() {
             return Ok(());
         }
-        let trie4: Trie4 = build_trie("PFW_SRC4", &policy.sources4)?;
-        let trie6: Trie6 = build_trie("PFW_SRC6", &policy.sources6)?;
+        let trie4: Trie4 = build_trie(MapNames::SOURCES4, &policy.sources4)?;
+        let trie6: Trie6 = build_trie(MapNames::SOURCES6, &policy.sources6)?;
         self.sources4
             .set(generation, &trie4, 0)
-            .map_err(|source| LoaderError::Map {
-                map: "PFW_SRC4",
-                source: Box::new(source),
-            })?;
+            .map_err(map_err(MapNames::SOURCES4))?;
         self.sources6
             .set(generation, &trie6, 0)
-            .map_err(|source| LoaderError::Map {
-                map: "PFW_SRC6",
-                source: Box::new(source),
-            })?;
+            .map_err(map_err(MapNames::SOURCES6))?;
         Ok(())
     }
 
@@ -301,19 +283,13 @@ impl Tables {
         source: std::net::IpAddr,
     ) -> Result<Option<PortEntry>, LoaderError> {
         let generation = self.active();
-        let map_err = |map: &'static str| {
-            move |source| LoaderError::Map {
-                map,
-                source: Box::new(source),
-            }
-        };
         let bits = portfw_common::SOURCE_GROUP_BITS;
         Ok(match source {
             std::net::IpAddr::V4(a) => {
                 let trie = self
                     .sources4
                     .get(&generation, 0)
-                    .map_err(map_err("PFW_SRC4"))?;
+                    .map_err(map_err(MapNames::SOURCES4))?;
                 let key = Key::new(bits + 32, portfw_common::source_key4(group, a.octets()));
                 trie.get(&key, 0).ok()
             }
@@ -321,15 +297,11 @@ impl Tables {
                 let trie = self
                     .sources6
                     .get(&generation, 0)
-                    .map_err(map_err("PFW_SRC6"))?;
+                    .map_err(map_err(MapNames::SOURCES6))?;
                 let key = Key::new(bits + 128, portfw_common::source_key6(group, a.octets()));
                 trie.get(&key, 0).ok()
             }
         })
-    }
-
-    pub fn settings(&self) -> Settings {
-        self.settings.read(self.active() as usize)
     }
 
     /// Hits of each of the first `rules` rules of the active generation, summed over CPUs.

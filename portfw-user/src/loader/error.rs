@@ -1,0 +1,87 @@
+//! What can go wrong in the loader: [`LoaderError`], and the helpers that wrap I/O, map and
+//! program errors into it.
+use std::{io, path::PathBuf};
+
+use aya::{maps::MapError, programs::ProgramError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("this portfw binary was built without its kernel program (AYA_BUILD_SKIP); rebuild it")]
+    NoProgram,
+    #[error("loading the XDP program into the kernel failed")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("kernel program {what} failed")]
+    Program {
+        what: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("map {0} is missing from the kernel object")]
+    MissingMap(&'static str),
+    #[error("interface `{0}` does not exist in this network namespace")]
+    UnknownInterface(String),
+    #[error("cannot attach to `{iface}` in {mode} mode: {reason}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        reason: String,
+        #[source]
+        source: Option<Box<ProgramError>>,
+    },
+    #[error(
+        "/sys/fs/bpf is not a bpf filesystem in this mount namespace (as under `ip netns exec`, \
+         which remounts /sys). Pins made here would vanish with this command and the filter \
+         with them. Run portfw with `nsenter --net=/run/netns/NAME portfw ...` instead, which \
+         keeps the host's /sys/fs/bpf"
+    )]
+    BpffsPrivate,
+    #[error("no portfw filter is loaded in this network namespace (nothing under {0})")]
+    NotLoaded(PathBuf),
+    #[error("portfw is not attached to `{iface}` (attached: {attached}); nothing was changed")]
+    NotAttached { iface: String, attached: String },
+    #[error("state file {path} is unreadable: {message}")]
+    State { path: PathBuf, message: String },
+    #[error(
+        "policy has {rules} rules; at most {} are supported",
+        portfw_common::MAX_RULES
+    )]
+    TooManyRules { rules: usize },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Wraps an I/O error as [`LoaderError::Io`], saying what was being done. Errors of other
+/// kinds (pinning, links) go through `io::Error::other` first.
+pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> LoaderError {
+    let what = what.into();
+    move |source| LoaderError::Io { what, source }
+}
+
+/// Wraps an error of map `map` as [`LoaderError::Map`].
+pub(super) fn map_err(map: &'static str) -> impl Fn(MapError) -> LoaderError + Copy {
+    move |source| LoaderError::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
+/// Wraps a program error as [`LoaderError::Program`], saying what failed.
+pub(super) fn program_err(what: impl Into<String>) -> impl FnOnce(ProgramError) -> LoaderError {
+    let what = what.into();
+    move |source| LoaderError::Program {
+        what,
+        source: Box::new(source),
+    }
+}

@@ -1,0 +1,130 @@
+//! Questions to the running filter, changing nothing: which policy it runs (`status`,
+//! `explain` and `events` all ask [`running_policy`]), its counters, the verdict for one
+//! packet, and its event stream.
+use std::{net::IpAddr, path::PathBuf};
+
+use aya::maps::{MapData, RingBuf};
+use portfw_common::{PortEntry, counter};
+
+use super::{
+    bpffs::Paths,
+    error::LoaderError,
+    object::{open_tables, pinned_active, pinned_counters, pinned_events},
+    state::{Attachment, PolicyRecord, State},
+};
+
+/// The policy the running filter enforces.
+#[derive(Clone, Debug)]
+pub struct RunningPolicy {
+    /// The table generation the kernel reads now.
+    pub generation: u32,
+    /// What `apply` recorded about that generation, when it is on file.
+    pub policy: Option<PolicyRecord>,
+}
+
+/// The state file of the filter pinned at `paths`; [`LoaderError::NotLoaded`] without one.
+fn loaded_state(paths: &Paths) -> Result<State, LoaderError> {
+    State::read(&paths.state)?
+        .filter(|_| paths.prog().exists())
+        .ok_or_else(|| LoaderError::NotLoaded(paths.pins.clone()))
+}
+
+/// The active generation and its record in `state`.
+fn running_in(paths: &Paths, state: &State) -> Result<RunningPolicy, LoaderError> {
+    let generation = pinned_active(paths)?;
+    Ok(RunningPolicy {
+        generation,
+        policy: state.record(generation).cloned(),
+    })
+}
+
+/// The running policy's rules, by generation: the generation the filter pinned at `paths`
+/// reads now (one lookup in its PFW_ACTIVE map) and what `apply` recorded about it.
+pub fn running_policy(paths: &Paths) -> Result<RunningPolicy, LoaderError> {
+    running_in(paths, &loaded_state(paths)?)
+}
+
+/// Everything `portfw status` shows.
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    pub netns: u64,
+    pub pins: PathBuf,
+    pub program_id: u32,
+    pub generation: u32,
+    pub attachments: Vec<AttachmentStatus>,
+    pub policy: Option<PolicyRecord>,
+    pub counters: Vec<(String, u64)>,
+    pub rule_hits: Vec<u64>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct AttachmentStatus {
+    #[serde(flatten)]
+    pub attachment: Attachment,
+    /// The interface still exists under its name.
+    pub live: bool,
+}
+
+pub fn status() -> Result<Status, LoaderError> {
+    let paths = Paths::current()?;
+    let state = loaded_state(&paths)?;
+    let running = running_in(&paths, &state)?;
+    let rules = running.policy.as_ref().map_or(0, |p| p.rules.len());
+    let rule_hits = open_tables(&paths)?.rule_hits(rules);
+    let counters = pinned_counters(&paths)?;
+    Ok(Status {
+        netns: paths.netns,
+        pins: paths.pins.clone(),
+        program_id: state.program_id,
+        generation: running.generation,
+        attachments: state
+            .attachments
+            .iter()
+            .map(|a| AttachmentStatus {
+                live: a.is_live(),
+                attachment: a.clone(),
+            })
+            .collect(),
+        policy: running.policy,
+        counters: counter::NAMES
+            .iter()
+            .zip(counters)
+            .filter(|(name, _)| !name.starts_with("reserved"))
+            .map(|(name, v)| (name.to_string(), v))
+            .collect(),
+        rule_hits,
+    })
+}
+
+/// What the running filter decides for one packet.
+pub struct RunningVerdict {
+    pub entry: PortEntry,
+    /// The source trie decided (rather than the port table).
+    pub by_source: bool,
+    pub running: RunningPolicy,
+}
+
+/// Looks a packet up in the running filter's active tables, as the kernel program does.
+pub fn explain_running(
+    proto_slot: u32,
+    port: u16,
+    source: IpAddr,
+) -> Result<RunningVerdict, LoaderError> {
+    let paths = Paths::current()?;
+    let running = running_policy(&paths)?;
+    let (entry, by_source) = open_tables(&paths)?.lookup(proto_slot, port, source)?;
+    Ok(RunningVerdict {
+        entry,
+        by_source,
+        running,
+    })
+}
+
+/// The pinned event ring buffer, and the paths to ask [`running_policy`] with.
+pub fn open_events() -> Result<(RingBuf<MapData>, Paths), LoaderError> {
+    let paths = Paths::current()?;
+    if !paths.prog().exists() {
+        return Err(LoaderError::NotLoaded(paths.pins));
+    }
+    Ok((pinned_events(&paths)?, paths))
+}
