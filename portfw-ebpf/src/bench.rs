@@ -15,7 +15,7 @@ use portfw_common::{action, counter};
 use crate::{
     judge::port_entry,
     maps::{PFW_COUNTERS, active_generation, bump},
-    parse::{Frame, L4, Packet, parse},
+    parse::{Frame, Kind, parse},
 };
 
 /// The floor for packets portfw passes: no parsing, no maps, the same verdict.
@@ -78,14 +78,14 @@ enum Step {
 
 #[inline(always)]
 fn step(ctx: &XdpContext) -> Step {
-    match parse(Frame::new(ctx)) {
-        Packet::Malformed => Step::Malformed,
-        Packet::NonIp => Step::Other,
-        Packet::Ip(ip) => match ip.l4 {
-            L4::Ports { slot, dst_port, .. } => Step::Ports { slot, dst_port },
-            L4::Malformed => Step::Malformed,
-            L4::Icmp { .. } | L4::Fragment | L4::OtherIp => Step::Other,
+    let p = parse(Frame::new(ctx));
+    match p.kind {
+        Kind::Ports => Step::Ports {
+            slot: p.slot,
+            dst_port: p.dst_port,
         },
+        Kind::Malformed | Kind::BadTransport => Step::Malformed,
+        Kind::NonIp | Kind::Icmp | Kind::Fragment | Kind::OtherIp => Step::Other,
     }
 }
 

@@ -7,7 +7,7 @@ use portfw_common::{Event, counter};
 use crate::{
     judge::Judgement,
     maps::{PFW_COUNTERS, PFW_EVENTS, bump},
-    parse::{IpHdr, L4, Packet},
+    parse::{Kind, Packet},
 };
 
 /// Writes the event of `judgement`; a full ring loses it and counts the loss, and never
@@ -26,32 +26,14 @@ pub fn emit(ctx: &XdpContext, packet: &Packet, judgement: &Judgement) {
         verdict: judgement.action,
         ..Event::default()
     };
-    if let Packet::Ip(ip) = packet {
-        event.protocol = ip.protocol;
-        match ip.hdr {
-            IpHdr::V4(h) => {
-                let h = h.get();
-                event.ip_version = 4;
-                event.src_addr[..4].copy_from_slice(&h.saddr);
-                event.dst_addr[..4].copy_from_slice(&h.daddr);
-            }
-            IpHdr::V6(h) => {
-                let h = h.get();
-                event.ip_version = 6;
-                event.src_addr = h.saddr;
-                event.dst_addr = h.daddr;
-            }
-        }
-        if let L4::Ports {
-            src_port,
-            dst_port,
-            tcp_flags,
-            ..
-        } = ip.l4
-        {
-            event.src_port = src_port;
-            event.dst_port = dst_port;
-            event.tcp_flags = tcp_flags;
+    if let Some(hdr) = packet.ip() {
+        event.ip_version = if hdr.is_v6() { 6 } else { 4 };
+        event.protocol = packet.protocol;
+        (event.src_addr, event.dst_addr) = hdr.addrs();
+        if packet.kind == Kind::Ports {
+            event.src_port = packet.src_port;
+            event.dst_port = packet.dst_port;
+            event.tcp_flags = packet.tcp_flags;
         }
     }
     entry.write(event);

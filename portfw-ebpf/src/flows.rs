@@ -15,7 +15,7 @@ use portfw_common::{FLOW_REFRESH_NS, FlowKey, FlowValue, Settings, counter, flow
 use crate::{
     headers::tcp_flag,
     maps::{PFW_COUNTERS, PFW_FLOWS, bump},
-    parse::{Embedded, IcmpAbout, Ip, IpHdr, L4},
+    parse::{IcmpSays, IpHdr, Kind, Packet},
 };
 
 /// The flow-table key of a packet: `outbound` packets have our side as their source.
@@ -25,28 +25,9 @@ fn flow_key(hdr: IpHdr, protocol: u8, outbound: bool, src_port: u16, dst_port: u
         protocol,
         ..FlowKey::default()
     };
-    match hdr {
-        IpHdr::V4(h) => {
-            let h = h.get();
-            key.family = 4;
-            let (local, remote) = if outbound {
-                (h.saddr, h.daddr)
-            } else {
-                (h.daddr, h.saddr)
-            };
-            key.local[..4].copy_from_slice(&local);
-            key.remote[..4].copy_from_slice(&remote);
-        }
-        IpHdr::V6(h) => {
-            let h = h.get();
-            key.family = 6;
-            (key.local, key.remote) = if outbound {
-                (h.saddr, h.daddr)
-            } else {
-                (h.daddr, h.saddr)
-            };
-        }
-    }
+    key.family = if hdr.is_v6() { 6 } else { 4 };
+    let (src, dst) = hdr.addrs();
+    (key.local, key.remote) = if outbound { (src, dst) } else { (dst, src) };
     (key.local_port, key.remote_port) = if outbound {
         (src_port, dst_port)
     } else {
@@ -121,18 +102,21 @@ fn tcp_inbound(flow: &mut FlowValue, flags: u8, now: u64) -> bool {
 
 /// Whether an arriving packet on a port is a reply to a flow the host opened.
 #[inline(always)]
-pub fn is_reply(
-    ctx: &XdpContext,
-    ip: &Ip,
-    s: &Settings,
-    src_port: u16,
-    dst_port: u16,
-    tcp_flags: u8,
-) -> bool {
-    let key = flow_key(ip.hdr, ip.protocol, false, src_port, dst_port);
+pub fn is_reply(ctx: &XdpContext, packet: &Packet, s: &Settings) -> bool {
+    let Some(hdr) = packet.ip() else {
+        return false;
+    };
+    let tcp = packet.protocol == ipproto::TCP;
+    // A bare SYN opens a connection: it is never a reply, and a SYN flood at a dropped port
+    // costs no lookup.
+    if tcp && packet.tcp_flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN {
+        return false;
+    }
+    let (src_port, dst_port) = (packet.src_port, packet.dst_port);
+    let key = flow_key(hdr, packet.protocol, false, src_port, dst_port);
     let now = now_ns();
     match live(&key, s, now) {
-        Some(flow) if ip.protocol == ipproto::TCP => tcp_inbound(flow, tcp_flags, now),
+        Some(flow) if tcp => tcp_inbound(flow, packet.tcp_flags, now),
         Some(flow) => {
             touch(flow, now);
             true
@@ -141,9 +125,8 @@ pub fn is_reply(
         // `replies: allow`): the kernel's own socket for the exact four-tuple vouches for it.
         // A new SYN never takes this path.
         None => {
-            ip.protocol == ipproto::TCP
-                && tcp_flags & tcp_flag::SYN == 0
-                && socket_vouches(ctx, ip.hdr, src_port, dst_port)
+            tcp && packet.tcp_flags & tcp_flag::SYN == 0
+                && socket_vouches(ctx, hdr, src_port, dst_port)
         }
     }
 }
@@ -151,27 +134,30 @@ pub fn is_reply(
 /// Whether an ICMP message is about a flow the host opened: an echo reply to our echo
 /// request, or an error quoting a packet of one of our flows. Returns the counter to bump.
 #[inline(always)]
-pub fn is_related(ip: &Ip, s: &Settings, about: IcmpAbout) -> Option<u32> {
+pub fn is_related(packet: &Packet, s: &Settings) -> Option<u32> {
+    let hdr = packet.ip()?;
+    let about = &packet.about;
     let now = now_ns();
-    match about {
-        IcmpAbout::Echo { request: false, id } => {
-            let key = flow_key(ip.hdr, ip.protocol, false, 0, id);
+    match about.says {
+        IcmpSays::EchoReply => {
+            let key = flow_key(hdr, packet.protocol, false, 0, about.echo_id);
             let flow = live(&key, s, now)?;
             touch(flow, now);
             Some(counter::ALLOW_REPLY)
         }
-        IcmpAbout::Error(Embedded {
-            hdr,
-            protocol,
-            src_port,
-            dst_port,
-        }) => {
+        IcmpSays::Error => {
             // The quote is of our own packet: its source is our side.
-            let key = flow_key(hdr, protocol, true, src_port, dst_port);
+            let key = flow_key(
+                about.quoted,
+                about.quoted_protocol,
+                true,
+                about.quoted_src_port,
+                about.quoted_dst_port,
+            );
             live(&key, s, now)?;
             Some(counter::ALLOW_RELATED)
         }
-        IcmpAbout::Echo { request: true, .. } | IcmpAbout::Nothing => None,
+        IcmpSays::EchoRequest | IcmpSays::Nothing => None,
     }
 }
 
@@ -198,30 +184,23 @@ fn state_vouches(state: u32) -> bool {
 fn socket_vouches(ctx: &XdpContext, hdr: IpHdr, src_port: u16, dst_port: u16) -> bool {
     // SAFETY: an all-zero tuple is a valid value of this plain C union.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let size = match hdr {
-        IpHdr::V4(h) => {
-            let h = h.get();
-            // SAFETY: writing the fields of the union's IPv4 member.
-            unsafe {
-                let t = &mut tuple.__bindgen_anon_1.ipv4;
-                t.saddr = u32::from_ne_bytes(h.saddr);
-                t.daddr = u32::from_ne_bytes(h.daddr);
-                t.sport = src_port.to_be();
-                t.dport = dst_port.to_be();
-            }
-            core::mem::size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv4 })
-        }
-        IpHdr::V6(h) => {
-            let h = h.get();
-            // SAFETY: writing the fields of the union's IPv6 member.
-            unsafe {
-                let t = &mut tuple.__bindgen_anon_1.ipv6;
-                t.saddr = words(h.saddr);
-                t.daddr = words(h.daddr);
-                t.sport = src_port.to_be();
-                t.dport = dst_port.to_be();
-            }
-            core::mem::size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv6 })
+    let (src, dst) = hdr.addrs();
+    // SAFETY: writing the fields of one member of a plain C union, then taking its size.
+    let size = unsafe {
+        if hdr.is_v6() {
+            let t = &mut tuple.__bindgen_anon_1.ipv6;
+            t.saddr = words(src);
+            t.daddr = words(dst);
+            t.sport = src_port.to_be();
+            t.dport = dst_port.to_be();
+            core::mem::size_of_val(t)
+        } else {
+            let t = &mut tuple.__bindgen_anon_1.ipv4;
+            t.saddr = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+            t.daddr = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+            t.sport = src_port.to_be();
+            t.dport = dst_port.to_be();
+            core::mem::size_of_val(t)
         }
     };
     // SAFETY: the helper reads `size` bytes of `tuple`; the socket it returns, if any, is
@@ -258,25 +237,23 @@ fn words(a: [u8; 16]) -> [u32; 4] {
 /// SYN, the first datagram of a UDP, UDP-Lite or SCTP flow, an echo request), or moves and
 /// refreshes the flow it belongs to.
 #[inline(always)]
-pub fn record(ip: &Ip, ifindex: u32) {
-    let (key, flags) = match ip.l4 {
-        L4::Ports {
-            src_port,
-            dst_port,
-            tcp_flags,
-            ..
-        } => (
-            flow_key(ip.hdr, ip.protocol, true, src_port, dst_port),
-            tcp_flags,
+pub fn record(packet: &Packet, ifindex: u32) {
+    let Some(hdr) = packet.ip() else {
+        return;
+    };
+    let (key, flags) = match packet.kind {
+        Kind::Ports => (
+            flow_key(hdr, packet.protocol, true, packet.src_port, packet.dst_port),
+            packet.tcp_flags,
         ),
-        L4::Icmp {
-            about: IcmpAbout::Echo { request: true, id },
-            ..
-        } => (flow_key(ip.hdr, ip.protocol, true, id, 0), 0),
+        Kind::Icmp if packet.about.says == IcmpSays::EchoRequest => (
+            flow_key(hdr, packet.protocol, true, packet.about.echo_id, 0),
+            0,
+        ),
         _ => return,
     };
     let now = now_ns();
-    let tcp = ip.protocol == ipproto::TCP;
+    let tcp = packet.protocol == ipproto::TCP;
     let syn = flags & tcp_flag::SYN != 0 && flags & tcp_flag::ACK == 0;
     if let Some(flow) = PFW_FLOWS.get_ptr_mut(&key) {
         // SAFETY: as in `live`.

@@ -14,7 +14,7 @@ use portfw_common::{
 use crate::{
     flows,
     maps::{PFW_PORTS, PFW_SETTINGS, PFW_SRC4, PFW_SRC6},
-    parse::{Ip, IpHdr, L4, Packet},
+    parse::{Kind, Packet},
 };
 
 /// How a packet was judged.
@@ -34,46 +34,28 @@ pub struct Judgement {
 /// table, which vouches for TCP connections older than the flow table.
 #[inline(always)]
 pub fn judge(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
-    match packet {
-        Packet::Ip(ip) => judge_ip(ctx, ip, generation),
-        Packet::NonIp => {
-            let s = settings(generation);
-            by_setting(s.non_ip, s.log, counter::NON_IP_ALLOW, counter::NON_IP_DROP)
-        }
-        Packet::Malformed => malformed(settings(generation)),
-    }
-}
-
-#[inline(always)]
-fn judge_ip(ctx: &XdpContext, ip: &Ip, generation: u32) -> Judgement {
-    match ip.l4 {
-        L4::Ports {
-            slot,
-            src_port,
-            dst_port,
-            tcp_flags,
-        } => {
-            let Some(entry) = port_entry(generation, slot, dst_port) else {
+    match packet.kind {
+        Kind::Ports => {
+            let Some(entry) = port_entry(generation, packet.slot, packet.dst_port) else {
                 return malformed(settings(generation));
             };
-            let judgement = by_port(ip, generation, entry);
+            let judgement = by_port(packet, generation, entry);
             // The flow table is read only for what the rules drop, so an allowed port costs
             // what it did without it.
             if judgement.action == action::DROP {
                 let s = settings(generation);
-                if s.replies == action::ALLOW
-                    && flows::is_reply(ctx, ip, s, src_port, dst_port, tcp_flags)
-                {
+                if s.replies == action::ALLOW && flows::is_reply(ctx, packet, s) {
                     return reply(s, counter::ALLOW_REPLY);
                 }
             }
             judgement
         }
-        L4::Icmp { kind, code, about } => {
+        Kind::Icmp => {
             // Per type: the compiler has already let neighbour discovery and path-MTU
             // messages through a drop default, unless the policy named them.
             let s = settings(generation);
-            if !s.icmp_drops(ip.is_v6(), kind, code) {
+            let v6 = packet.ip().is_some_and(|h| h.is_v6());
+            if !s.icmp_drops(v6, packet.icmp_type, packet.icmp_code) {
                 return by_setting(
                     action::ALLOW,
                     s.log,
@@ -82,13 +64,13 @@ fn judge_ip(ctx: &XdpContext, ip: &Ip, generation: u32) -> Judgement {
                 );
             }
             if s.replies == action::ALLOW {
-                if let Some(counter) = flows::is_related(ip, s, about) {
+                if let Some(counter) = flows::is_related(packet, s) {
                     return reply(s, counter);
                 }
             }
             by_setting(action::DROP, s.log, counter::ICMP_ALLOW, counter::ICMP_DROP)
         }
-        L4::Fragment => {
+        Kind::Fragment => {
             let s = settings(generation);
             by_setting(
                 s.fragments,
@@ -97,7 +79,7 @@ fn judge_ip(ctx: &XdpContext, ip: &Ip, generation: u32) -> Judgement {
                 counter::FRAGMENT_DROP,
             )
         }
-        L4::OtherIp => {
+        Kind::OtherIp => {
             let s = settings(generation);
             by_setting(
                 s.other_ip,
@@ -106,7 +88,11 @@ fn judge_ip(ctx: &XdpContext, ip: &Ip, generation: u32) -> Judgement {
                 counter::OTHER_IP_DROP,
             )
         }
-        L4::Malformed => malformed(settings(generation)),
+        Kind::NonIp => {
+            let s = settings(generation);
+            by_setting(s.non_ip, s.log, counter::NON_IP_ALLOW, counter::NON_IP_DROP)
+        }
+        Kind::Malformed | Kind::BadTransport => malformed(settings(generation)),
     }
 }
 
@@ -119,16 +105,16 @@ pub fn port_entry(generation: u32, slot: u32, dst_port: u16) -> Option<&'static 
 
 /// The verdict of a port entry, after the source tries when the port has source rules.
 #[inline(always)]
-fn by_port(ip: &Ip, generation: u32, port: &PortEntry) -> Judgement {
+fn by_port(packet: &Packet, generation: u32, port: &PortEntry) -> Judgement {
     // Ports whose rules restrict sources: the longest prefix under the port's group decides,
     // then under its tail group; a miss in both leaves the port's own verdict (the first
     // rule without `from`, or the default).
     let mut entry = *port;
     if port.group != NO_SOURCE_GROUP {
-        if let Some(hit) = source_lookup(ip, generation, port.group) {
+        if let Some(hit) = source_lookup(packet, generation, port.group) {
             entry = hit;
         } else if port.tail != NO_SOURCE_GROUP {
-            if let Some(hit) = source_lookup(ip, generation, port.tail) {
+            if let Some(hit) = source_lookup(packet, generation, port.tail) {
                 entry = hit;
             }
         }
@@ -150,16 +136,14 @@ fn by_port(ip: &Ip, generation: u32, port: &PortEntry) -> Judgement {
 
 /// Looks the source address up in the generation's trie of its family, under `group`.
 #[inline(always)]
-fn source_lookup(ip: &Ip, generation: u32, group: u16) -> Option<PortEntry> {
-    let value = match ip.hdr {
-        IpHdr::V4(h) => {
-            let key = Key::new(SOURCE_GROUP_BITS + 32, source_key4(group, h.get().saddr));
-            PFW_SRC4.get_value_ptr_mut(generation, &key)?
-        }
-        IpHdr::V6(h) => {
-            let key = Key::new(SOURCE_GROUP_BITS + 128, source_key6(group, h.get().saddr));
-            PFW_SRC6.get_value_ptr_mut(generation, &key)?
-        }
+fn source_lookup(packet: &Packet, generation: u32, group: u16) -> Option<PortEntry> {
+    let hdr = packet.ip()?;
+    let value = if hdr.is_v6() {
+        let key = Key::new(SOURCE_GROUP_BITS + 128, source_key6(group, hdr.src6()));
+        PFW_SRC6.get_value_ptr_mut(generation, &key)?
+    } else {
+        let key = Key::new(SOURCE_GROUP_BITS + 32, source_key4(group, hdr.src4()));
+        PFW_SRC4.get_value_ptr_mut(generation, &key)?
     };
     // SAFETY: a pointer to a trie value from a successful lookup; the trie outlives this
     // program run (RCU), and we only read it.

@@ -29,7 +29,7 @@ use crate::{
     headers::MAX_HEADERS_LEN,
     judge::{judge, settings},
     maps::{PFW_COUNTERS, active_generation, bump, bump_rule},
-    parse::{Frame, Packet, parse},
+    parse::{Frame, parse},
 };
 
 #[xdp]
@@ -64,11 +64,10 @@ pub fn portfw_egress(ctx: TcContext) -> i32 {
         if ctx.data_end() - ctx.data() < want as usize {
             let _ = ctx.pull_data(want);
         }
-        if let Packet::Ip(ip) = parse(Frame::of_skb(&ctx)) {
-            // SAFETY: reading a field of the program's context.
-            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-            flows::record(&ip, ifindex);
-        }
+        let packet = parse(Frame::of_skb(&ctx));
+        // SAFETY: reading a field of the program's context.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        flows::record(&packet, ifindex);
     }
     TC_ACT_UNSPEC
 }

@@ -71,13 +71,8 @@ impl Frame {
     /// Reads `T` at `offset`; `T` must be a plain byte-array header.
     #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Option<T> {
-        self.checked::<T>(offset).map(|h| h.get())
-    }
-
-    /// `T` at `offset`, bounds-checked once, to be read later.
-    #[inline(always)]
-    fn checked<T: Copy>(&self, offset: usize) -> Option<Checked<T>> {
-        self.ptr::<T>(offset).map(Checked)
+        // SAFETY: `ptr` checked the bounds, and `T` is a byte array (alignment 1).
+        self.ptr::<T>(offset).map(|p| unsafe { *p })
     }
 
     #[inline(always)]
@@ -86,112 +81,184 @@ impl Frame {
     }
 }
 
-/// A header that the cursor has bounds-checked: it lies wholly inside the packet, which
-/// stays where it is for the whole program run (portfw never moves packet data). Keeping
-/// the pointer rather than a copy lets the description carry the IPv6 addresses without
-/// 32 bytes of stack per copy of the description.
-#[derive(Clone, Copy)]
-pub struct Checked<T>(*const T);
-
-impl<T: Copy> Checked<T> {
-    #[inline(always)]
-    pub fn get(&self) -> T {
-        // SAFETY: built only by `Frame::checked`, after the bounds check; `T` is a byte
-        // array (alignment 1).
-        unsafe { *self.0 }
-    }
-}
-
-/// What the header walk found: the whole input of `judge` and `emit`.
-#[derive(Clone, Copy)]
-pub enum Packet {
+/// How far the walk got, and what it found there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
     /// A frame whose EtherType is neither IPv4 nor IPv6 (ARP, LLDP, ...).
     NonIp,
     /// A frame that could not be walked up to a valid IP header (truncated Ethernet or VLAN
     /// header, a third VLAN tag, a broken IPv4 or IPv6 header). Nothing of it is reported.
     Malformed,
-    /// An IPv4 or IPv6 datagram whose IP header was read and checked.
-    Ip(Ip),
-}
-
-/// The IP layer of a packet, and what follows it.
-#[derive(Clone, Copy)]
-pub struct Ip {
-    /// The checked IP header, for its addresses.
-    pub hdr: IpHdr,
-    /// The protocol the walk stopped at: the transport protocol, after any IPv6 extension
-    /// headers (or the extension header that could not be walked).
-    pub protocol: u8,
-    pub l4: L4,
-}
-
-/// The IP header of either family.
-#[derive(Clone, Copy)]
-pub enum IpHdr {
-    V4(Checked<Ipv4Hdr>),
-    V6(Checked<Ipv6Hdr>),
-}
-
-impl Ip {
-    #[inline(always)]
-    pub fn is_v6(&self) -> bool {
-        matches!(self.hdr, IpHdr::V6(_))
-    }
-}
-
-/// The transport layer, as far as the walk could read it.
-#[derive(Clone, Copy)]
-pub enum L4 {
-    /// TCP, UDP, UDP-Lite or SCTP: judged by the port table. `slot` is the protocol's slot
-    /// in that table; `tcp_flags` is zero for the other protocols.
-    Ports {
-        slot: u32,
-        src_port: u16,
-        dst_port: u16,
-        tcp_flags: u8,
-    },
+    /// TCP, UDP, UDP-Lite or SCTP, judged by the port table.
+    Ports,
     /// ICMP in IPv4, ICMPv6 in IPv6.
-    Icmp {
-        kind: u8,
-        code: u8,
-        about: IcmpAbout,
-    },
+    Icmp,
     /// A non-first fragment, which carries no transport header.
     Fragment,
     /// Any other IP protocol.
     OtherIp,
-    /// A transport header (or IPv6 extension header chain) that is truncated, lies outside
-    /// the datagram, or is invalid.
-    Malformed,
+    /// The IP header is valid, but the transport header (or the IPv6 extension header
+    /// chain) is truncated, lies outside the datagram, or is invalid.
+    BadTransport,
+}
+
+/// What the header walk found: the whole input of `judge` and `emit`.
+///
+/// A plain struct whose every field is set on every path, rather than an enum with
+/// payloads: LLVM is free to compute with a payload field on a path where the variant does
+/// not hold it (its value is undefined there, so any value will do), and the verifier
+/// rejects a program that reads a register nothing wrote. Fields that `kind` does not give
+/// a meaning hold zero.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    pub kind: Kind,
+    /// The IP header, when the walk reached one (see [`Packet::ip`]).
+    hdr: IpHdr,
+    /// The protocol the walk stopped at: the transport protocol, after any IPv6 extension
+    /// headers (or the extension header that could not be walked).
+    pub protocol: u8,
+    /// [`Kind::Ports`]: the protocol's slot in the port table and the ports; `tcp_flags` is
+    /// zero for protocols other than TCP.
+    pub slot: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub tcp_flags: u8,
+    /// [`Kind::Icmp`]: the message's type and code, and what it says about a flow.
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub about: IcmpAbout,
+}
+
+impl Packet {
+    const fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            hdr: IpHdr::NONE,
+            protocol: 0,
+            slot: 0,
+            src_port: 0,
+            dst_port: 0,
+            tcp_flags: 0,
+            icmp_type: 0,
+            icmp_code: 0,
+            about: IcmpAbout::NOTHING,
+        }
+    }
+
+    /// The checked IP header, unless the walk stopped before it.
+    #[inline(always)]
+    pub fn ip(&self) -> Option<IpHdr> {
+        match self.kind {
+            Kind::NonIp | Kind::Malformed => None,
+            _ => Some(self.hdr),
+        }
+    }
+}
+
+/// An IP header of either family that the cursor has bounds-checked: it lies wholly inside
+/// the packet, which stays where it is for the whole program run (portfw never moves
+/// packet data). Keeping its address rather than a copy keeps the IPv6 addresses off the
+/// 512-byte stack until they are needed.
+#[derive(Clone, Copy)]
+pub struct IpHdr {
+    v6: bool,
+    /// Address of the header, or 0 in [`IpHdr::NONE`].
+    at: usize,
+}
+
+impl IpHdr {
+    /// The placeholder of packets without one; [`Packet::ip`] never hands it out.
+    const NONE: Self = Self { v6: false, at: 0 };
+
+    #[inline(always)]
+    pub fn is_v6(&self) -> bool {
+        self.v6
+    }
+
+    /// Source and destination address, network order; IPv4 in the first four bytes.
+    #[inline(always)]
+    pub fn addrs(&self) -> ([u8; 16], [u8; 16]) {
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        if self.v6 {
+            let h = self.v6_hdr();
+            src = h.saddr;
+            dst = h.daddr;
+        } else {
+            let h = self.v4_hdr();
+            src[..4].copy_from_slice(&h.saddr);
+            dst[..4].copy_from_slice(&h.daddr);
+        }
+        (src, dst)
+    }
+
+    /// The IPv4 source address (of an IPv4 header).
+    #[inline(always)]
+    pub fn src4(&self) -> [u8; 4] {
+        self.v4_hdr().saddr
+    }
+
+    /// The IPv6 source address (of an IPv6 header).
+    #[inline(always)]
+    pub fn src6(&self) -> [u8; 16] {
+        self.v6_hdr().saddr
+    }
+
+    #[inline(always)]
+    fn v4_hdr(&self) -> Ipv4Hdr {
+        // SAFETY: `at` was bounds-checked for an `Ipv4Hdr` by `Frame::ptr` when the header
+        // was found (only `Frame`-built values leave this module); byte arrays, alignment 1.
+        unsafe { *(self.at as *const Ipv4Hdr) }
+    }
+
+    #[inline(always)]
+    fn v6_hdr(&self) -> Ipv6Hdr {
+        // SAFETY: as in `v4_hdr`, for an `Ipv6Hdr`.
+        unsafe { *(self.at as *const Ipv6Hdr) }
+    }
 }
 
 /// What an ICMP message says about a flow, for the flow table.
-#[derive(Clone, Copy)]
-pub enum IcmpAbout {
-    /// Neither an echo nor an error with a readable embedded header.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum IcmpSays {
+    /// Neither an echo nor an error with a readable quoted header.
     Nothing,
-    /// An echo request (`request`) or reply, with its identifier.
-    Echo { request: bool, id: u16 },
+    EchoRequest,
+    EchoReply,
     /// An error (destination unreachable, packet too big, time exceeded, parameter problem)
-    /// whose embedded datagram starts with a readable IP header and eight transport bytes.
-    Error(Embedded),
+    /// whose quoted datagram starts with a readable IP header and eight transport bytes.
+    Error,
 }
 
-/// The start of the datagram an ICMP error quotes: a packet that went the other way, so
-/// its source is our side.
+/// [`IcmpSays`] with its details; every field set on every path, as in [`Packet`].
 #[derive(Clone, Copy)]
-pub struct Embedded {
-    pub hdr: IpHdr,
-    pub protocol: u8,
-    /// For a quoted echo request: its identifier, and 0.
-    pub src_port: u16,
-    pub dst_port: u16,
+pub struct IcmpAbout {
+    pub says: IcmpSays,
+    /// Echo: the identifier.
+    pub echo_id: u16,
+    /// Error: the quoted datagram, a packet that went the other way, so its source is our
+    /// side; for a quoted echo request the ports are its identifier and 0.
+    pub quoted: IpHdr,
+    pub quoted_protocol: u8,
+    pub quoted_src_port: u16,
+    pub quoted_dst_port: u16,
+}
+
+impl IcmpAbout {
+    const NOTHING: Self = Self {
+        says: IcmpSays::Nothing,
+        echo_id: 0,
+        quoted: IpHdr::NONE,
+        quoted_protocol: 0,
+        quoted_src_port: 0,
+        quoted_dst_port: 0,
+    };
 }
 
 /// Walks the frame's headers once.
 #[inline(always)]
 pub fn parse(f: Frame) -> Packet {
-    walk(f).unwrap_or(Packet::Malformed)
+    walk(f).unwrap_or(Packet::new(Kind::Malformed))
 }
 
 /// Ethernet and VLAN tags, then the IP header; `None` means malformed.
@@ -215,16 +282,17 @@ fn walk(f: Frame) -> Option<Packet> {
         return None;
     }
     match ethertype {
-        ETH_P_IPV4 => ipv4(f, off).map(Packet::Ip),
-        ETH_P_IPV6 => ipv6(f, off).map(Packet::Ip),
-        _ => Some(Packet::NonIp),
+        ETH_P_IPV4 => ipv4(f, off),
+        ETH_P_IPV6 => ipv6(f, off),
+        _ => Some(Packet::new(Kind::NonIp)),
     }
 }
 
 #[inline(always)]
-fn ipv4(f: Frame, off: usize) -> Option<Ip> {
-    let hdr = f.checked::<Ipv4Hdr>(off)?;
-    let ip = hdr.get();
+fn ipv4(f: Frame, off: usize) -> Option<Packet> {
+    let at = f.ptr::<Ipv4Hdr>(off)?;
+    // SAFETY: `ptr` checked the bounds; a byte array, alignment 1.
+    let ip = unsafe { *at };
     if ip.version_ihl >> 4 != 4 {
         return None;
     }
@@ -238,28 +306,31 @@ fn ipv4(f: Frame, off: usize) -> Option<Ip> {
     if tot_len < hlen || off + tot_len > f.len() {
         return None;
     }
+    let hdr = IpHdr {
+        v6: false,
+        at: at as usize,
+    };
     let frag_offset = be16(ip.frag_off) & 0x1fff;
-    let l4 = if frag_offset != 0 {
+    let mut p = if frag_offset != 0 {
         // RFC 1858: a TCP fragment at offset 8 bytes can rewrite the first fragment's flags.
         if ip.protocol == ipproto::TCP && frag_offset == 1 {
-            L4::Malformed
+            Packet::new(Kind::BadTransport)
         } else {
-            L4::Fragment
+            Packet::new(Kind::Fragment)
         }
     } else {
         transport(f, off + hlen, off + tot_len, ip.protocol, false)
     };
-    Some(Ip {
-        hdr: IpHdr::V4(hdr),
-        protocol: ip.protocol,
-        l4,
-    })
+    p.hdr = hdr;
+    p.protocol = ip.protocol;
+    Some(p)
 }
 
 #[inline(always)]
-fn ipv6(f: Frame, off: usize) -> Option<Ip> {
-    let hdr = f.checked::<Ipv6Hdr>(off)?;
-    let ip = hdr.get();
+fn ipv6(f: Frame, off: usize) -> Option<Packet> {
+    let at = f.ptr::<Ipv6Hdr>(off)?;
+    // SAFETY: `ptr` checked the bounds; a byte array, alignment 1.
+    let ip = unsafe { *at };
     if ip.vtc_flow[0] >> 4 != 6 {
         return None;
     }
@@ -267,60 +338,62 @@ fn ipv6(f: Frame, off: usize) -> Option<Ip> {
     if limit > f.len() {
         return None;
     }
-    let (protocol, l4) = ipv6_payload(f, off + IPV6_HLEN, limit, ip.nexthdr);
-    Some(Ip {
-        hdr: IpHdr::V6(hdr),
-        protocol,
-        l4,
-    })
+    let (protocol, mut p) = ipv6_payload(f, off + IPV6_HLEN, limit, ip.nexthdr);
+    p.hdr = IpHdr {
+        v6: true,
+        at: at as usize,
+    };
+    p.protocol = protocol;
+    Some(p)
 }
 
 /// Walks the extension headers from `pos`, then the transport header. Returns the protocol
 /// the walk stopped at and what it found there.
 #[inline(always)]
-fn ipv6_payload(f: Frame, mut pos: usize, limit: usize, mut next: u8) -> (u8, L4) {
+fn ipv6_payload(f: Frame, mut pos: usize, limit: usize, mut next: u8) -> (u8, Packet) {
+    let bad = Packet::new(Kind::BadTransport);
     let mut walked = 0;
     while walked < MAX_IPV6_EXT {
         match next {
             ipproto::HOPOPTS | ipproto::ROUTING | ipproto::DSTOPTS | ipproto::MOBILITY => {
                 let Some(h) = f.read::<Ipv6ExtHdr>(pos) else {
-                    return (next, L4::Malformed);
+                    return (next, bad);
                 };
                 next = h.nexthdr;
                 pos += (h.hdrlen as usize + 1) * 8;
             }
             ipproto::AH => {
                 let Some(h) = f.read::<Ipv6ExtHdr>(pos) else {
-                    return (next, L4::Malformed);
+                    return (next, bad);
                 };
                 next = h.nexthdr;
                 pos += (h.hdrlen as usize + 2) * 4;
             }
             ipproto::FRAGMENT => {
                 let Some(h) = f.read::<Ipv6FragHdr>(pos) else {
-                    return (next, L4::Malformed);
+                    return (next, bad);
                 };
                 next = h.nexthdr;
                 pos += 8;
                 // The fragment header itself must lie inside the payload length, or a header
                 // sitting in link padding would decide the verdict.
                 if pos > limit {
-                    return (next, L4::Malformed);
+                    return (next, bad);
                 }
                 if be16(h.frag_off) >> 3 != 0 {
-                    return (next, L4::Fragment);
+                    return (next, Packet::new(Kind::Fragment));
                 }
             }
             _ => break,
         }
         if pos > limit {
-            return (next, L4::Malformed);
+            return (next, bad);
         }
         walked += 1;
     }
     // A chain longer than MAX_IPV6_EXT headers.
     if is_ipv6_ext(next) {
-        return (next, L4::Malformed);
+        return (next, bad);
     }
     (next, transport(f, pos, limit, next, true))
 }
@@ -339,8 +412,9 @@ fn is_ipv6_ext(next: u8) -> bool {
 }
 
 /// The transport header at `l4`, which must end by `limit` (the end of the datagram).
+/// Leaves the IP fields to the caller.
 #[inline(always)]
-fn transport(f: Frame, l4: usize, limit: usize, protocol: u8, v6: bool) -> L4 {
+fn transport(f: Frame, l4: usize, limit: usize, protocol: u8, v6: bool) -> Packet {
     let (slot, min_len) = match protocol {
         ipproto::TCP => (proto::TCP, 20),
         ipproto::UDP => (proto::UDP, 8),
@@ -348,120 +422,138 @@ fn transport(f: Frame, l4: usize, limit: usize, protocol: u8, v6: bool) -> L4 {
         ipproto::SCTP => (proto::SCTP, 12),
         ipproto::ICMP if !v6 => return icmp(f, l4, limit, false),
         ipproto::ICMPV6 if v6 => return icmp(f, l4, limit, true),
-        _ => return L4::OtherIp,
+        _ => return Packet::new(Kind::OtherIp),
     };
+    let bad = Packet::new(Kind::BadTransport);
     // The whole minimal transport header must be inside the datagram: this also catches a
     // first fragment too short to carry the ports (the tiny-fragment attack).
     if l4 + min_len > limit {
-        return L4::Malformed;
+        return bad;
     }
     let Some(ports) = f.read::<PortsHdr>(l4) else {
-        return L4::Malformed;
+        return bad;
     };
-    let src_port = be16(ports.source);
-    let dst_port = be16(ports.dest);
-    let mut tcp_flags = 0;
+    let mut p = Packet::new(Kind::Ports);
+    p.slot = slot;
+    p.src_port = be16(ports.source);
+    p.dst_port = be16(ports.dest);
     if protocol == ipproto::TCP {
         let Some(tcp) = f.read::<TcpHdr>(l4) else {
-            return L4::Malformed;
+            return bad;
         };
         // Port 0 is reserved and a data offset under 5 words is not a TCP header.
-        if src_port == 0 || dst_port == 0 || tcp.doff_res >> 4 < 5 {
-            return L4::Malformed;
+        if p.src_port == 0 || p.dst_port == 0 || tcp.doff_res >> 4 < 5 {
+            return bad;
         }
-        tcp_flags = tcp.flags;
+        p.tcp_flags = tcp.flags;
     }
-    L4::Ports {
-        slot,
-        src_port,
-        dst_port,
-        tcp_flags,
-    }
+    p
 }
 
 #[inline(always)]
-fn icmp(f: Frame, l4: usize, limit: usize, v6: bool) -> L4 {
+fn icmp(f: Frame, l4: usize, limit: usize, v6: bool) -> Packet {
+    let bad = Packet::new(Kind::BadTransport);
     // Type, code and checksum: an ICMP message shorter than that is not one.
     if l4 + 4 > limit {
-        return L4::Malformed;
+        return bad;
     }
     let Some(h) = f.read::<IcmpHdr>(l4) else {
-        return L4::Malformed;
+        return bad;
     };
+    let mut p = Packet::new(Kind::Icmp);
+    p.icmp_type = h.kind;
+    p.icmp_code = h.code;
     // Both echo and errors have four more header bytes (identifier and sequence, or unused),
     // then the quoted datagram; a message too short for them is about nothing.
-    let about = match f.read::<IcmpEcho>(l4) {
-        Some(echo) if l4 + ICMP_HLEN <= limit => match (v6, h.kind) {
-            (false, ICMP_ECHO_REQUEST) | (true, ICMPV6_ECHO_REQUEST) => IcmpAbout::Echo {
-                request: true,
-                id: be16(echo.id),
-            },
-            (false, ICMP_ECHO_REPLY) | (true, ICMPV6_ECHO_REPLY) => IcmpAbout::Echo {
-                request: false,
-                id: be16(echo.id),
-            },
-            (false, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM)
-            | (
-                true,
-                ICMPV6_DEST_UNREACH
-                | ICMPV6_PACKET_TOO_BIG
-                | ICMPV6_TIME_EXCEEDED
-                | ICMPV6_PARAMETER_PROBLEM,
-            ) => match embedded(f, l4 + ICMP_HLEN, limit, v6) {
-                Some(inner) => IcmpAbout::Error(inner),
-                None => IcmpAbout::Nothing,
-            },
-            _ => IcmpAbout::Nothing,
-        },
-        _ => IcmpAbout::Nothing,
-    };
-    L4::Icmp {
-        kind: h.kind,
-        code: h.code,
-        about,
+    if l4 + ICMP_HLEN > limit {
+        return p;
     }
+    let Some(echo) = f.read::<IcmpEcho>(l4) else {
+        return p;
+    };
+    match (v6, h.kind) {
+        (false, ICMP_ECHO_REQUEST) | (true, ICMPV6_ECHO_REQUEST) => {
+            p.about.says = IcmpSays::EchoRequest;
+            p.about.echo_id = be16(echo.id);
+        }
+        (false, ICMP_ECHO_REPLY) | (true, ICMPV6_ECHO_REPLY) => {
+            p.about.says = IcmpSays::EchoReply;
+            p.about.echo_id = be16(echo.id);
+        }
+        (false, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM)
+        | (
+            true,
+            ICMPV6_DEST_UNREACH
+            | ICMPV6_PACKET_TOO_BIG
+            | ICMPV6_TIME_EXCEEDED
+            | ICMPV6_PARAMETER_PROBLEM,
+        ) => quoted(f, l4 + ICMP_HLEN, limit, v6, &mut p.about),
+        _ => {}
+    }
+    p
 }
 
 /// The quoted datagram of an ICMP error at `at`: an IP header of the message's own family
 /// and the first eight bytes after it, all before `limit`. Its length fields describe the
 /// original datagram, which the error truncates, so they are not checked against the frame;
 /// IPv6 extension headers in the quote are not walked (a quote that has them is about
-/// nothing), nor are quoted non-first fragments.
+/// nothing), nor are quoted non-first fragments. Leaves `about` as it was unless the quote
+/// is readable.
 #[inline(always)]
-fn embedded(f: Frame, at: usize, limit: usize, v6: bool) -> Option<Embedded> {
+fn quoted(f: Frame, at: usize, limit: usize, v6: bool, about: &mut IcmpAbout) {
     let (hdr, protocol, l4) = if v6 {
-        let hdr = f.checked::<Ipv6Hdr>(at)?;
-        let ip = hdr.get();
+        let Some(ptr) = f.ptr::<Ipv6Hdr>(at) else {
+            return;
+        };
+        // SAFETY: `ptr` checked the bounds; a byte array, alignment 1.
+        let ip = unsafe { *ptr };
         if ip.vtc_flow[0] >> 4 != 6 {
-            return None;
+            return;
         }
-        (IpHdr::V6(hdr), ip.nexthdr, at + IPV6_HLEN)
+        let hdr = IpHdr {
+            v6: true,
+            at: ptr as usize,
+        };
+        (hdr, ip.nexthdr, at + IPV6_HLEN)
     } else {
-        let hdr = f.checked::<Ipv4Hdr>(at)?;
-        let ip = hdr.get();
+        let Some(ptr) = f.ptr::<Ipv4Hdr>(at) else {
+            return;
+        };
+        // SAFETY: as above.
+        let ip = unsafe { *ptr };
         let hlen = ((ip.version_ihl & 0x0f) as usize) * 4;
         if ip.version_ihl >> 4 != 4 || hlen < IPV4_MIN_HLEN || be16(ip.frag_off) & 0x1fff != 0 {
-            return None;
+            return;
         }
-        (IpHdr::V4(hdr), ip.protocol, at + hlen)
+        let hdr = IpHdr {
+            v6: false,
+            at: ptr as usize,
+        };
+        (hdr, ip.protocol, at + hlen)
     };
     if l4 + ICMP_HLEN > limit {
-        return None;
+        return;
     }
-    let quoted = f.read::<IcmpEcho>(l4)?;
+    let Some(first) = f.read::<IcmpEcho>(l4) else {
+        return;
+    };
     let (src_port, dst_port) = match protocol {
         ipproto::TCP | ipproto::UDP | ipproto::UDPLITE | ipproto::SCTP => {
-            let ports = f.read::<PortsHdr>(l4)?;
+            let Some(ports) = f.read::<PortsHdr>(l4) else {
+                return;
+            };
             (be16(ports.source), be16(ports.dest))
         }
-        ipproto::ICMP if !v6 && quoted.kind == ICMP_ECHO_REQUEST => (be16(quoted.id), 0),
-        ipproto::ICMPV6 if v6 && quoted.kind == ICMPV6_ECHO_REQUEST => (be16(quoted.id), 0),
-        _ => return None,
+        ipproto::ICMP if !v6 && first.kind == ICMP_ECHO_REQUEST => (be16(first.id), 0),
+        ipproto::ICMPV6 if v6 && first.kind == ICMPV6_ECHO_REQUEST => (be16(first.id), 0),
+        _ => return,
     };
-    Some(Embedded {
-        hdr,
-        protocol,
-        src_port,
-        dst_port,
-    })
+    *about = IcmpAbout {
+        says: IcmpSays::Error,
+        echo_id: 0,
+        quoted: hdr,
+        quoted_protocol: protocol,
+        quoted_src_port: src_port,
+        quoted_dst_port: dst_port,
+    };
 }

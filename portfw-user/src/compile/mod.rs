@@ -34,6 +34,8 @@ pub struct CompiledPolicy {
     /// [`PORT_TABLE_GEN_ENTRIES`] entries, indexed by `slot * PORTS_PER_PROTO + port`.
     pub ports: Vec<PortEntry>,
     pub settings: Settings,
+    /// Flows the flow table must hold (`flows: max:`); the loader sizes the kernel map by it.
+    pub flows_max: u32,
     /// The verdict of a packet no rule decides (the port table holds it per port; user
     /// space names it).
     pub default: Action,
@@ -250,6 +252,7 @@ pub fn compile_with(policy: &Policy, limits: Limits) -> Result<CompiledPolicy, C
     Ok(CompiledPolicy {
         ports,
         settings: settings(policy),
+        flows_max: portfw_common::FLOWS_DEFAULT_MAX,
         default: policy.default,
         rules: policy
             .rules

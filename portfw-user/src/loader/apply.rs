@@ -5,54 +5,19 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{
-    ProgramError, Xdp, XdpMode,
-    links::{FdLink, PinnedLink},
-    xdp::XdpLink,
-};
+use aya::programs::{SchedClassifier, Xdp};
 use aya_obj::programs::XdpAttachType;
-use portfw_common::{ABI_VERSION, PROGRAM_NAME};
+use portfw_common::ABI_VERSION;
 
 use super::{
-    bpffs::{PIN_ROOT, Paths, ensure_mounted},
+    attach::{Mode, Programs, attach_interface, unpin_link},
+    bpffs::{EGRESS_LINK_PREFIX, LINK_PREFIX, PIN_ROOT, Paths, ensure_mounted},
     error::{LoaderError, io_err, program_err},
     iface::ifindex,
-    object::{Loaded, open_tables},
-    state::{AttachMode, Attachment, PolicyRecord, State},
+    object::{Loaded, flow_map_size, open_tables, pinned_flow_map_size, pinned_flows},
+    state::{Attachment, PolicyRecord, State},
 };
 use crate::compile::CompiledPolicy;
-
-/// How to attach: native (driver) XDP, generic (skb) XDP, or native with generic fallback.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
-    #[default]
-    Auto,
-    Native,
-    Generic,
-}
-
-impl Mode {
-    /// The attach modes to try, in order.
-    fn tries(self) -> &'static [AttachMode] {
-        match self {
-            Self::Auto => &[AttachMode::Native, AttachMode::Generic],
-            Self::Native => &[AttachMode::Native],
-            Self::Generic => &[AttachMode::Generic],
-        }
-    }
-
-    /// An interface already attached in `mode` satisfies this request.
-    fn accepts(self, mode: AttachMode) -> bool {
-        self.tries().contains(&mode)
-    }
-}
-
-fn xdp_mode(mode: AttachMode) -> XdpMode {
-    match mode {
-        AttachMode::Native => XdpMode::Driver,
-        AttachMode::Generic => XdpMode::Skb,
-    }
-}
 
 /// What one `apply` asks for.
 pub struct ApplyRequest<'a> {
@@ -103,7 +68,7 @@ fn remove_pins(dir: &Path) -> Result<(), LoaderError> {
     paths.sort_by_key(|p| {
         !p.file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("link-"))
+            .is_some_and(|n| n.starts_with(LINK_PREFIX) || n.starts_with(EGRESS_LINK_PREFIX))
     });
     for path in paths {
         fs::remove_file(&path).map_err(io_err(format!("unpinning {}", path.display())))?;
@@ -137,63 +102,6 @@ fn remove_abandoned_temp_pins(paths: &Paths) {
     }
 }
 
-/// Attaches `program` to `iface` and pins the link at `pin`.
-fn attach_and_pin(
-    program: &mut Xdp,
-    iface: &str,
-    mode: Mode,
-    pin: &Path,
-) -> Result<Attachment, LoaderError> {
-    let index = ifindex(iface)?;
-    let mut last_err = None;
-    for &attach_mode in mode.tries() {
-        match program.attach_to_if_index(index, xdp_mode(attach_mode)) {
-            Ok(link_id) => {
-                let link: XdpLink = program
-                    .take_link(link_id)
-                    .map_err(program_err("taking the XDP link"))?;
-                let fd_link = FdLink::try_from(link).map_err(|_| LoaderError::Attach {
-                    iface: iface.to_string(),
-                    mode: attach_mode.name(),
-                    reason: "the kernel attached without a bpf_link (needs Linux 5.9 or newer), \
-                             so the filter could not outlive this command"
-                        .into(),
-                    source: None,
-                })?;
-                fd_link
-                    .pin(pin)
-                    .map_err(io::Error::other)
-                    .map_err(io_err(format!(
-                        "pinning the link of {iface} at {}",
-                        pin.display()
-                    )))?;
-                return Ok(Attachment {
-                    iface: iface.to_string(),
-                    ifindex: index,
-                    mode: attach_mode,
-                });
-            }
-            Err(e) => last_err = Some((attach_mode, e)),
-        }
-    }
-    let (attach_mode, source) =
-        last_err.ok_or_else(|| LoaderError::Internal("no attach mode".into()))?;
-    let busy = matches!(&source, ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EBUSY));
-    let reason = if busy {
-        format!(
-            "another XDP program is already attached; remove it first (for example `ip link set dev {iface} xdp off`)"
-        )
-    } else {
-        "the kernel refused".to_string()
-    };
-    Err(LoaderError::Attach {
-        iface: iface.to_string(),
-        mode: attach_mode.name(),
-        reason,
-        source: Some(Box::new(source)),
-    })
-}
-
 /// Compiles nothing, validates nothing: puts an already compiled policy in force.
 ///
 /// When a compatible filter is already loaded in this namespace, the new policy is written
@@ -211,12 +119,34 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     let _lock = paths.lock()?;
     remove_abandoned_temp_pins(&paths);
     let state = State::read(&paths.state)?;
-    let loaded = paths.prog().exists();
+    let loaded = paths.prog().exists() && paths.egress_prog().exists();
+    let flow_entries = flow_map_size(req.compiled.flows_max)?;
+    let pinned_entries = if loaded {
+        pinned_flow_map_size(&paths).ok()
+    } else {
+        None
+    };
     match state {
-        Some(state) if loaded && state.abi == ABI_VERSION => update(&paths, state, req, record),
+        Some(state)
+            if loaded && state.abi == ABI_VERSION && pinned_entries == Some(flow_entries) =>
+        {
+            update(&paths, state, req, record)
+        }
         previous => {
             let mut notes = Vec::new();
-            if loaded {
+            // The flow table cannot be resized in place: carry its flows over to the new one.
+            let mut carried = Vec::new();
+            if let (Some(old), Some(state)) = (pinned_entries, &previous) {
+                if state.abi == ABI_VERSION {
+                    carried = pinned_flows(&paths).unwrap_or_default();
+                    notes.push(format!(
+                        "the flow table was resized ({old} to {flow_entries} entries) and its \
+                         {} flows carried over",
+                        carried.len()
+                    ));
+                }
+            }
+            if loaded && notes.is_empty() {
                 notes.push(format!(
                     "replaced an incompatible or incomplete portfw filter found in {}",
                     paths.pins.display()
@@ -224,11 +154,11 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
             }
             // Pins without a record, or a record without pins (left by a namespace that was
             // deleted, whose inode this one reuses): start clean.
-            if loaded || previous.is_some() || paths.pins.exists() {
+            if paths.prog().exists() || previous.is_some() || paths.pins.exists() {
                 remove_pins(&paths.pins)?;
                 State::remove(&paths.state)?;
             }
-            let mut outcome = fresh(&paths, req, record)?;
+            let mut outcome = fresh(&paths, req, record, &carried)?;
             outcome.notes.extend(notes);
             Ok(outcome)
         }
@@ -239,6 +169,7 @@ fn fresh(
     paths: &Paths,
     req: ApplyRequest<'_>,
     record: PolicyRecord,
+    flows: &[(portfw_common::FlowKey, portfw_common::FlowValue)],
 ) -> Result<ApplyOutcome, LoaderError> {
     fs::create_dir_all(PIN_ROOT).map_err(io_err(format!("creating {PIN_ROOT}")))?;
     let tmp_dir = Path::new(PIN_ROOT).join(format!("tmp-{}-{}", paths.netns, std::process::id()));
@@ -247,20 +178,25 @@ fn fresh(
     // bpffs reserves names with dots, hence no hidden ".tmp" name.
     let mut guard = TempPins(Some(tmp_dir.clone()));
 
-    let mut loaded = Loaded::load()?;
+    let mut loaded = Loaded::load_sized(req.compiled.flows_max)?;
     let generation = loaded.tables.stage(req.compiled)?;
     loaded.tables.switch_to(generation);
+    loaded.restore_flows(flows)?;
     loaded.pin_all(&tmp_dir)?;
 
     let program_id = loaded.program_id()?;
+    let tmp_paths = Paths {
+        pins: tmp_dir.clone(),
+        ..paths.clone()
+    };
     let mut attachments = Vec::new();
     for iface in req.interfaces {
-        let link_pin = tmp_dir.join(format!("link-{iface}"));
-        attachments.push(attach_and_pin(
-            loaded.xdp_mut(PROGRAM_NAME)?,
+        attachments.push(attach_interface(
+            loaded.programs_mut()?,
             iface,
             req.mode,
-            &link_pin,
+            &tmp_paths.link(iface),
+            &tmp_paths.egress_link(iface),
         )?);
     }
     let mut state = State {
@@ -307,11 +243,16 @@ fn update(
     let mut detached = Vec::new();
     for old in std::mem::take(&mut state.attachments) {
         let wanted = req.interfaces.contains(&old.iface);
-        if wanted && req.mode.accepts(old.mode) && old.is_live() && paths.link(&old.iface).exists()
+        if wanted
+            && req.mode.accepts(old.mode)
+            && old.is_live()
+            && paths.link(&old.iface).exists()
+            && paths.egress_link(&old.iface).exists()
         {
             attachments.push(old);
         } else {
             unpin_link(&paths.link(&old.iface))?;
+            unpin_link(&paths.egress_link(&old.iface))?;
             if !wanted {
                 detached.push(old.iface);
             }
@@ -323,10 +264,23 @@ fn update(
         .filter(|iface| !attachments.iter().any(|a| &a.iface == *iface))
         .collect();
     if !missing.is_empty() {
-        let mut program = Xdp::from_pin(paths.prog(), XdpAttachType::Interface)
+        let mut xdp = Xdp::from_pin(paths.prog(), XdpAttachType::Interface)
             .map_err(program_err(format!("reopening {}", paths.prog().display())))?;
+        let mut egress = SchedClassifier::from_pin(paths.egress_prog()).map_err(program_err(
+            format!("reopening {}", paths.egress_prog().display()),
+        ))?;
         for iface in missing {
-            let attachment = attach_and_pin(&mut program, iface, req.mode, &paths.link(iface));
+            let programs = Programs {
+                xdp: &mut xdp,
+                egress: &mut egress,
+            };
+            let attachment = attach_interface(
+                programs,
+                iface,
+                req.mode,
+                &paths.link(iface),
+                &paths.egress_link(iface),
+            );
             match attachment {
                 Ok(a) => attachments.push(a),
                 Err(e) => {
@@ -348,21 +302,6 @@ fn update(
         detached,
         notes: Vec::new(),
     })
-}
-
-fn unpin_link(path: &Path) -> Result<(), LoaderError> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let link = PinnedLink::from_pin(path)
-        .map_err(io::Error::other)
-        .map_err(io_err(format!("opening pinned link {}", path.display())))?;
-    // Dropping the last reference detaches the program from the interface.
-    drop(
-        link.unpin()
-            .map_err(io_err(format!("unpinning {}", path.display())))?,
-    );
-    Ok(())
 }
 
 /// Removes the filter from `ifaces`, or from every interface and entirely when `None`.
@@ -395,6 +334,7 @@ pub fn detach(ifaces: Option<&[String]>) -> Result<Vec<String>, LoaderError> {
     };
     for iface in &removing {
         unpin_link(&paths.link(iface))?;
+        unpin_link(&paths.egress_link(iface))?;
     }
     state.attachments.retain(|a| !removing.contains(&a.iface));
     if state.attachments.is_empty() {

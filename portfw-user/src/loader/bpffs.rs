@@ -23,6 +23,11 @@ pub fn netns_inode() -> Result<u64, LoaderError> {
         .map_err(io_err(format!("reading {path}")))
 }
 
+/// Pin names of the XDP links, one per interface.
+pub const LINK_PREFIX: &str = "link-";
+/// Pin names of the tcx egress links, one per interface.
+pub const EGRESS_LINK_PREFIX: &str = "egress-link-";
+
 /// The pin and state locations of the filter of one network namespace.
 #[derive(Clone, Debug)]
 pub struct Paths {
@@ -69,12 +74,23 @@ impl Paths {
         self.pins.join("prog")
     }
 
+    /// The TC egress program that records flows.
+    pub fn egress_prog(&self) -> PathBuf {
+        self.pins.join("egress")
+    }
+
     pub fn map(&self, name: &str) -> PathBuf {
         self.pins.join(name)
     }
 
+    /// The XDP link on `iface`.
     pub fn link(&self, iface: &str) -> PathBuf {
-        self.pins.join(format!("link-{iface}"))
+        self.pins.join(format!("{LINK_PREFIX}{iface}"))
+    }
+
+    /// The tcx egress link on `iface`.
+    pub fn egress_link(&self, iface: &str) -> PathBuf {
+        self.pins.join(format!("{EGRESS_LINK_PREFIX}{iface}"))
     }
 }
 

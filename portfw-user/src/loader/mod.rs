@@ -3,9 +3,11 @@
 //!
 //! One module per concern, layered so that none imports a module above it: `error`; then
 //! `bpffs` (where pins live), `iface`, `state` (what apply recorded) and `tables` (the
-//! memory-mapped policy tables); then `object` (the kernel object and its maps); then
-//! `apply` (changing the filter) and `query` (asking it), which do not import each other.
+//! memory-mapped policy tables); then `object` (the kernel object and its maps) and `attach`
+//! (links to interfaces); then `apply` (changing the filter) and `query` (asking it), which
+//! do not import each other.
 mod apply;
+mod attach;
 mod bpffs;
 mod error;
 mod iface;
@@ -14,7 +16,8 @@ mod query;
 mod state;
 mod tables;
 
-pub use apply::{ApplyOutcome, ApplyRequest, Mode, apply, detach};
+pub use apply::{ApplyOutcome, ApplyRequest, apply, detach};
+pub use attach::Mode;
 pub use bpffs::{BPFFS, PIN_ROOT, Paths, STATE_ROOT, ensure_mounted, netns_inode};
 pub use error::LoaderError;
 pub use iface::ifname;

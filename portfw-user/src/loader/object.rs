@@ -4,12 +4,16 @@ use std::{io, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
-use portfw_common::{GENERATIONS, MapNames, PROGRAM_NAME, RULE_HIT_SLOTS, counter};
+use portfw_common::{
+    EGRESS_PROGRAM_NAME, FLOWS_DEFAULT_MAX, FlowKey, FlowValue, GENERATIONS, MapNames,
+    PROGRAM_NAME, RULE_HIT_SLOTS, counter, flow_map_entries,
+};
 
 use super::{
+    attach::Programs,
     bpffs::Paths,
     error::{LoaderError, io_err, map_err, program_err},
     tables::Tables,
@@ -19,7 +23,7 @@ use super::{
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portfw"));
 
 /// Maps pinned next to the program, in the order they are pinned.
-const PINNED_MAPS: [&str; 8] = [
+const PINNED_MAPS: [&str; 9] = [
     MapNames::ACTIVE,
     MapNames::SETTINGS,
     MapNames::PORTS,
@@ -28,6 +32,7 @@ const PINNED_MAPS: [&str; 8] = [
     MapNames::EVENTS,
     MapNames::SOURCES4,
     MapNames::SOURCES6,
+    MapNames::FLOWS,
 ];
 
 /// A loaded, not yet attached or pinned instance of the program with its tables.
@@ -38,24 +43,34 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Loads both programs with a flow table of the default size.
     pub fn load() -> Result<Self, LoaderError> {
+        Self::load_sized(FLOWS_DEFAULT_MAX)
+    }
+
+    /// Loads both programs with a flow table that holds at least `flows_max` flows.
+    pub fn load_sized(flows_max: u32) -> Result<Self, LoaderError> {
         if PROGRAM.is_empty() {
             return Err(LoaderError::NoProgram);
         }
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(what, source)| io_err(format!("counting CPUs ({what})"))(source))?;
-        let hit_slots = u32::try_from(cpus)
-            .ok()
-            .and_then(|cpus| cpus.checked_mul(RULE_HIT_SLOTS))
+        let cpus = possible_cpus()?;
+        let hit_slots = cpus
+            .checked_mul(RULE_HIT_SLOTS)
             .ok_or_else(|| LoaderError::Internal(format!("{cpus} CPUs is more than supported")))?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MapNames::RULE_HITS, hit_slots)
+            .map_max_entries(MapNames::FLOWS, flow_map_entries(flows_max, cpus))
             .load(PROGRAM)
             .map_err(|e| LoaderError::Load(Box::new(e)))?;
-        let program: &mut Xdp = as_xdp(ebpf.program_mut(PROGRAM_NAME), PROGRAM_NAME)?;
+        let program: &mut Xdp = as_program(ebpf.program_mut(PROGRAM_NAME), PROGRAM_NAME)?;
         program
             .load()
             .map_err(program_err("verification and load"))?;
+        let egress: &mut SchedClassifier =
+            as_program(ebpf.program_mut(EGRESS_PROGRAM_NAME), EGRESS_PROGRAM_NAME)?;
+        egress
+            .load()
+            .map_err(program_err("verification and load of the egress program"))?;
         let tables = Tables::new(
             map_data(&ebpf, MapNames::ACTIVE)?,
             map_data(&ebpf, MapNames::SETTINGS)?,
@@ -67,16 +82,71 @@ impl Loaded {
         Ok(Self { ebpf, tables })
     }
 
+    /// Both production programs, to attach them.
+    pub(super) fn programs_mut(&mut self) -> Result<Programs<'_>, LoaderError> {
+        let (mut xdp, mut egress) = (None, None);
+        for (name, program) in self.ebpf.programs_mut() {
+            match name {
+                PROGRAM_NAME => xdp = Some(program),
+                EGRESS_PROGRAM_NAME => egress = Some(program),
+                _ => {}
+            }
+        }
+        Ok(Programs {
+            xdp: as_program(xdp, PROGRAM_NAME)?,
+            egress: as_program(egress, EGRESS_PROGRAM_NAME)?,
+        })
+    }
+
+    /// Runs the egress program once on `frame` through `BPF_PROG_TEST_RUN` and returns its
+    /// TC action (it records the flow the frame opens).
+    pub fn test_run_egress(&self, frame: &[u8]) -> Result<i32, LoaderError> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        };
+        let program: &SchedClassifier =
+            as_program(self.ebpf.program(EGRESS_PROGRAM_NAME), EGRESS_PROGRAM_NAME)?;
+        let result = program
+            .test_run(opts)
+            .map_err(program_err("test run of the egress program"))?;
+        Ok(result.return_value as i32)
+    }
+
+    /// The flow table, to read or seed it (tests, and carrying flows over to a resized table).
+    pub fn flows(&mut self) -> Result<HashMap<&mut MapData, FlowKey, FlowValue>, LoaderError> {
+        let map = self
+            .ebpf
+            .map_mut(MapNames::FLOWS)
+            .ok_or(LoaderError::MissingMap(MapNames::FLOWS))?;
+        HashMap::try_from(map).map_err(map_err(MapNames::FLOWS))
+    }
+
+    /// Puts `flows` into this object's (empty) flow table.
+    pub(super) fn restore_flows(
+        &mut self,
+        flows: &[(FlowKey, FlowValue)],
+    ) -> Result<(), LoaderError> {
+        let mut table = self.flows()?;
+        for (key, value) in flows {
+            table
+                .insert(key, value, 0)
+                .map_err(map_err(MapNames::FLOWS))?;
+        }
+        Ok(())
+    }
+
     /// The XDP program `name` of the object, for BPF_PROG_TEST_RUN with options of the
     /// caller's choosing (the benchmarks time runs and inject live frames with it).
     pub fn xdp(&self, name: &str) -> Result<&Xdp, LoaderError> {
-        as_xdp(self.ebpf.program(name), name)
+        as_program(self.ebpf.program(name), name)
     }
 
     /// The XDP program `name` of the object, to load or attach it (the benchmarks keep every
     /// program they time attached to an idle veth, as in production).
     pub fn xdp_mut(&mut self, name: &str) -> Result<&mut Xdp, LoaderError> {
-        as_xdp(self.ebpf.program_mut(name), name)
+        as_program(self.ebpf.program_mut(name), name)
     }
 
     /// Verifies and loads one more XDP program of the embedded object: the benchmarks'
@@ -131,11 +201,18 @@ impl Loaded {
         RingBuf::try_from(map).map_err(map_err(MapNames::EVENTS))
     }
 
-    /// Pins the program as `dir/prog` and each map as `dir/NAME`.
+    /// Pins the programs as `dir/prog` and `dir/egress`, and each map as `dir/NAME`.
     pub(super) fn pin_all(&mut self, dir: &Path) -> Result<(), LoaderError> {
-        let what = format!("pinning program in {}", dir.display());
-        self.xdp_mut(PROGRAM_NAME)?
+        let what = format!("pinning programs in {}", dir.display());
+        let programs = self.programs_mut()?;
+        programs
+            .xdp
             .pin(dir.join("prog"))
+            .map_err(io::Error::other)
+            .map_err(io_err(what.clone()))?;
+        programs
+            .egress
+            .pin(dir.join("egress"))
             .map_err(io::Error::other)
             .map_err(io_err(what))?;
         for name in PINNED_MAPS {
@@ -148,9 +225,9 @@ impl Loaded {
     }
 }
 
-/// Program `name`, as `Ebpf::program` or `Ebpf::program_mut` found it, as an XDP program:
-/// one lookup for the shared and the exclusive borrow alike.
-fn as_xdp<P, X>(program: Option<P>, name: &str) -> Result<X, LoaderError>
+/// Program `name`, as `Ebpf::program` or `Ebpf::program_mut` found it, as its program type
+/// (XDP or TC): one lookup for the shared and the exclusive borrow alike.
+fn as_program<P, X>(program: Option<P>, name: &str) -> Result<X, LoaderError>
 where
     X: TryFrom<P, Error = ProgramError>,
 {
@@ -160,10 +237,26 @@ where
         .map_err(program_err(format!("lookup of {name}")))
 }
 
+/// The kernel's possible CPUs, which per-CPU structures are sized by.
+fn possible_cpus() -> Result<u32, LoaderError> {
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(what, source)| io_err(format!("counting CPUs ({what})"))(source))?;
+    u32::try_from(cpus).map_err(|_| LoaderError::Internal(format!("{cpus} CPUs")))
+}
+
+/// Entries of the kernel flow map that holds `flows_max` flows on this machine.
+pub(super) fn flow_map_size(flows_max: u32) -> Result<u32, LoaderError> {
+    Ok(flow_map_entries(flows_max, possible_cpus()?))
+}
+
 fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, LoaderError> {
     match ebpf.map(name) {
         Some(
-            Map::Array(data) | Map::PerCpuArray(data) | Map::RingBuf(data) | Map::ArrayOfMaps(data),
+            Map::Array(data)
+            | Map::PerCpuArray(data)
+            | Map::RingBuf(data)
+            | Map::ArrayOfMaps(data)
+            | Map::LruHashMap(data),
         ) => Ok(data),
         _ => Err(LoaderError::MissingMap(name)),
     }
@@ -224,4 +317,27 @@ pub(super) fn pinned_counters(paths: &Paths) -> Result<Vec<u64>, LoaderError> {
 pub(super) fn pinned_events(paths: &Paths) -> Result<RingBuf<MapData>, LoaderError> {
     RingBuf::try_from(Map::RingBuf(pinned_map(paths, MapNames::EVENTS)?))
         .map_err(map_err(MapNames::EVENTS))
+}
+
+/// The flow table of the filter pinned at `paths`.
+pub(super) fn pinned_flow_table(
+    paths: &Paths,
+) -> Result<HashMap<MapData, FlowKey, FlowValue>, LoaderError> {
+    HashMap::try_from(Map::LruHashMap(pinned_map(paths, MapNames::FLOWS)?))
+        .map_err(map_err(MapNames::FLOWS))
+}
+
+/// Every entry of the pinned flow table, live or expired.
+pub(super) fn pinned_flows(paths: &Paths) -> Result<Vec<(FlowKey, FlowValue)>, LoaderError> {
+    pinned_flow_table(paths)?
+        .iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err(MapNames::FLOWS))
+}
+
+/// Entries of the pinned flow map (its size, not what it holds).
+pub(super) fn pinned_flow_map_size(paths: &Paths) -> Result<u32, LoaderError> {
+    let map = pinned_map(paths, MapNames::FLOWS)?;
+    let info = map.info().map_err(map_err(MapNames::FLOWS))?;
+    Ok(info.max_entries())
 }
