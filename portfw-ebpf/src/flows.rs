@@ -10,10 +10,14 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp},
     programs::XdpContext,
 };
-use portfw_common::{FLOW_REFRESH_NS, FlowKey, FlowValue, Settings, counter, flow_state, ipproto};
+use portfw_common::{
+    FLOW_REFRESH_NS, FlowKey, FlowValue, NO_SOURCE_GROUP, Settings, action, counter, flow_state,
+    ipproto,
+};
 
 use crate::{
     headers::tcp_flag,
+    judge::port_entry,
     maps::{PFW_COUNTERS, PFW_FLOWS, bump},
     parse::{IcmpSays, IpHdr, Kind, Packet},
 };
@@ -233,11 +237,21 @@ fn words(a: [u8; 16]) -> [u32; 4] {
     ]
 }
 
+/// Whether the rules of `generation` may drop a packet arriving at local `port`: the port
+/// entry drops, or source rules decide it.
+#[inline(always)]
+fn rules_may_drop(generation: u32, slot: u32, port: u16) -> bool {
+    match port_entry(generation, slot, port) {
+        Some(entry) => entry.action == action::DROP || entry.group != NO_SOURCE_GROUP,
+        None => true,
+    }
+}
+
 /// Records a packet the host sends out through `ifindex`: creates the flow it opens (a TCP
 /// SYN, the first datagram of a UDP, UDP-Lite or SCTP flow, an echo request), or moves and
 /// refreshes the flow it belongs to.
 #[inline(always)]
-pub fn record(packet: &Packet, ifindex: u32) {
+pub fn record(packet: &Packet, ifindex: u32, generation: u32) {
     let Some(hdr) = packet.ip() else {
         return;
     };
@@ -274,21 +288,30 @@ pub fn record(packet: &Packet, ifindex: u32) {
         }
         return;
     }
-    // TCP flows start with our SYN only: a SYN-ACK or data leaving without an entry belongs
-    // to a connection someone else opened, or to one older than the table, which the
-    // socket lookup on the way in vouches for.
-    if tcp && !syn {
+    // A flow is worth an entry only where the rules would drop its replies: on a local port
+    // the port table drops, or judges by source. Replies to a port the rules allow pass
+    // anyway, so a busy server's answers from its open ports fill nothing.
+    if packet.kind == Kind::Ports && !rules_may_drop(generation, packet.slot, packet.src_port) {
         return;
     }
+    // TCP flows start with our SYN. A segment without SYN or RST leaving a port the rules
+    // drop belongs to a connection older than the table (opened before `apply`, or while
+    // `replies: drop`): it is picked up as established. A SYN-ACK leaving answers someone
+    // else's SYN and opens nothing.
+    let state = if !tcp {
+        flow_state::OPEN
+    } else if syn {
+        flow_state::SYN_SENT
+    } else if flags & (tcp_flag::SYN | tcp_flag::RST | tcp_flag::FIN) == 0 {
+        flow_state::ESTABLISHED
+    } else {
+        return;
+    };
     let flow = FlowValue {
         created_ns: now,
         seen_ns: now,
         ifindex,
-        state: if tcp {
-            flow_state::SYN_SENT
-        } else {
-            flow_state::OPEN
-        },
+        state,
         _pad: [0; 3],
     };
     if PFW_FLOWS.insert(&key, &flow, BPF_NOEXIST as u64).is_ok() {

@@ -58,7 +58,8 @@ pub fn portfw(ctx: XdpContext) -> u32 {
 /// hands the packet on to whatever else is attached (`TC_ACT_UNSPEC`, tcx's "next").
 #[classifier]
 pub fn portfw_egress(ctx: TcContext) -> i32 {
-    if settings(active_generation()).replies == action::ALLOW {
+    let generation = active_generation();
+    if settings(generation).replies == action::ALLOW {
         // Headers of locally built packets are linear; a forwarded skb may need pulling.
         let want = ctx.len().min(MAX_HEADERS_LEN);
         if ctx.data_end() - ctx.data() < want as usize {
@@ -67,7 +68,7 @@ pub fn portfw_egress(ctx: TcContext) -> i32 {
         let packet = parse(Frame::of_skb(&ctx));
         // SAFETY: reading a field of the program's context.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        flows::record(&packet, ifindex);
+        flows::record(&packet, ifindex, generation);
     }
     TC_ACT_UNSPEC
 }

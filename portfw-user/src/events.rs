@@ -1,7 +1,9 @@
 //! Decoding and rendering of the kernel's drop/allow event records.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use portfw_common::{Event, RULE_DEFAULT, RULE_MALFORMED, RULE_SETTING, action, ipproto};
+use portfw_common::{
+    Event, RULE_DEFAULT, RULE_MALFORMED, RULE_REPLY, RULE_SETTING, action, ipproto,
+};
 use serde::Serialize;
 
 /// What decided an event's verdict.
@@ -13,6 +15,8 @@ pub enum DecidedBy {
     Default,
     Setting,
     Malformed,
+    /// A reply to, or an ICMP error about, a flow the host opened (`replies: allow`).
+    Reply,
 }
 
 impl DecidedBy {
@@ -21,6 +25,7 @@ impl DecidedBy {
             RULE_DEFAULT => Self::Default,
             RULE_SETTING => Self::Setting,
             RULE_MALFORMED => Self::Malformed,
+            RULE_REPLY => Self::Reply,
             n => Self::Rule(n),
         }
     }
@@ -222,6 +227,7 @@ pub fn human_line(view: &EventView) -> String {
         DecidedBy::Default => "default".into(),
         DecidedBy::Setting => "setting".into(),
         DecidedBy::Malformed => "malformed".into(),
+        DecidedBy::Reply => "reply to a flow the host opened".into(),
     };
     let mut line = format!(
         "{} {} {} {} {} -> {} {decided}",
@@ -284,6 +290,10 @@ mod tests {
         );
         e.rule = RULE_MALFORMED;
         assert!(human_line(&decode(&e, 0, |_| None, |_| None)).contains("malformed"));
+        e.rule = RULE_REPLY;
+        let view = decode(&e, 0, |_| None, |_| None);
+        assert_eq!(view.decided_by, DecidedBy::Reply);
+        assert!(human_line(&view).contains("reply to a flow the host opened"));
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod check;
 mod detach;
 mod events;
 mod explain;
+mod flows;
 mod status;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -45,6 +46,16 @@ pub enum Command {
     Events(EventsArgs),
     /// Say which rule decides a packet, and why: from POLICY, or from the running filter.
     Explain(ExplainArgs),
+    /// List the flows the host opened that the filter tracks, as `conntrack -L` does: their
+    /// replies pass under `replies: allow` even where the rules drop.
+    Flows(FlowsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    /// Print a JSON array with one object per flow.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +148,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Detach(args) => detach::run(args),
         Command::Events(args) => events::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Flows(args) => flows::run(args),
     }
 }
 

@@ -67,6 +67,20 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let f = &status.flows;
+    println!(
+        "flows: {} live, {} entries of {} (replies {}); {} recorded since load, {} evicted",
+        f.live,
+        f.entries,
+        f.max,
+        if f.tracking {
+            "allow"
+        } else {
+            "drop: not tracking"
+        },
+        f.created,
+        f.evicted
+    );
     println!("counters (packets since load):");
     for (name, value) in &status.counters {
         println!("  {name:<16} {value}");

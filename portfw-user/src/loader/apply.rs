@@ -136,15 +136,15 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
             let mut notes = Vec::new();
             // The flow table cannot be resized in place: carry its flows over to the new one.
             let mut carried = Vec::new();
-            if let (Some(old), Some(state)) = (pinned_entries, &previous) {
-                if state.abi == ABI_VERSION {
-                    carried = pinned_flows(&paths).unwrap_or_default();
-                    notes.push(format!(
-                        "the flow table was resized ({old} to {flow_entries} entries) and its \
-                         {} flows carried over",
-                        carried.len()
-                    ));
-                }
+            if let (Some(old), Some(state)) = (pinned_entries, &previous)
+                && state.abi == ABI_VERSION
+            {
+                carried = pinned_flows(&paths).unwrap_or_default();
+                notes.push(format!(
+                    "the flow table was resized ({old} to {flow_entries} entries) and its \
+                     {} flows carried over",
+                    carried.len()
+                ));
             }
             if loaded && notes.is_empty() {
                 notes.push(format!(

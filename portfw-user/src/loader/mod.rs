@@ -3,13 +3,14 @@
 //!
 //! One module per concern, layered so that none imports a module above it: `error`; then
 //! `bpffs` (where pins live), `iface`, `state` (what apply recorded) and `tables` (the
-//! memory-mapped policy tables); then `object` (the kernel object and its maps) and `attach`
-//! (links to interfaces); then `apply` (changing the filter) and `query` (asking it), which
+//! memory-mapped policy tables); then `object` (the kernel object and its maps), `attach`
+//! (links to interfaces) and `flows` (reading the flow table); then `apply` (changing the filter) and `query` (asking it), which
 //! do not import each other.
 mod apply;
 mod attach;
 mod bpffs;
 mod error;
+mod flows;
 mod iface;
 mod object;
 mod query;
@@ -20,10 +21,11 @@ pub use apply::{ApplyOutcome, ApplyRequest, apply, detach};
 pub use attach::Mode;
 pub use bpffs::{BPFFS, PIN_ROOT, Paths, STATE_ROOT, ensure_mounted, netns_inode};
 pub use error::LoaderError;
+pub use flows::{FlowRecord, FlowTableStatus};
 pub use iface::ifname;
 pub use object::{Loaded, open_tables};
 pub use query::{
-    AttachmentStatus, RunningPolicy, RunningVerdict, Status, explain_running, open_events,
+    AttachmentStatus, RunningPolicy, RunningVerdict, Status, explain_running, flows, open_events,
     running_policy, status,
 };
 pub use state::{AttachMode, Attachment, PolicyRecord, RuleRecord, State};

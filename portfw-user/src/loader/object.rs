@@ -341,3 +341,24 @@ pub(super) fn pinned_flow_map_size(paths: &Paths) -> Result<u32, LoaderError> {
     let info = map.info().map_err(map_err(MapNames::FLOWS))?;
     Ok(info.max_entries())
 }
+
+/// `generation`'s settings in the filter pinned at `paths`: one lookup, no mapping.
+pub(super) fn pinned_settings(
+    paths: &Paths,
+    generation: u32,
+) -> Result<portfw_common::Settings, LoaderError> {
+    let settings = Array::<MapData, portfw_common::Settings>::try_from(Map::Array(pinned_map(
+        paths,
+        MapNames::SETTINGS,
+    )?))
+    .map_err(map_err(MapNames::SETTINGS))?;
+    settings
+        .get(&generation, 0)
+        .map_err(map_err(MapNames::SETTINGS))
+}
+
+/// The machine's share of the flow map that is LRU slack, so `map_entries - slack` is the
+/// configured `flows: max:`.
+pub(super) fn flow_map_slack() -> Result<u32, LoaderError> {
+    Ok(flow_map_entries(0, possible_cpus()?))
+}

@@ -9,6 +9,7 @@ use portfw_common::{PortEntry, counter};
 use super::{
     bpffs::Paths,
     error::LoaderError,
+    flows::{FlowRecord, FlowTableStatus, live_flows, table_status},
     object::{open_tables, pinned_active, pinned_counters, pinned_events},
     state::{Attachment, PolicyRecord, State},
 };
@@ -55,6 +56,8 @@ pub struct Status {
     pub policy: Option<PolicyRecord>,
     pub counters: Vec<(String, u64)>,
     pub rule_hits: Vec<u64>,
+    /// The flow table of replies to the host's own connections.
+    pub flows: FlowTableStatus,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -93,7 +96,15 @@ pub fn status() -> Result<Status, LoaderError> {
             .map(|(name, v)| (name.to_string(), v))
             .collect(),
         rule_hits,
+        flows: table_status(&paths)?,
     })
+}
+
+/// The live flows of the filter in this network namespace, oldest first.
+pub fn flows() -> Result<Vec<FlowRecord>, LoaderError> {
+    let paths = Paths::current()?;
+    loaded_state(&paths)?;
+    live_flows(&paths)
 }
 
 /// What the running filter decides for one packet.

@@ -1,0 +1,165 @@
+//! The flow table as user space sees it: the flows the host opened (`portfw flows`), and the
+//! table's fill and evictions (`portfw status`).
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use portfw_common::{FlowKey, FlowTimeouts, FlowValue, counter, flow_state, ipproto};
+use serde::Serialize;
+
+use super::{
+    bpffs::Paths,
+    error::LoaderError,
+    iface::ifname,
+    object::{
+        flow_map_slack, pinned_active, pinned_counters, pinned_flow_map_size, pinned_flows,
+        pinned_settings,
+    },
+};
+
+/// One tracked flow, as `conntrack -L` would show it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FlowRecord {
+    /// `tcp`, `udp`, `udplite`, `sctp`, `icmp` or `icmpv6`.
+    pub protocol: String,
+    /// `addr:port` of the host's side (`[addr]:port` for IPv6; for ICMP echo, the address).
+    pub local: String,
+    /// `addr:port` of the peer.
+    pub remote: String,
+    pub local_addr: IpAddr,
+    pub local_port: Option<u16>,
+    pub remote_addr: IpAddr,
+    pub remote_port: Option<u16>,
+    /// ICMP echo: the identifier.
+    pub echo_id: Option<u16>,
+    /// `syn-sent`, `established`, `closing` or `open`.
+    pub state: &'static str,
+    /// Seconds since the host opened the flow.
+    pub age_s: f64,
+    /// Seconds until the flow expires unless a packet refreshes it.
+    pub expires_in_s: f64,
+    /// The interface the flow left through.
+    pub iface: Option<String>,
+    pub ifindex: u32,
+}
+
+/// The flow table's fill, for `portfw status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowTableStatus {
+    /// Whether the active policy tracks flows (`replies: allow`).
+    pub tracking: bool,
+    /// Entries in the table, live or expired-but-not-yet-reclaimed.
+    pub entries: usize,
+    /// Entries that are still live.
+    pub live: usize,
+    /// `flows: max:`, the capacity the table guarantees.
+    pub max: u32,
+    /// Flows recorded since the filter was loaded.
+    pub created: u64,
+    /// Flows the table dropped to make room for new ones (created minus held).
+    pub evicted: u64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    // SAFETY: an all-zero timespec is valid and clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn addr(family: u8, bytes: [u8; 16]) -> IpAddr {
+    if family == 6 {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    }
+}
+
+fn endpoint(addr: IpAddr, port: Option<u16>) -> String {
+    match (addr, port) {
+        (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
+        (a, Some(p)) => format!("{a}:{p}"),
+        (a, None) => a.to_string(),
+    }
+}
+
+fn state_name(state: u8) -> &'static str {
+    match state {
+        flow_state::SYN_SENT => "syn-sent",
+        flow_state::ESTABLISHED => "established",
+        flow_state::CLOSING => "closing",
+        _ => "open",
+    }
+}
+
+/// A flow as shown, or `None` when it has expired at `now`.
+fn record(
+    key: &FlowKey,
+    value: &FlowValue,
+    timeouts: &FlowTimeouts,
+    now: u64,
+) -> Option<FlowRecord> {
+    let timeout = timeouts.for_flow(key.protocol, value.state);
+    let idle = now.saturating_sub(value.seen_ns);
+    if idle > timeout {
+        return None;
+    }
+    let icmp = matches!(key.protocol, ipproto::ICMP | ipproto::ICMPV6);
+    let (local_port, remote_port, echo_id) = if icmp {
+        (None, None, Some(key.local_port))
+    } else {
+        (Some(key.local_port), Some(key.remote_port), None)
+    };
+    let local_addr = addr(key.family, key.local);
+    let remote_addr = addr(key.family, key.remote);
+    Some(FlowRecord {
+        protocol: crate::events::protocol_name(key.protocol),
+        local: endpoint(local_addr, local_port),
+        remote: endpoint(remote_addr, remote_port),
+        local_addr,
+        local_port,
+        remote_addr,
+        remote_port,
+        echo_id,
+        state: state_name(value.state),
+        age_s: now.saturating_sub(value.created_ns) as f64 / 1e9,
+        expires_in_s: (timeout - idle) as f64 / 1e9,
+        iface: ifname(value.ifindex),
+        ifindex: value.ifindex,
+    })
+}
+
+/// The live flows of the filter pinned at `paths`, oldest first.
+pub(super) fn live_flows(paths: &Paths) -> Result<Vec<FlowRecord>, LoaderError> {
+    let timeouts = pinned_settings(paths, pinned_active(paths)?)?.flow_timeouts;
+    let now = monotonic_ns();
+    let mut flows: Vec<FlowRecord> = pinned_flows(paths)?
+        .iter()
+        .filter_map(|(k, v)| record(k, v, &timeouts, now))
+        .collect();
+    flows.sort_by(|a, b| b.age_s.total_cmp(&a.age_s));
+    Ok(flows)
+}
+
+/// The fill of the flow table of the filter pinned at `paths`.
+pub(super) fn table_status(paths: &Paths) -> Result<FlowTableStatus, LoaderError> {
+    let settings = pinned_settings(paths, pinned_active(paths)?)?;
+    let now = monotonic_ns();
+    let all = pinned_flows(paths)?;
+    let live = all
+        .iter()
+        .filter(|(k, v)| record(k, v, &settings.flow_timeouts, now).is_some())
+        .count();
+    let created = pinned_counters(paths)?
+        .get(counter::FLOWS_CREATED as usize)
+        .copied()
+        .unwrap_or(0);
+    Ok(FlowTableStatus {
+        tracking: settings.replies == portfw_common::action::ALLOW,
+        entries: all.len(),
+        live,
+        max: pinned_flow_map_size(paths)?.saturating_sub(flow_map_slack()?),
+        created,
+        evicted: created.saturating_sub(all.len() as u64),
+    })
+}
