@@ -32,6 +32,10 @@ fn parse_target(text: &str) -> anyhow::Result<(u16, Protocol)> {
     Ok((port, protocol))
 }
 
+/// What `replies: allow` adds to a drop.
+const REPLY_NOTE: &str = "unless it is a reply to a flow the host opened (replies: allow): \
+                          those pass as `reply to a flow the host opened`";
+
 /// The one line both modes print, so their answers compare as text.
 fn verdict_line(
     protocol: Protocol,
@@ -82,6 +86,9 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             for line in trace(&policy, protocol, port, source) {
                 println!("  {line}");
             }
+            if from_tables.action == action::DROP && compiled.settings.replies == action::ALLOW {
+                println!("  {REPLY_NOTE}");
+            }
             let expected = decision.rule.map_or(RULE_DEFAULT, |r| r as u32);
             if from_tables.rule != expected || from_tables.action != decision.action.to_kernel() {
                 eprintln!(
@@ -122,6 +129,27 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
                     );
                 }
                 None => bail!("the running filter has no record of its policy"),
+            }
+            if verdict.entry.action == action::DROP && verdict.replies {
+                let flows: Vec<_> = loader::flows()?
+                    .into_iter()
+                    .filter(|f| {
+                        f.protocol == protocol.name()
+                            && f.remote_addr == source
+                            && f.local_port == Some(port)
+                    })
+                    .collect();
+                match flows.as_slice() {
+                    [] => println!("  {REPLY_NOTE}; none is tracked now"),
+                    flows => {
+                        for f in flows {
+                            println!(
+                                "  but from {}: allow, a reply to a flow the host opened ({} {} -> {}, {})",
+                                f.remote, f.protocol, f.local, f.remote, f.state
+                            );
+                        }
+                    }
+                }
             }
         }
     }

@@ -4,13 +4,13 @@
 use std::{net::IpAddr, path::PathBuf};
 
 use aya::maps::{MapData, RingBuf};
-use portfw_common::{PortEntry, counter};
+use portfw_common::{PortEntry, action, counter};
 
 use super::{
     bpffs::Paths,
     error::LoaderError,
     flows::{FlowRecord, FlowTableStatus, live_flows, table_status},
-    object::{open_tables, pinned_active, pinned_counters, pinned_events},
+    object::{open_tables, pinned_active, pinned_counters, pinned_events, pinned_settings},
     state::{Attachment, PolicyRecord, State},
 };
 
@@ -113,6 +113,8 @@ pub struct RunningVerdict {
     /// The source trie decided (rather than the port table).
     pub by_source: bool,
     pub running: RunningPolicy,
+    /// The running policy passes replies to flows the host opened (`replies: allow`).
+    pub replies: bool,
 }
 
 /// Looks a packet up in the running filter's active tables, as the kernel program does.
@@ -124,10 +126,12 @@ pub fn explain_running(
     let paths = Paths::current()?;
     let running = running_policy(&paths)?;
     let (entry, by_source) = open_tables(&paths)?.lookup(proto_slot, port, source)?;
+    let replies = pinned_settings(&paths, running.generation)?.replies == action::ALLOW;
     Ok(RunningVerdict {
         entry,
         by_source,
         running,
+        replies,
     })
 }
 
