@@ -457,6 +457,10 @@ pub const STATE_ROOT: &str = "/run/portfw";
 pub const PROGRAM_NAME: &str = "portfw";
 /// Name of the TC egress program that records flows.
 pub const EGRESS_PROGRAM_NAME: &str = "portfw_egress";
+/// The XDP program for devices whose frames start at the IP header (tun, WireGuard, ...).
+pub const L3_PROGRAM_NAME: &str = "portfw_l3";
+/// The TC egress program for those devices.
+pub const L3_EGRESS_PROGRAM_NAME: &str = "portfw_egress_l3";
 
 /// `BPF_F_MMAPABLE`: lets userspace write whole tables through a memory mapping.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;

@@ -15,7 +15,7 @@ use portfw_common::{action, counter};
 use crate::{
     judge::port_entry,
     maps::{PFW_COUNTERS, active_generation, bump},
-    parse::{Frame, Kind, parse},
+    parse::{Frame, Kind, Link, parse},
 };
 
 /// The floor for packets portfw passes: no parsing, no maps, the same verdict.
@@ -78,7 +78,7 @@ enum Step {
 
 #[inline(always)]
 fn step(ctx: &XdpContext) -> Step {
-    let p = parse(Frame::new(ctx));
+    let p = parse(Frame::new(ctx), Link::Ethernet);
     match p.kind {
         Kind::Ports => Step::Ports {
             slot: p.slot,

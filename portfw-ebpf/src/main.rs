@@ -1,6 +1,8 @@
 //! The portfw programs. XDP `portfw`: parse each arriving frame once, judge the description
 //! with O(1) table lookups, then count, report and return the verdict. TC egress
 //! `portfw_egress`: parse each leaving packet the same way and record the flow it opens.
+//! `portfw_l3` and `portfw_egress_l3` are the same for devices whose frames start at the IP
+//! header.
 //!
 //! The stages live in their own files: `parse` (the header walk, which decides nothing),
 //! `judge` (the table lookups), `flows` (the flow table), `emit` (the event record), with
@@ -29,23 +31,49 @@ use crate::{
     headers::MAX_HEADERS_LEN,
     judge::{judge, settings},
     maps::{PFW_COUNTERS, active_generation, bump, bump_rule},
-    parse::{Frame, parse},
+    parse::{Frame, Link, parse},
 };
 
+/// The filter on an Ethernet device.
 #[xdp]
 pub fn portfw(ctx: XdpContext) -> u32 {
-    let packet = parse(Frame::new(&ctx));
+    filter(&ctx, Link::Ethernet)
+}
+
+/// The filter on a device without a link-layer header (tun, WireGuard, ipip, gre, sit, ppp).
+/// A program of its own rather than a branch per packet, so Ethernet devices pay nothing.
+#[xdp]
+pub fn portfw_l3(ctx: XdpContext) -> u32 {
+    filter(&ctx, Link::Ip)
+}
+
+/// Records the flows the host opens (or forwards) through an Ethernet device.
+#[classifier]
+pub fn portfw_egress(ctx: TcContext) -> i32 {
+    record(&ctx, Link::Ethernet)
+}
+
+/// Records the flows the host opens (or forwards) through a device without a link-layer
+/// header.
+#[classifier]
+pub fn portfw_egress_l3(ctx: TcContext) -> i32 {
+    record(&ctx, Link::Ip)
+}
+
+#[inline(always)]
+fn filter(ctx: &XdpContext, link: Link) -> u32 {
+    let packet = parse(Frame::new(ctx), link);
     // Read once: every table lookup for this packet uses the same generation, so a policy
     // swap never mixes two policies within one packet.
     let generation = active_generation();
-    let judgement = judge(&ctx, &packet, generation);
+    let judgement = judge(ctx, &packet, generation);
 
     bump(&PFW_COUNTERS, judgement.counter);
     if judgement.rule < MAX_RULES {
         bump_rule(generation, judgement.rule);
     }
     if judgement.log {
-        emit(&ctx, &packet, &judgement);
+        emit(ctx, &packet, &judgement);
     }
     if judgement.action == action::DROP {
         xdp_action::XDP_DROP
@@ -54,10 +82,10 @@ pub fn portfw(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Records the flows the host opens (or forwards) through the interface. Never drops, and
-/// hands the packet on to whatever else is attached (`TC_ACT_UNSPEC`, tcx's "next").
-#[classifier]
-pub fn portfw_egress(ctx: TcContext) -> i32 {
+/// Never drops, and hands the packet on to whatever else is attached (`TC_ACT_UNSPEC`,
+/// tcx's "next").
+#[inline(always)]
+fn record(ctx: &TcContext, link: Link) -> i32 {
     let generation = active_generation();
     if settings(generation).replies == action::ALLOW {
         // Headers of locally built packets are linear; a forwarded skb may need pulling.
@@ -65,7 +93,7 @@ pub fn portfw_egress(ctx: TcContext) -> i32 {
         if ctx.data_end() - ctx.data() < want as usize {
             let _ = ctx.pull_data(want);
         }
-        let packet = parse(Frame::of_skb(&ctx));
+        let packet = parse(Frame::of_skb(ctx), link);
         // SAFETY: reading a field of the program's context.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         flows::record(&packet, ifindex, generation);

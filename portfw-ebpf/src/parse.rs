@@ -255,10 +255,39 @@ impl IcmpAbout {
     };
 }
 
+/// Which header a frame starts with: the device's link type, fixed per program.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Ethernet (and loopback, whose header is an all-zero Ethernet header).
+    Ethernet,
+    /// Devices without a link-layer header (tun, WireGuard, ipip, gre, sit, ppp): the frame
+    /// starts at the IP header, and its version nibble says which.
+    Ip,
+}
+
 /// Walks the frame's headers once.
 #[inline(always)]
-pub fn parse(f: Frame) -> Packet {
-    walk(f).unwrap_or(Packet::new(Kind::Malformed))
+pub fn parse(f: Frame, link: Link) -> Packet {
+    let walked = match link {
+        Link::Ethernet => walk(f),
+        Link::Ip => walk_ip(f),
+    };
+    walked.unwrap_or(Packet::new(Kind::Malformed))
+}
+
+/// A frame that starts at its IP header; anything but version 4 or 6 is malformed (an L3
+/// device carries nothing else, and there is no EtherType to say "not IP").
+#[inline(always)]
+fn walk_ip(f: Frame) -> Option<Packet> {
+    // Read as much as the smallest IP header, not one byte: a one-byte check compiles to
+    // `data >= data_end`, from which the verifier grants no readable range. Anything shorter
+    // is malformed anyway.
+    let head = f.read::<[u8; IPV4_MIN_HLEN]>(0)?;
+    match head[0] >> 4 {
+        4 => ipv4(f, 0),
+        6 => ipv6(f, 0),
+        _ => None,
+    }
 }
 
 /// Ethernet and VLAN tags, then the IP header; `None` means malformed.

@@ -27,10 +27,14 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     for a in &status.attachments {
         println!(
-            "interface {} (ifindex {}, {} mode){}",
+            "interface {} (ifindex {}, {} mode{}){}",
             a.attachment.iface,
             a.attachment.ifindex,
             a.attachment.mode,
+            match a.attachment.link {
+                loader::Link::Ethernet => "",
+                loader::Link::Ip => ", frames start at the IP header",
+            },
             if a.live {
                 ""
             } else {

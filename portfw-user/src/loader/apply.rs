@@ -13,7 +13,7 @@ use super::{
     attach::{Mode, Programs, attach_interface, unpin_link},
     bpffs::{EGRESS_LINK_PREFIX, LINK_PREFIX, PIN_ROOT, Paths, ensure_mounted},
     error::{LoaderError, io_err, program_err},
-    iface::ifindex,
+    iface::{Link, ifindex, link_type},
     object::{Loaded, flow_map_size, open_tables, pinned_flow_map_size, pinned_flows},
     state::{Attachment, PolicyRecord, State},
 };
@@ -109,9 +109,11 @@ fn remove_abandoned_temp_pins(paths: &Paths) {
 /// attached or detached to match the request. Otherwise a fresh program is loaded, filled,
 /// pinned under a temporary name, attached, and moved into place.
 pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
-    // Resolve every interface first: a typo must not leave anything half-changed.
+    // Resolve every interface first: a typo, or a device portfw cannot parse, must not
+    // leave anything half-changed.
     for iface in req.interfaces {
         ifindex(iface)?;
+        link_type(iface)?;
     }
     let record = PolicyRecord::new(req.file, req.source, req.compiled);
     ensure_mounted()?;
@@ -119,7 +121,9 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     let _lock = paths.lock()?;
     remove_abandoned_temp_pins(&paths);
     let state = State::read(&paths.state)?;
-    let loaded = paths.prog().exists() && paths.egress_prog().exists();
+    let loaded = [Link::Ethernet, Link::Ip]
+        .iter()
+        .all(|&link| paths.prog_for(link).exists() && paths.egress_prog_for(link).exists());
     let flow_entries = flow_map_size(req.compiled.flows_max)?;
     let pinned_entries = if loaded {
         pinned_flow_map_size(&paths).ok()
@@ -182,18 +186,20 @@ fn fresh(
     let generation = loaded.tables.stage(req.compiled)?;
     loaded.tables.switch_to(generation);
     loaded.restore_flows(flows)?;
-    loaded.pin_all(&tmp_dir)?;
-
-    let program_id = loaded.program_id()?;
     let tmp_paths = Paths {
         pins: tmp_dir.clone(),
         ..paths.clone()
     };
+    loaded.pin_all(&tmp_paths)?;
+
+    let program_id = loaded.program_id()?;
     let mut attachments = Vec::new();
     for iface in req.interfaces {
+        let link = link_type(iface)?;
         attachments.push(attach_interface(
-            loaded.programs_mut()?,
+            loaded.programs_mut(link)?,
             iface,
+            link,
             req.mode,
             &tmp_paths.link(iface),
             &tmp_paths.egress_link(iface),
@@ -264,12 +270,14 @@ fn update(
         .filter(|iface| !attachments.iter().any(|a| &a.iface == *iface))
         .collect();
     if !missing.is_empty() {
-        let mut xdp = Xdp::from_pin(paths.prog(), XdpAttachType::Interface)
-            .map_err(program_err(format!("reopening {}", paths.prog().display())))?;
-        let mut egress = SchedClassifier::from_pin(paths.egress_prog()).map_err(program_err(
-            format!("reopening {}", paths.egress_prog().display()),
-        ))?;
         for iface in missing {
+            let link = link_type(iface)?;
+            let prog = paths.prog_for(link);
+            let mut xdp = Xdp::from_pin(&prog, XdpAttachType::Interface)
+                .map_err(program_err(format!("reopening {}", prog.display())))?;
+            let prog = paths.egress_prog_for(link);
+            let mut egress = SchedClassifier::from_pin(&prog)
+                .map_err(program_err(format!("reopening {}", prog.display())))?;
             let programs = Programs {
                 xdp: &mut xdp,
                 egress: &mut egress,
@@ -277,6 +285,7 @@ fn update(
             let attachment = attach_interface(
                 programs,
                 iface,
+                link,
                 req.mode,
                 &paths.link(iface),
                 &paths.egress_link(iface),

@@ -12,7 +12,7 @@ use aya::programs::{
 
 use super::{
     error::{LoaderError, io_err, program_err},
-    iface::ifindex,
+    iface::{Link, ifindex},
     state::{AttachMode, Attachment},
 };
 
@@ -48,7 +48,7 @@ fn xdp_mode(mode: AttachMode) -> XdpMode {
     }
 }
 
-/// The two programs an interface gets.
+/// The two programs an interface gets, for its link type.
 pub(super) struct Programs<'a> {
     pub xdp: &'a mut Xdp,
     pub egress: &'a mut SchedClassifier,
@@ -59,11 +59,13 @@ pub(super) struct Programs<'a> {
 pub(super) fn attach_interface(
     programs: Programs<'_>,
     iface: &str,
+    link: Link,
     mode: Mode,
     xdp_pin: &Path,
     egress_pin: &Path,
 ) -> Result<Attachment, LoaderError> {
-    let attachment = attach_xdp(programs.xdp, iface, mode, xdp_pin)?;
+    let mut attachment = attach_xdp(programs.xdp, iface, mode, xdp_pin)?;
+    attachment.link = link;
     if let Err(e) = attach_egress(programs.egress, iface, egress_pin) {
         let _ = unpin_link(xdp_pin);
         return Err(e);
@@ -147,6 +149,7 @@ fn attach_xdp(
                     iface: iface.to_string(),
                     ifindex: index,
                     mode: attach_mode,
+                    link: Link::Ethernet,
                 });
             }
             Err(e) => last_err = Some((attach_mode, e)),

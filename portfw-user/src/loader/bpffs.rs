@@ -6,7 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::error::{LoaderError, io_err};
+use super::{
+    error::{LoaderError, io_err},
+    iface::Link,
+};
 
 /// The bpffs mount point the kernel and tools agree on.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -70,13 +73,25 @@ impl Paths {
         Ok(Lock(file))
     }
 
+    /// The XDP program of Ethernet devices: its pin says a filter is loaded here.
     pub fn prog(&self) -> PathBuf {
-        self.pins.join("prog")
+        self.prog_for(Link::Ethernet)
     }
 
-    /// The TC egress program that records flows.
-    pub fn egress_prog(&self) -> PathBuf {
-        self.pins.join("egress")
+    /// The XDP program for devices of `link`.
+    pub fn prog_for(&self, link: Link) -> PathBuf {
+        self.pins.join(match link {
+            Link::Ethernet => "prog",
+            Link::Ip => "prog-l3",
+        })
+    }
+
+    /// The TC egress program that records flows, for devices of `link`.
+    pub fn egress_prog_for(&self, link: Link) -> PathBuf {
+        self.pins.join(match link {
+            Link::Ethernet => "egress",
+            Link::Ip => "egress-l3",
+        })
     }
 
     pub fn map(&self, name: &str) -> PathBuf {

@@ -32,6 +32,12 @@ pub enum LoaderError {
     MissingMap(&'static str),
     #[error("interface `{0}` does not exist in this network namespace")]
     UnknownInterface(String),
+    #[error(
+        "interface `{iface}` has link type {arphrd} (ARPHRD), which portfw cannot parse: it \
+         filters Ethernet and loopback devices, and devices whose frames start at the IP header \
+         (tun, WireGuard, ipip, gre, sit, ppp)"
+    )]
+    UnsupportedLink { iface: String, arphrd: u16 },
     #[error("cannot attach to `{iface}` in {mode} mode: {reason}")]
     Attach {
         iface: String,

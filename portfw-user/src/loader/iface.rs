@@ -1,7 +1,77 @@
-//! Interface names and indexes of this network namespace.
-use std::ffi::CString;
+//! Interface names, indexes and link types of this network namespace.
+use std::{ffi::CString, io};
 
-use super::error::LoaderError;
+use serde::{Deserialize, Serialize};
+
+use super::error::{LoaderError, io_err};
+
+/// Which header an interface's frames start with, so which program pair filters it.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Link {
+    /// Ethernet, and loopback (an all-zero Ethernet header).
+    #[default]
+    Ethernet,
+    /// No link-layer header: tun, WireGuard, ipip, gre, sit, ppp. The frame starts at IP.
+    Ip,
+}
+
+/// `ARPHRD_*` device types (`include/uapi/linux/if_arp.h`) portfw knows how to parse.
+fn link_of(arphrd: u16) -> Option<Link> {
+    const ETHER: u16 = 1;
+    const PPP: u16 = 512;
+    const TUNNEL: u16 = 768;
+    const TUNNEL6: u16 = 769;
+    const LOOPBACK: u16 = 772;
+    const SIT: u16 = 776;
+    const IPGRE: u16 = 778;
+    const IP6GRE: u16 = 823;
+    const RAWIP: u16 = 519;
+    const NONE: u16 = 0xfffe;
+    match arphrd {
+        ETHER | LOOPBACK => Some(Link::Ethernet),
+        PPP | TUNNEL | TUNNEL6 | SIT | IPGRE | IP6GRE | RAWIP | NONE => Some(Link::Ip),
+        _ => None,
+    }
+}
+
+/// The link type of `iface`, from the kernel's `dev->type` (`SIOCGIFHWADDR`, which answers
+/// for this network namespace, unlike /sys/class/net under `nsenter --net`).
+pub(super) fn link_type(iface: &str) -> Result<Link, LoaderError> {
+    let name = iface.as_bytes();
+    if name.len() >= libc::IF_NAMESIZE {
+        return Err(LoaderError::UnknownInterface(iface.to_string()));
+    }
+    // SAFETY: an all-zero ifreq is valid; the name is copied in with its NUL.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: a plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io_err("opening a socket to ask for a link type")(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` is a socket we own and `req` a valid ifreq for SIOCGIFHWADDR.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let err = io::Error::last_os_error();
+    // SAFETY: closing the fd we opened.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        if err.raw_os_error() == Some(libc::ENODEV) {
+            return Err(LoaderError::UnknownInterface(iface.to_string()));
+        }
+        return Err(io_err(format!("asking the link type of {iface}"))(err));
+    }
+    // SAFETY: SIOCGIFHWADDR filled the hardware-address member of the union.
+    let arphrd = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
+    link_of(arphrd).ok_or_else(|| LoaderError::UnsupportedLink {
+        iface: iface.to_string(),
+        arphrd,
+    })
+}
 
 /// The index of interface `iface` in this namespace.
 pub(super) fn ifindex(iface: &str) -> Result<u32, LoaderError> {

@@ -22,7 +22,7 @@ pub use attach::Mode;
 pub use bpffs::{BPFFS, PIN_ROOT, Paths, STATE_ROOT, ensure_mounted, netns_inode};
 pub use error::LoaderError;
 pub use flows::{FlowRecord, FlowTableStatus};
-pub use iface::ifname;
+pub use iface::{Link, ifname};
 pub use object::{Loaded, open_tables};
 pub use query::{
     AttachmentStatus, RunningPolicy, RunningVerdict, Status, explain_running, flows, open_events,

@@ -1,6 +1,6 @@
 //! The kernel object: the embedded XDP program loaded as [`Loaded`], handles on its maps
 //! (its own or pinned ones), and pinning them.
-use std::{io, path::Path};
+use std::io;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -8,14 +8,16 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use portfw_common::{
-    EGRESS_PROGRAM_NAME, FLOWS_DEFAULT_MAX, FlowKey, FlowValue, GENERATIONS, MapNames,
-    PROGRAM_NAME, RULE_HIT_SLOTS, counter, flow_map_entries,
+    EGRESS_PROGRAM_NAME, FLOWS_DEFAULT_MAX, FlowKey, FlowValue, GENERATIONS,
+    L3_EGRESS_PROGRAM_NAME, L3_PROGRAM_NAME, MapNames, PROGRAM_NAME, RULE_HIT_SLOTS, counter,
+    flow_map_entries,
 };
 
 use super::{
     attach::Programs,
     bpffs::Paths,
     error::{LoaderError, io_err, map_err, program_err},
+    iface::Link,
     tables::Tables,
 };
 
@@ -62,15 +64,19 @@ impl Loaded {
             .map_max_entries(MapNames::FLOWS, flow_map_entries(flows_max, cpus))
             .load(PROGRAM)
             .map_err(|e| LoaderError::Load(Box::new(e)))?;
-        let program: &mut Xdp = as_program(ebpf.program_mut(PROGRAM_NAME), PROGRAM_NAME)?;
-        program
-            .load()
-            .map_err(program_err("verification and load"))?;
-        let egress: &mut SchedClassifier =
-            as_program(ebpf.program_mut(EGRESS_PROGRAM_NAME), EGRESS_PROGRAM_NAME)?;
-        egress
-            .load()
-            .map_err(program_err("verification and load of the egress program"))?;
+        // Both pairs: which an interface needs is known only when it is attached, and a
+        // program loaded later from another object would not share these maps.
+        for link in [Link::Ethernet, Link::Ip] {
+            let (xdp_name, egress_name) = program_names(link);
+            let xdp: &mut Xdp = as_program(ebpf.program_mut(xdp_name), xdp_name)?;
+            xdp.load()
+                .map_err(program_err(format!("verification and load of {xdp_name}")))?;
+            let egress: &mut SchedClassifier =
+                as_program(ebpf.program_mut(egress_name), egress_name)?;
+            egress.load().map_err(program_err(format!(
+                "verification and load of {egress_name}"
+            )))?;
+        }
         let tables = Tables::new(
             map_data(&ebpf, MapNames::ACTIVE)?,
             map_data(&ebpf, MapNames::SETTINGS)?,
@@ -82,19 +88,20 @@ impl Loaded {
         Ok(Self { ebpf, tables })
     }
 
-    /// Both production programs, to attach them.
-    pub(super) fn programs_mut(&mut self) -> Result<Programs<'_>, LoaderError> {
+    /// The production program pair for devices of `link`, to attach or pin them.
+    pub(super) fn programs_mut(&mut self, link: Link) -> Result<Programs<'_>, LoaderError> {
+        let (xdp_name, egress_name) = program_names(link);
         let (mut xdp, mut egress) = (None, None);
         for (name, program) in self.ebpf.programs_mut() {
-            match name {
-                PROGRAM_NAME => xdp = Some(program),
-                EGRESS_PROGRAM_NAME => egress = Some(program),
-                _ => {}
+            if name == xdp_name {
+                xdp = Some(program);
+            } else if name == egress_name {
+                egress = Some(program);
             }
         }
         Ok(Programs {
-            xdp: as_program(xdp, PROGRAM_NAME)?,
-            egress: as_program(egress, EGRESS_PROGRAM_NAME)?,
+            xdp: as_program(xdp, xdp_name)?,
+            egress: as_program(egress, egress_name)?,
         })
     }
 
@@ -201,20 +208,23 @@ impl Loaded {
         RingBuf::try_from(map).map_err(map_err(MapNames::EVENTS))
     }
 
-    /// Pins the programs as `dir/prog` and `dir/egress`, and each map as `dir/NAME`.
-    pub(super) fn pin_all(&mut self, dir: &Path) -> Result<(), LoaderError> {
-        let what = format!("pinning programs in {}", dir.display());
-        let programs = self.programs_mut()?;
-        programs
-            .xdp
-            .pin(dir.join("prog"))
-            .map_err(io::Error::other)
-            .map_err(io_err(what.clone()))?;
-        programs
-            .egress
-            .pin(dir.join("egress"))
-            .map_err(io::Error::other)
-            .map_err(io_err(what))?;
+    /// Pins the programs where `paths` says, and each map as `NAME` beside them.
+    pub(super) fn pin_all(&mut self, paths: &Paths) -> Result<(), LoaderError> {
+        let what = format!("pinning programs in {}", paths.pins.display());
+        for link in [Link::Ethernet, Link::Ip] {
+            let programs = self.programs_mut(link)?;
+            programs
+                .xdp
+                .pin(paths.prog_for(link))
+                .map_err(io::Error::other)
+                .map_err(io_err(what.clone()))?;
+            programs
+                .egress
+                .pin(paths.egress_prog_for(link))
+                .map_err(io::Error::other)
+                .map_err(io_err(what.clone()))?;
+        }
+        let dir = &paths.pins;
         for name in PINNED_MAPS {
             map_data(&self.ebpf, name)?
                 .pin(dir.join(name))
@@ -235,6 +245,14 @@ where
         .ok_or_else(|| LoaderError::Internal(format!("no program {name} in object")))?
         .try_into()
         .map_err(program_err(format!("lookup of {name}")))
+}
+
+/// The XDP and TC egress programs for devices of `link`.
+fn program_names(link: Link) -> (&'static str, &'static str) {
+    match link {
+        Link::Ethernet => (PROGRAM_NAME, EGRESS_PROGRAM_NAME),
+        Link::Ip => (L3_PROGRAM_NAME, L3_EGRESS_PROGRAM_NAME),
+    }
 }
 
 /// The kernel's possible CPUs, which per-CPU structures are sized by.

@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     error::{LoaderError, io_err},
-    iface::ifname,
+    iface::{Link, ifname},
 };
 use crate::compile::{CompiledPolicy, RuleInfo};
 
@@ -50,6 +50,9 @@ pub struct Attachment {
     pub iface: String,
     pub ifindex: u32,
     pub mode: AttachMode,
+    /// Which header the interface's frames start with, so which programs filter it.
+    #[serde(default)]
+    pub link: Link,
 }
 
 impl Attachment {
