@@ -213,9 +213,11 @@ mod tests {
             iface: "eth0".into(),
             ifindex: 2,
             mode: AttachMode::Generic,
+            link: Link::Ip,
         };
         let json = serde_json::to_value(&attachment).unwrap_or_default();
         assert_eq!(json["mode"], "generic");
+        assert_eq!(json["link"], "ip");
         let state: Result<State, _> = serde_json::from_str(
             r#"{"abi": 3, "program-id": 7, "generations": [null, null],
                 "attachments": [{"iface": "eth0", "ifindex": 2, "mode": "native"}]}"#,
