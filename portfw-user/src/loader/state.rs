@@ -209,6 +209,7 @@ mod tests {
 
     #[test]
     fn attach_modes_keep_their_names_on_file() {
+        use crate::loader::Link;
         let attachment = Attachment {
             iface: "eth0".into(),
             ifindex: 2,
