@@ -13,6 +13,7 @@ use thiserror::Error;
 
 pub mod cidr;
 pub mod diag;
+pub mod duration;
 pub mod icmp;
 pub mod ports;
 mod quickhash;
@@ -23,6 +24,7 @@ mod yaml;
 
 pub use cidr::{Cidr, CidrError};
 pub use diag::{Diagnostic, Diagnostics, Location, Severity};
+pub use duration::{DurationError, MAX_DURATION, format_duration, parse_duration};
 pub use icmp::{IcmpMatch, IcmpPolicy};
 
 /// The most addresses and CIDRs a policy may hold: every set's entries once, plus, for each
