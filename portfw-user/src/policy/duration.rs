@@ -34,11 +34,8 @@ pub enum DurationError {
         unit: String,
         hint: String,
     },
-    #[error(
-        "duration `{0}` is not a whole number of its unit; use a smaller unit, as in `90s` \
-         for `1.5m`"
-    )]
-    Fraction(String),
+    #[error("duration `{text}` is not a whole number of its unit; {hint}")]
+    Fraction { text: String, hint: String },
     #[error("duration `{0}` combines units; write it in one unit, as in `90m` for `1h30m`")]
     Compound(String),
     #[error("duration `{0}` must be written without a sign")]
@@ -69,11 +66,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     if rest.is_empty() {
         return Err(DurationError::MissingUnit(text.to_owned()));
     }
-    if rest
-        .strip_prefix('.')
-        .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    if let Some(after) = rest.strip_prefix('.')
+        && after.starts_with(|c: char| c.is_ascii_digit())
     {
-        return Err(DurationError::Fraction(text.to_owned()));
+        return Err(DurationError::Fraction {
+            text: text.to_owned(),
+            hint: fraction_hint(number, after),
+        });
     }
     let split = rest
         .find(|c: char| !c.is_alphabetic())
@@ -111,6 +110,38 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         .filter(|d| *d <= MAX_DURATION)
         .ok_or_else(|| DurationError::TooLong(text.to_owned()))?;
     Ok(duration)
+}
+
+/// How to write `WHOLE.FRACTION UNIT` in whole units: "write `90s`" for `1.5m` when a smaller
+/// unit holds it exactly, otherwise a general hint.
+fn fraction_hint(whole: &str, after: &str) -> String {
+    let general = "use a smaller unit, as in `90s` for `1.5m`".to_owned();
+    let digits_end = after
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(after.len());
+    let (fraction, unit) = after.split_at(digits_end);
+    let Some(&(_, length)) = UNITS.iter().find(|(name, _)| *name == unit) else {
+        return general;
+    };
+    // whole.fraction × length seconds, exactly: (whole × 10^n + fraction) × length / 10^n.
+    let exact = u32::try_from(fraction.len())
+        .ok()
+        .and_then(|n| 10u64.checked_pow(n))
+        .and_then(|scale| {
+            let whole: u64 = whole.parse().ok()?;
+            let fraction: u64 = fraction.parse().ok()?;
+            let scaled = whole.checked_mul(scale)?.checked_add(fraction)?;
+            let total = scaled.checked_mul(length)?;
+            Some((total.is_multiple_of(scale), total / scale))
+        });
+    match exact {
+        Some((true, 0)) => "it must be longer than zero".to_owned(),
+        Some((true, secs)) if secs <= MAX_DURATION.as_secs() => {
+            format!("write `{}`", format_duration(Duration::from_secs(secs)))
+        }
+        Some((false, _)) if length == 1 => "the smallest unit is the second, `s`".to_owned(),
+        _ => general,
+    }
 }
 
 /// "; ..." pointing a near miss at the unit meant, else nothing.
@@ -218,12 +249,32 @@ mod tests {
     fn fractions_compounds_and_garbage() {
         assert_eq!(
             message("1.5m"),
-            "duration `1.5m` is not a whole number of its unit; use a smaller unit, as in `90s` \
-             for `1.5m`"
+            "duration `1.5m` is not a whole number of its unit; write `90s`"
         );
+        assert!(message("0.5d").ends_with("; write `12h`"));
+        assert!(message("2.50h").ends_with("; write `150m`"));
+        assert!(message("0.25m").ends_with("; write `15s`"));
+        assert!(message("0.1m").ends_with("; write `6s`"));
+        assert!(message("1.5s").ends_with("; the smallest unit is the second, `s`"));
+        assert!(message("0.0s").ends_with("; it must be longer than zero"));
+        let general = "; use a smaller unit, as in `90s` for `1.5m`";
+        // Too long in any unit, not a unit, no unit, sub-second in minutes, too many digits.
+        for text in [
+            "365.5d",
+            "1.5x",
+            "1.5",
+            "0.001m",
+            "1.99999999999999999999999h",
+        ] {
+            assert!(
+                message(text).ends_with(general),
+                "{text}: {}",
+                message(text)
+            );
+        }
         assert!(matches!(
             parse_duration("0.5"),
-            Err(DurationError::Fraction(_))
+            Err(DurationError::Fraction { .. })
         ));
         assert_eq!(
             message("1h30m"),

@@ -191,10 +191,7 @@ fn bad_durations_point_at_the_value() {
     );
     assert_eq!(
         errors(&flows("  icmp-timeout: 1.5m\n")),
-        [
-            "3:17: duration `1.5m` is not a whole number of its unit; use a smaller unit, as \
-             in `90s` for `1.5m`"
-        ]
+        ["3:17: duration `1.5m` is not a whole number of its unit; write `90s`"]
     );
     assert_eq!(
         errors(&flows("  tcp-timeout: 400d\n")),
