@@ -17,12 +17,13 @@ pub mod reference;
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
+    time::Duration,
 };
 
 use portfw_common::{
-    MAX_SOURCE_GROUPS, NO_SOURCE_GROUP, PORT_TABLE_GEN_ENTRIES, PORTS_PER_PROTO, PortEntry,
-    RULE_DEFAULT, SOURCE_TRIE_ENTRIES, Settings, SourceKey4, SourceKey6, port_flags, settings_log,
-    source_key4, source_key6,
+    FlowTimeouts, MAX_SOURCE_GROUPS, NO_SOURCE_GROUP, PORT_TABLE_GEN_ENTRIES, PORTS_PER_PROTO,
+    PortEntry, RULE_DEFAULT, SOURCE_TRIE_ENTRIES, Settings, SourceKey4, SourceKey6, port_flags,
+    settings_log, source_key4, source_key6,
 };
 pub use summary::summary;
 
@@ -34,7 +35,9 @@ pub struct CompiledPolicy {
     /// [`PORT_TABLE_GEN_ENTRIES`] entries, indexed by `slot * PORTS_PER_PROTO + port`.
     pub ports: Vec<PortEntry>,
     pub settings: Settings,
-    /// Flows the flow table must hold (`flows: max:`); the loader sizes the kernel map by it.
+    /// How many flows the flow table should hold (`flows: max`). The loader sizes the kernel
+    /// map a little above it, with [`portfw_common::flow_map_entries`], because an LRU hash
+    /// starts evicting before it is full.
     pub flows_max: u32,
     /// The verdict of a packet no rule decides (the port table holds it per port; user
     /// space names it).
@@ -252,7 +255,7 @@ pub fn compile_with(policy: &Policy, limits: Limits) -> Result<CompiledPolicy, C
     Ok(CompiledPolicy {
         ports,
         settings: settings(policy),
-        flows_max: portfw_common::FLOWS_DEFAULT_MAX,
+        flows_max: policy.flows.max,
         default: policy.default,
         rules: policy
             .rules
@@ -410,17 +413,23 @@ fn settings(policy: &Policy) -> Settings {
         non_ip: policy.non_ip.to_kernel(),
         log,
         icmp_frag_needed: policy.icmp_verdict(false, 3, 4).to_kernel(),
-        replies: portfw_common::action::ALLOW,
+        replies: policy.replies.to_kernel(),
         _pad: [0; 2],
         icmp4_drop,
         icmp6_drop,
-        flow_timeouts: portfw_common::FlowTimeouts {
-            tcp_ns: 6 * 3600 * 1_000_000_000,
-            tcp_closing_ns: 10 * 1_000_000_000,
-            udp_ns: 60 * 1_000_000_000,
-            icmp_ns: 30 * 1_000_000_000,
+        flow_timeouts: FlowTimeouts {
+            tcp_ns: nanos(policy.flows.tcp_timeout),
+            tcp_closing_ns: nanos(policy.flows.tcp_closing),
+            udp_ns: nanos(policy.flows.udp_timeout),
+            icmp_ns: nanos(policy.flows.icmp_timeout),
         },
     }
+}
+
+/// A timeout in the kernel's nanoseconds. Policy durations are at most a year, far below
+/// the 584 years a u64 holds; anything longer would saturate rather than wrap.
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -2,6 +2,10 @@
 //!
 //! Deliberately naive and slow. The compiler's tests compare it with [`super::compile`], so
 //! this is the code to read when in doubt about semantics.
+//!
+//! It is stateless: it decides a packet that belongs to no flow the host opened, which is
+//! every packet under `replies: drop`. Under `replies: allow` (`policy.replies`) a reply to
+//! such a flow passes ahead of all this; modelling that needs a flow table beside the policy.
 
 use std::net::IpAddr;
 

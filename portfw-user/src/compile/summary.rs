@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use portfw_common::{NO_SOURCE_GROUP, PortEntry, RULE_DEFAULT, port_flags};
 
 use super::{CompiledPolicy, PortRun, entry};
-use crate::policy::{Action, Policy, Protocol};
+use crate::policy::{Action, Policy, Protocol, format_duration};
 
 /// A readable account of what `compiled` does, for `portfw check`.
 ///
@@ -34,6 +34,7 @@ pub fn summary(policy: &Policy, compiled: &CompiledPolicy) -> String {
         "icmp: {}, fragments: {}, other-ip: {}, non-ip: {}",
         policy.icmp, policy.fragments, policy.other_ip, policy.non_ip
     );
+    let _ = writeln!(out, "replies: {}", replies(policy));
     let runs = Protocol::ALL.map(|protocol| compiled.runs(protocol));
     // One width for every protocol keeps the rule column aligned down the whole listing.
     let width = runs
@@ -123,6 +124,22 @@ pub fn summary(policy: &Policy, compiled: &CompiledPolicy) -> String {
         }
     }
     out
+}
+
+/// `allow (flows: max 262144, tcp 6h, closing 10s, udp 1m, icmp 30s)`, or `drop (stateless)`.
+fn replies(policy: &Policy) -> String {
+    let flows = &policy.flows;
+    match policy.replies {
+        Action::Allow => format!(
+            "allow (flows: max {}, tcp {}, closing {}, udp {}, icmp {})",
+            flows.max,
+            format_duration(flows.tcp_timeout),
+            format_duration(flows.tcp_closing),
+            format_duration(flows.udp_timeout),
+            format_duration(flows.icmp_timeout),
+        ),
+        Action::Drop => "drop (stateless)".to_owned(),
+    }
 }
 
 /// The source rules tried before a run's own verdict, in order.

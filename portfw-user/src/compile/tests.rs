@@ -7,7 +7,10 @@ use std::{
     time::Instant,
 };
 
-use portfw_common::{NO_SOURCE_GROUP, PortEntry, RULE_DEFAULT, action, port_flags, settings_log};
+use portfw_common::{
+    FLOWS_DEFAULT_MAX, FlowTimeouts, NO_SOURCE_GROUP, PortEntry, RULE_DEFAULT, Settings, action,
+    flow_state, ipproto, port_flags, settings_log,
+};
 
 use super::{CompileError, Limits, PortRun, compile, compile_with, reference, summary};
 use crate::policy::{Policy, Protocol, parse};
@@ -268,6 +271,60 @@ fn settings_carry_the_policy_settings_and_log_bits() {
     assert_eq!(strict.icmp_frag_needed, action::ALLOW);
     assert_eq!(settings("default: allow\nlog: none\n").log, 0);
     assert_eq!(settings("default: allow\n").other_ip, action::ALLOW);
+}
+
+#[test]
+fn replies_and_flows_reach_the_kernel_settings() {
+    let compiled = |source: &str| compile(&parsed(source)).expect("compile");
+    let defaults = compiled("default: drop\n");
+    assert_eq!(defaults.settings.replies, action::ALLOW);
+    assert_eq!(
+        defaults.settings.flow_timeouts,
+        FlowTimeouts {
+            tcp_ns: 6 * 3600 * 1_000_000_000,
+            tcp_closing_ns: 10 * 1_000_000_000,
+            udp_ns: 60 * 1_000_000_000,
+            icmp_ns: 30 * 1_000_000_000,
+        }
+    );
+    assert_eq!(defaults.flows_max, FLOWS_DEFAULT_MAX);
+
+    let tuned = compiled(
+        "default: drop\nreplies: allow\nflows:\n  max: 4096\n  tcp-timeout: 1d\n  \
+         tcp-closing: 2m\n  udp-timeout: 5s\n  icmp-timeout: 365d\n",
+    );
+    assert_eq!(tuned.settings.replies, action::ALLOW);
+    assert_eq!(
+        tuned.settings.flow_timeouts,
+        FlowTimeouts {
+            tcp_ns: 86_400 * 1_000_000_000,
+            tcp_closing_ns: 120 * 1_000_000_000,
+            udp_ns: 5 * 1_000_000_000,
+            icmp_ns: 365 * 86_400 * 1_000_000_000,
+        }
+    );
+    assert_eq!(tuned.flows_max, 4096);
+    // The kernel picks a timeout per flow state from these.
+    let timeouts = tuned.settings.flow_timeouts;
+    assert_eq!(
+        timeouts.for_flow(ipproto::UDP, flow_state::OPEN),
+        5 * 1_000_000_000
+    );
+    assert_eq!(
+        timeouts.for_flow(ipproto::TCP, flow_state::SYN_SENT),
+        120 * 1_000_000_000
+    );
+
+    let stateless = compiled("default: drop\nreplies: drop\n");
+    assert_eq!(stateless.settings.replies, action::DROP);
+    // Nothing else about the settings depends on `replies`.
+    assert_eq!(
+        Settings {
+            replies: action::ALLOW,
+            ..stateless.settings
+        },
+        defaults.settings
+    );
 }
 
 #[test]
@@ -677,6 +734,7 @@ rules:
 test.yaml: 5 rules, first match wins; default drop, log drops
 interfaces: eth0
 icmp: allow, fragments: allow, other-ip: drop, non-ip: allow
+replies: allow (flows: max 262144, tcp 6h, closing 10s, udp 1m, icmp 30s)
 tcp:
   allow 22         rule 1 (line 5)
   allow 53         rule 2 `dns` (line 6)
@@ -701,6 +759,25 @@ udplite:
         "{text}"
     );
     assert!(text.contains("  everything: allow (default)\n"), "{text}");
+
+    let tuned = parsed(
+        "default: drop\nflows:\n  max: 1000\n  tcp-timeout: 1d\n  tcp-closing: 90s\n  \
+         udp-timeout: 5m\n  icmp-timeout: 2h\n",
+    );
+    let text = summary(&tuned, &compile(&tuned).expect("compile"));
+    assert!(
+        text.contains(
+            "non-ip: allow\nreplies: allow (flows: max 1000, tcp 1d, closing 90s, udp 5m, \
+             icmp 2h)\ntcp:\n"
+        ),
+        "{text}"
+    );
+    let stateless = parsed("default: drop\nreplies: drop\n");
+    let text = summary(&stateless, &compile(&stateless).expect("compile"));
+    assert!(
+        text.contains("non-ip: allow\nreplies: drop (stateless)\ntcp:\n"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -6,13 +6,15 @@
 use std::{
     fmt, io,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
-use portfw_common::{action, ipproto, proto};
+use portfw_common::{FLOWS_DEFAULT_MAX, action, ipproto, proto};
 use thiserror::Error;
 
 pub mod cidr;
 pub mod diag;
+pub mod duration;
 pub mod icmp;
 pub mod ports;
 mod quickhash;
@@ -23,6 +25,7 @@ mod yaml;
 
 pub use cidr::{Cidr, CidrError};
 pub use diag::{Diagnostic, Diagnostics, Location, Severity};
+pub use duration::{DurationError, MAX_DURATION, format_duration, parse_duration};
 pub use icmp::{IcmpMatch, IcmpPolicy};
 
 /// The most addresses and CIDRs a policy may hold: every set's entries once, plus, for each
@@ -213,6 +216,11 @@ pub struct Policy {
     pub other_ip: Action,
     /// Frames that are not IPv4 or IPv6.
     pub non_ip: Action,
+    /// Replies to flows the host opened: `Allow` passes them ahead of the rules, `Drop`
+    /// keeps portfw stateless.
+    pub replies: Action,
+    /// The flow table behind `replies: allow`.
+    pub flows: Flows,
     /// Named address sets, in the order defined. Rules hold their own expanded copies, so
     /// these are for display.
     pub sets: Vec<AddressSet>,
@@ -224,6 +232,45 @@ impl Policy {
     /// The verdict for an ICMP (`v6 == false`) or ICMPv6 message.
     pub fn icmp_verdict(&self, v6: bool, kind: u8, code: u8) -> Action {
         self.icmp_types.verdict(self.icmp, v6, kind, code)
+    }
+}
+
+/// The flow table's size and idle timeouts (`flows:`). See docs/policy.md for why the
+/// defaults are what they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flows {
+    /// How many flows the table holds before it evicts the least recently used; the kernel
+    /// map is sized a little above it ([`portfw_common::flow_map_entries`]).
+    pub max: u32,
+    /// Established TCP.
+    pub tcp_timeout: Duration,
+    /// TCP after a FIN or RST, or with only our SYN seen.
+    pub tcp_closing: Duration,
+    /// UDP, UDP-Lite and SCTP.
+    pub udp_timeout: Duration,
+    /// ICMP and ICMPv6 echo.
+    pub icmp_timeout: Duration,
+}
+
+impl Flows {
+    /// The smallest `max` a policy may ask for.
+    pub const MIN_MAX: u32 = 16;
+    /// The largest `max` a policy may ask for: 2^24 flows take over 2 GiB of kernel memory.
+    pub const MAX_MAX: u32 = 1 << 24;
+
+    /// What a policy gets for every key it leaves out.
+    pub const DEFAULT: Flows = Flows {
+        max: FLOWS_DEFAULT_MAX,
+        tcp_timeout: Duration::from_secs(6 * 3600),
+        tcp_closing: Duration::from_secs(10),
+        udp_timeout: Duration::from_secs(60),
+        icmp_timeout: Duration::from_secs(30),
+    };
+}
+
+impl Default for Flows {
+    fn default() -> Self {
+        Flows::DEFAULT
     }
 }
 

@@ -9,13 +9,14 @@ use std::{
 use portfw_common::MAX_RULES;
 
 use super::{
-    Action, IcmpMatch, IcmpPolicy, LogMode, Parsed, Policy, PortRange, Protocol, Rule,
+    Action, Flows, IcmpMatch, IcmpPolicy, LogMode, Parsed, Policy, PortRange, Protocol, Rule,
     diag::{Diagnostics, Location, Reporter},
     icmp,
     ports::{self, SpecForm},
     yaml::{self, Entry, Node, ScalarKind, Tree, Value},
 };
 
+mod flows;
 mod shadow;
 mod sources;
 
@@ -29,6 +30,8 @@ const TOP_KEYS: &[&str] = &[
     "fragments",
     "other-ip",
     "non-ip",
+    "replies",
+    "flows",
 ];
 const RULE_KEYS: &[&str] = &["name", "allow", "drop", "from", "log"];
 
@@ -102,6 +105,8 @@ impl Validator<'_, '_, '_> {
             fragments: Action::Allow,
             other_ip: Action::Drop,
             non_ip: Action::Allow,
+            replies: Action::Allow,
+            flows: Flows::DEFAULT,
             sets: Vec::new(),
             rules: Vec::new(),
         };
@@ -126,6 +131,7 @@ impl Validator<'_, '_, '_> {
         }
         let mut default_given = false;
         let mut other_ip = None;
+        let mut flows_key = None;
         for entry in entries {
             match entry.key.as_str() {
                 "sets" => {}
@@ -140,6 +146,11 @@ impl Validator<'_, '_, '_> {
                 "fragments" => policy.fragments = self.action(entry).unwrap_or(policy.fragments),
                 "other-ip" => other_ip = self.action(entry),
                 "non-ip" => policy.non_ip = self.action(entry).unwrap_or(policy.non_ip),
+                "replies" => policy.replies = self.action(entry).unwrap_or(policy.replies),
+                "flows" => {
+                    flows_key = Some(entry.key_location);
+                    policy.flows = self.flows(entry);
+                }
                 _ => self.unknown_key(entry, "", TOP_KEYS),
             }
         }
@@ -148,6 +159,14 @@ impl Validator<'_, '_, '_> {
                 root.location,
                 "missing required key `default`: the verdict for ports no rule names \
                  (`allow` or `drop`)",
+            );
+        }
+        if let Some(at) = flows_key
+            && policy.replies == Action::Drop
+        {
+            self.reporter.warning(
+                at,
+                "`flows` has no effect under `replies: drop`, which keeps no flow table",
             );
         }
         policy.other_ip = other_ip.unwrap_or(policy.default);

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::{super::shadow::shadowed_rules, range, warnings};
 use crate::policy::{
-    Action, Cidr, Location, LogMode, Policy,
+    Action, Cidr, Flows, Location, LogMode, Policy,
     Protocol::{self, Tcp, Udp},
     Rule,
     diag::Reporter,
@@ -201,6 +201,8 @@ fn random_policy(rng: &mut SplitMix64, count: usize) -> Policy {
         fragments: Action::Allow,
         other_ip: Action::Drop,
         non_ip: Action::Allow,
+        replies: Action::Allow,
+        flows: Flows::DEFAULT,
         sets: Vec::new(),
         rules,
     }
