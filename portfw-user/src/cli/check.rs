@@ -26,6 +26,6 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let compiled = compile::compile(&parsed.policy)
         .map_err(|e| anyhow::anyhow!("{file} is valid but does not fit the kernel tables: {e}"))?;
-    print!("{}", compile::summary(&parsed.policy, &compiled));
+    println!("{}", compile::summary(&parsed.policy, &compiled).trim_end());
     Ok(ExitCode::from(EXIT_OK))
 }
