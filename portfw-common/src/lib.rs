@@ -415,7 +415,13 @@ pub struct Event {
     pub src_addr: [u8; 16],
     /// Destination address: IPv4 in the first 4 bytes, network order.
     pub dst_addr: [u8; 16],
+    /// The policy generation that judged the packet, so a reader names the rule from the
+    /// policy that was in force then, even across a re-apply.
+    pub generation: u8,
+    pub _reserved: [u8; 7],
 }
+
+const _: () = assert!(core::mem::size_of::<Event>() == 64);
 
 /// Size of the event ring buffer in bytes (a power-of-two number of pages).
 pub const EVENT_RING_BYTES: u32 = 1 << 20;

@@ -13,7 +13,7 @@ use crate::{
 /// Writes the event of `judgement`; a full ring loses it and counts the loss, and never
 /// holds the packet up.
 #[inline(always)]
-pub fn emit(ctx: &XdpContext, packet: &Packet, judgement: &Judgement) {
+pub fn emit(ctx: &XdpContext, packet: &Packet, judgement: &Judgement, generation: u32) {
     let Some(mut entry) = PFW_EVENTS.reserve::<Event>(0) else {
         bump(&PFW_COUNTERS, counter::EVENTS_LOST);
         return;
@@ -24,6 +24,7 @@ pub fn emit(ctx: &XdpContext, packet: &Packet, judgement: &Judgement) {
         ifindex: ctx.ingress_ifindex() as u32,
         rule: judgement.rule,
         verdict: judgement.action,
+        generation: generation as u8,
         ..Event::default()
     };
     if let Some(hdr) = packet.ip() {

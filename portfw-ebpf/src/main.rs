@@ -73,7 +73,7 @@ fn filter(ctx: &XdpContext, link: Link) -> u32 {
         bump_rule(generation, judgement.rule);
     }
     if judgement.log {
-        emit(ctx, &packet, &judgement);
+        emit(ctx, &packet, &judgement, generation);
     }
     if judgement.action == action::DROP {
         xdp_action::XDP_DROP
