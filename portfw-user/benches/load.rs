@@ -34,11 +34,11 @@ use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp};
 use common::{
     frames::{self, Endpoints},
     host,
-    lab::{Lab, Side},
     report::{Args, Report, median, require_root},
     xdpfilter::XdpFilter,
 };
 use portfw::loader::Loaded;
+use portfw_lab::{Lab, Side};
 
 /// The CPU that receives (the device under test's NAPI thread) and the one that generates.
 const RX_CPU: usize = 1;

@@ -6,10 +6,10 @@
 use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result};
+use portfw_lab::{Lab, PYTHON};
 
 use crate::{
     bench_report::{self, Results},
-    lab::Lab,
     setup,
     util::{self, run_checked, run_stages},
 };
@@ -95,7 +95,7 @@ fn write_full(results: &Results, out_dir: &std::path::Path) -> Result<()> {
     let combined = docs.join("results.json");
     results.write_combined(&combined)?;
     run_checked(
-        Command::new(crate::lab::PYTHON)
+        Command::new(PYTHON)
             .arg(root.join("xtask/bench/plot.py"))
             .arg(&combined)
             .arg(&docs),

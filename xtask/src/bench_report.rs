@@ -320,7 +320,7 @@ fn machine(results: &Results) -> String {
             "eBPF toolchain",
             format!(
                 "{}, {}",
-                crate::toolchain::ebpf_toolchain().unwrap_or_else(|| "unknown".to_owned()),
+                portfw_lab::toolchain::ebpf_toolchain().unwrap_or_else(|| "unknown".to_owned()),
                 command_line(&["bpf-linker", "--version"])
             ),
         ),
