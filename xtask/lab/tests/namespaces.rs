@@ -1,10 +1,52 @@
 //! Tests of the lab itself and its python helpers, in real namespaces (root only, as CI runs them).
 
-use std::{fs, net::IpAddr, path::Path, process::Command, time::Duration};
+use std::{
+    fs,
+    net::IpAddr,
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    process::{Child, Command, ExitStatus},
+    thread,
+    time::{Duration, Instant},
+};
 
 use portfw_lab::{Lab, NETNS_DIR, PYTHON, Probe, Proto, Side, script};
 
 const SHORT: Duration = Duration::from_millis(700);
+
+/// Waits until process `pid` has entered the network namespace of inode `netns`: nsenter
+/// joins it only after it started, and a teardown before that would find nothing to kill.
+fn wait_in_netns(pid: u32, netns: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+        != Some(netns)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} never entered netns {netns}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How `child` ended, killing it if it has not within `timeout`: a process the teardown
+/// missed must fail the test, not hang it.
+fn ended_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
 
 #[test]
 fn probes_see_answers_refusals_and_drops_on_both_families() {
@@ -71,7 +113,8 @@ fn labs_are_distinct_and_teardown_removes_everything() {
     let pins = a.pin_dir();
     fs::create_dir_all(pins.join("links")).expect("mkdir in bpffs");
     a.spawn_server(["sleep", "600"]).expect("spawn");
-    let stray = a.server(["sleep", "600"]).spawn().expect("stray process");
+    let mut stray = a.server(["sleep", "600"]).spawn().expect("stray process");
+    wait_in_netns(stray.id(), a.server_netns_inode());
     let names = [a.server_ns().to_owned(), a.client_ns().to_owned()];
     drop(a);
     for name in &names {
@@ -81,9 +124,11 @@ fn labs_are_distinct_and_teardown_removes_everything() {
         );
     }
     assert!(!pins.exists(), "{} still exists", pins.display());
-    let mut stray = stray;
-    let status = stray.wait().expect("wait stray");
-    assert!(!status.success(), "stray process was not killed");
+    let status = ended_within(&mut stray, Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "stray process was not killed: {status:?}"
+    );
     b.close().expect("close b");
 }
 
