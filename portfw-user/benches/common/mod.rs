@@ -4,6 +4,7 @@
 // Each benchmark binary uses a different part of these modules.
 #![allow(dead_code, reason = "shared by several benchmark binaries")]
 
+pub mod filters;
 pub mod frames;
 pub mod host;
 pub mod policies;
