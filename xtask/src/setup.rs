@@ -7,11 +7,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use portfw_lab::toolchain::{self, LLVM_MAJOR, PINNED_NIGHTLY};
 
-use crate::{
-    toolchain::{self, LLVM_MAJOR, PINNED_NIGHTLY},
-    util::{self, run_checked},
-};
+use crate::util::{self, run_checked};
 
 /// Debian packages for the build (LLVM for bpf-linker) and for the lab and tests.
 const APT_PACKAGES: &[&str] = &[
