@@ -102,6 +102,102 @@ fn events_record_logged_verdicts() {
     assert_eq!(events[3].rule, RULE_MALFORMED);
 }
 
+/// One row of the event fixtures: a frame the policy logs, and the fields its event must
+/// carry (`None`: not checked).
+struct EventFixture {
+    description: &'static str,
+    frame: Vec<u8>,
+    ip_version: u8,
+    protocol: u8,
+    src_addr: [u8; 16],
+    ports: Option<(u16, u16)>,
+}
+
+fn v4_addr(a: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&a);
+    out
+}
+
+/// An event shows only what the parser read: a frame cut inside its IPv4 header reports no
+/// IP version, protocol or addresses (it used to say `proto-0 0.0.0.0 -> 0.0.0.0`, which
+/// contradicts `Event`'s doc), while a frame with a valid IP header and a broken transport
+/// header reports its addresses and protocol but no ports.
+#[test]
+fn events_show_only_what_the_parser_read() {
+    let mut loaded = load(POLICY);
+    let whole = v4(tcp(8080)).build();
+    let fixtures = [
+        EventFixture {
+            description: "truncated inside the IPv4 header",
+            frame: whole[..14 + 12].to_vec(),
+            ip_version: 0,
+            protocol: 0,
+            src_addr: [0; 16],
+            ports: Some((0, 0)),
+        },
+        EventFixture {
+            description: "IPv4 header complete, TCP header cut",
+            frame: {
+                let mut f = v4(tcp(8080)).build();
+                f.truncate(14 + 20 + 10);
+                // Keep tot_len consistent with the cut so only the transport is short.
+                let tot = (20u16 + 10).to_be_bytes();
+                f[16] = tot[0];
+                f[17] = tot[1];
+                f
+            },
+            ip_version: 4,
+            protocol: 6,
+            src_addr: v4_addr([198, 18, 0, 2]),
+            ports: Some((0, 0)),
+        },
+        EventFixture {
+            description: "TCP to port 0",
+            frame: v4(tcp(0)).build(),
+            ip_version: 4,
+            protocol: 6,
+            src_addr: v4_addr([198, 18, 0, 2]),
+            ports: Some((0, 0)),
+        },
+        EventFixture {
+            description: "dropped TCP port",
+            frame: whole.clone(),
+            ip_version: 4,
+            protocol: 6,
+            src_addr: v4_addr([198, 18, 0, 2]),
+            ports: Some((40000, 8080)),
+        },
+    ];
+    for fixture in &fixtures {
+        drain_events(&mut loaded);
+        assert_eq!(
+            verdict(&loaded, &fixture.frame),
+            XDP_DROP,
+            "{}",
+            fixture.description
+        );
+        let events = drain_events(&mut loaded);
+        assert_eq!(events.len(), 1, "{}: {events:#?}", fixture.description);
+        let e = &events[0];
+        assert_eq!(
+            (e.ip_version, e.protocol, e.src_addr),
+            (fixture.ip_version, fixture.protocol, fixture.src_addr),
+            "{}",
+            fixture.description
+        );
+        if let Some(ports) = fixture.ports {
+            assert_eq!((e.src_port, e.dst_port), ports, "{}", fixture.description);
+        }
+        assert_eq!(
+            u32::from(e.generation),
+            loaded.tables.active(),
+            "{}: labelled by the generation that judged it",
+            fixture.description
+        );
+    }
+}
+
 #[test]
 fn a_policy_swap_changes_verdicts_at_once() {
     let mut loaded = load("default: drop\nrules:\n  - allow: 80/tcp\n");
