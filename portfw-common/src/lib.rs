@@ -14,6 +14,8 @@ pub mod action {
     pub const ALLOW: u8 = 0;
     /// Drop the packet (`XDP_DROP`).
     pub const DROP: u8 = 1;
+    /// Event verdict only: a drop that audit mode (`enforce: false`) let through.
+    pub const WOULD_DROP: u8 = 2;
 }
 
 /// Protocol slots of the port table. Each slot holds [`PORTS_PER_PROTO`] entries.
@@ -77,6 +79,9 @@ pub const RULE_REPLY: u32 = u32::MAX - 3;
 pub mod port_flags {
     /// Send an event for every packet this entry judges.
     pub const LOG: u8 = 1 << 0;
+    /// Audit mode (`enforce: false`): this entry's drop lets the packet through, counted and
+    /// logged as a would-drop.
+    pub const AUDIT: u8 = 1 << 1;
 }
 
 /// One slot of the port table: the verdict for a (protocol, destination port).
@@ -176,7 +181,11 @@ pub struct Settings {
     /// allow`); [`action::DROP`]: stateless, the flow table is neither written nor read.
     /// Flow-table verdicts are allowed ones, logged under [`settings_log::ALLOW`] (`log: all`).
     pub replies: u8,
-    pub _pad: [u8; 2],
+    /// Non-zero in audit mode (`enforce: false`): drops decided by these settings (and
+    /// malformed packets) pass, counted and logged as would-drops. Port entries carry
+    /// [`port_flags::AUDIT`] instead, so the common path reads no setting.
+    pub audit: u8,
+    pub _pad: [u8; 1],
     pub icmp4_drop: [u8; 32],
     pub icmp6_drop: [u8; 32],
     /// How long a flow lives after its last packet, by [`flow_state`], in nanoseconds.
@@ -272,8 +281,17 @@ pub mod counter {
     pub const ALLOW_RELATED: u32 = 15;
     /// Flows recorded by the egress program (new entries in the flow table).
     pub const FLOWS_CREATED: u32 = 16;
+    /// In audit mode a drop passes and is counted at its drop counter plus this offset
+    /// (`would_drop_rule` is `DROP_RULE + WOULD_DROP_OFFSET`, and so on).
+    pub const WOULD_DROP_OFFSET: u32 = 32;
     /// Number of counters.
-    pub const COUNT: u32 = 32;
+    pub const COUNT: u32 = 48;
+
+    /// The would-drop counter of drop counter `drop`.
+    #[inline(always)]
+    pub const fn would_drop(drop: u32) -> u32 {
+        drop + WOULD_DROP_OFFSET
+    }
 
     /// Human names, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -309,6 +327,22 @@ pub mod counter {
         "reserved29",
         "reserved30",
         "reserved31",
+        "reserved32",
+        "would_drop_rule",
+        "reserved34",
+        "would_drop_default",
+        "would_drop_malformed",
+        "reserved37",
+        "would_drop_icmp",
+        "reserved39",
+        "would_drop_non_ip",
+        "reserved41",
+        "would_drop_other_ip",
+        "reserved43",
+        "would_drop_fragment",
+        "reserved45",
+        "reserved46",
+        "reserved47",
     ];
 }
 
