@@ -385,9 +385,10 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
-    /// `bpf_ktime_get_ns()` when the flow was recorded.
+    /// When the flow was recorded, by [`Clock`] (CLOCK_MONOTONIC nanoseconds at tick
+    /// resolution).
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns()` of a recent packet, refreshed at most every
+    /// When a recent packet passed, by [`Clock`], refreshed at most every
     /// [`FLOW_REFRESH_NS`], so that a busy flow does not write its cache line per packet.
     pub seen_ns: u64,
     /// Interface the flow left through.
@@ -398,6 +399,20 @@ pub struct FlowValue {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+
+/// How the programs tell time for the flow table: `jiffies * ns_per_jiffy + offset_ns`, which
+/// follows CLOCK_MONOTONIC at tick resolution. Reading jiffies is one load (the verifier
+/// inlines `bpf_jiffies64`), where `bpf_ktime_get_coarse_ns` cost a reply 15 ns. The loader
+/// calibrates it when it loads the programs; with `ns_per_jiffy` 0 the programs fall back
+/// to `bpf_ktime_get_coarse_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clock {
+    pub ns_per_jiffy: u64,
+    pub offset_ns: u64,
+    /// Written by the calibration program: jiffies when it last ran.
+    pub sample: u64,
+}
 
 /// How stale a flow's `seen_ns` may get before a packet refreshes it.
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
@@ -485,6 +500,8 @@ impl MapNames {
     /// `LruHashMap<FlowKey, FlowValue>`: flows the host opened, recorded by the egress program
     /// and looked up by the XDP program. Outside the generations: it survives a re-apply.
     pub const FLOWS: &'static str = "PFW_FLOWS";
+    /// `Array<Clock>`, one entry: the flow table's clock.
+    pub const CLOCK: &'static str = "PFW_CLOCK";
 }
 
 /// portfw's directory on bpffs: one subdirectory of pins per network namespace.
@@ -497,6 +514,8 @@ pub const STATE_ROOT: &str = "/run/portfw";
 pub const PROGRAM_NAME: &str = "portfw";
 /// Name of the TC egress program that records flows.
 pub const EGRESS_PROGRAM_NAME: &str = "portfw_egress";
+/// The XDP program that samples jiffies, run by the loader to calibrate [`Clock`].
+pub const CLOCK_PROGRAM_NAME: &str = "portfw_clock";
 /// The XDP program for devices whose frames start at the IP header (tun, WireGuard, ...).
 pub const L3_PROGRAM_NAME: &str = "portfw_l3";
 /// The TC egress program for those devices.
@@ -513,4 +532,5 @@ mod user {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::Clock {}
 }

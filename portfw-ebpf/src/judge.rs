@@ -14,7 +14,7 @@ use portfw_common::{
 use crate::{
     flows,
     maps::{PFW_PORTS, PFW_SETTINGS, PFW_SRC4, PFW_SRC6},
-    parse::{Kind, Packet},
+    parse::{Frame, Kind, Packet},
 };
 
 /// How a packet was judged.
@@ -54,9 +54,9 @@ pub fn judge(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
 
 #[inline(always)]
 fn decide(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
-    match packet.kind {
+    match packet.kind() {
         Kind::Ports => {
-            let Some(entry) = port_entry(generation, packet.slot, packet.dst_port) else {
+            let Some(entry) = port_entry(generation, packet.slot(), packet.dst_port()) else {
                 return malformed(settings(generation));
             };
             let judgement = by_port(packet, generation, entry);
@@ -75,11 +75,11 @@ fn decide(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
             // messages through a drop default, unless the policy named them.
             let s = settings(generation);
             let v6 = packet.ip().is_some_and(|h| h.is_v6());
-            if !s.icmp_drops(v6, packet.icmp_type, packet.icmp_code) {
+            if !s.icmp_drops(v6, packet.icmp_type(), packet.icmp_code()) {
                 return by_setting(s, action::ALLOW, counter::ICMP_ALLOW, counter::ICMP_DROP);
             }
             if s.replies == action::ALLOW {
-                if let Some(counter) = flows::is_related(packet, s) {
+                if let Some(counter) = flows::is_related(Frame::new(ctx), packet, s) {
                     return reply(s, counter);
                 }
             }

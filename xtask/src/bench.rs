@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// The benchmark binaries of portfw-user/benches, in the order they run.
-pub const BENCHES: [&str; 3] = ["kernel", "load", "control"];
+pub const BENCHES: [&str; 4] = ["kernel", "load", "control", "flows"];
 
 pub fn run(quick: bool) -> Result<()> {
     util::require_root("bench")?;

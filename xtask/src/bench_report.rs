@@ -384,6 +384,50 @@ fn goals() -> Vec<Goal> {
     use Cmp::*;
     vec![
         Goal {
+            statement: "Replies: a reply to a tracked flow on a dropped port ≤ 2.5 × the floor, and the allowed path with replies on ≤ 1.6 ×",
+            checks: vec![
+                (
+                    "flows-ratio",
+                    "portfw ÷ floor",
+                    "TCP ACK reply, tracked flow, dropped port",
+                    AtMost,
+                    2.5,
+                ),
+                (
+                    "flows-ratio",
+                    "portfw ÷ floor",
+                    "UDP reply, tracked flow, dropped port",
+                    AtMost,
+                    2.5,
+                ),
+                (
+                    "flows-ratio",
+                    "portfw ÷ floor",
+                    "TCP SYN, allowed port",
+                    AtMost,
+                    1.6,
+                ),
+            ],
+        },
+        Goal {
+            statement: "Replies: the egress program ≤ 2 × an empty TC program",
+            checks: [
+                "TCP ACK of a tracked connection",
+                "UDP datagram of a tracked flow",
+            ]
+            .into_iter()
+            .map(|c| {
+                (
+                    "flows-ratio",
+                    "portfw_egress ÷ empty TC program",
+                    c,
+                    AtMost,
+                    2.0,
+                )
+            })
+            .collect(),
+        },
+        Goal {
             statement: "Common path (port without address rules): portfw ≤ 1.6 × the floor",
             checks: [TCP_ALLOWED, TCP_DROPPED, IPV6, QINQ]
                 .into_iter()
@@ -528,6 +572,7 @@ pub fn render(results: &Results) -> Result<String> {
         ("kernel", "### Per-packet cost in the kernel"),
         ("load", "### Throughput under load"),
         ("control", "### Control plane and events"),
+        ("flows", "### Replies to the host's own connections"),
     ];
     for (bench, heading) in sections {
         let _ = writeln!(out, "{heading}\n");

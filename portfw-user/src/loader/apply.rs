@@ -186,6 +186,7 @@ fn fresh(
     let generation = loaded.tables.stage(req.compiled)?;
     loaded.tables.switch_to(generation);
     loaded.restore_flows(flows)?;
+    loaded.calibrate_clock()?;
     let tmp_paths = Paths {
         pins: tmp_dir.clone(),
         ..paths.clone()
