@@ -49,6 +49,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         compiled: &compiled,
         file: &args.policy,
         source: &bytes,
+        set_files: &policy.set_files,
         interfaces: &interfaces,
         mode: args.mode.into(),
     })

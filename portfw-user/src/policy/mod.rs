@@ -228,6 +228,41 @@ pub struct Policy {
     pub sets: Vec<AddressSet>,
     /// First match wins.
     pub rules: Vec<Rule>,
+    /// The set files read, in the order read, with what was read from each: the policy's
+    /// hash ([`digest`]) covers them.
+    pub set_files: Vec<SetFileRead>,
+}
+
+/// A set file as a policy was read with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetFileRead {
+    /// As written in the policy (relative to the policy's directory, or absolute), so that
+    /// the hash does not depend on where portfw was run from.
+    pub path: String,
+    /// The SHA-256 of the bytes read.
+    pub sha256: [u8; 32],
+}
+
+/// The SHA-256 `portfw status` shows for a policy, in hex: of the policy's bytes alone when
+/// it names no set file (so it matches `sha256sum`), otherwise of the policy's bytes followed,
+/// for each set file in the order read, by a NUL, its path as written, a NUL and the SHA-256
+/// of its bytes. Editing a set file changes it, as applying the policy again would change
+/// what the filter does.
+pub fn digest(source: &[u8], set_files: &[SetFileRead]) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(source);
+    for set_file in set_files {
+        hasher.update([0u8]);
+        hasher.update(set_file.path.as_bytes());
+        hasher.update([0u8]);
+        hasher.update(set_file.sha256);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Policy {

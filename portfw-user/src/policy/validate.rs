@@ -10,6 +10,7 @@ use portfw_common::MAX_RULES;
 
 use super::{
     Action, Flows, IcmpMatch, IcmpPolicy, LogMode, Parsed, Policy, PortRange, Protocol, Rule,
+    SetFileRead,
     diag::{Diagnostics, Location, Reporter},
     icmp,
     ports::{self, SpecForm},
@@ -58,6 +59,7 @@ pub(super) fn parse(
                 dir: dir.to_owned(),
                 read_file,
                 sets: sources::Sets::default(),
+                set_files: Vec::new(),
             };
             Some(validator.policy(&root, file))
         }
@@ -86,6 +88,8 @@ struct Validator<'r, 's, 'f> {
     dir: PathBuf,
     read_file: ReadFile<'f>,
     sets: sources::Sets,
+    /// The set files read so far, for the policy's hash.
+    set_files: Vec<SetFileRead>,
 }
 
 /// Items of a list as written, for messages: the first [`ITEMS_QUOTED`] and how many there
@@ -123,6 +127,7 @@ impl Validator<'_, '_, '_> {
             flows: Flows::DEFAULT,
             sets: Vec::new(),
             rules: Vec::new(),
+            set_files: Vec::new(),
         };
         let mut written = Vec::new();
         let Value::Mapping(entries) = &root.value else {
@@ -185,6 +190,7 @@ impl Validator<'_, '_, '_> {
         }
         policy.other_ip = other_ip.unwrap_or(policy.default);
         policy.sets = self.finish_sets();
+        policy.set_files = std::mem::take(&mut self.set_files);
         (policy, written)
     }
 

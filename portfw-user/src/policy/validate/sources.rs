@@ -2,9 +2,11 @@
 
 use std::{collections::HashMap, net::Ipv6Addr};
 
+use sha2::{Digest as _, Sha256};
+
 use super::{Validator, Written, quote_items};
 use crate::policy::{
-    AddressSet, Cidr, MAX_CIDRS,
+    AddressSet, Cidr, MAX_CIDRS, SetFileRead,
     diag::{Diagnostic, Location, Severity},
     ports::edit_distance,
     quickhash::QuickSet,
@@ -235,6 +237,10 @@ impl Validator<'_, '_, '_> {
                 return (Vec::new(), Some(written.to_owned()), true);
             }
         };
+        self.set_files.push(SetFileRead {
+            path: written.to_owned(),
+            sha256: Sha256::digest(text.as_bytes()).into(),
+        });
         let contents = setfile::read(&text);
         drop(text);
         let broken = !ok || contents.has_errors();

@@ -207,6 +207,7 @@ fn random_policy(rng: &mut SplitMix64, count: usize) -> Policy {
         replies: Action::Allow,
         flows: Flows::DEFAULT,
         sets: Vec::new(),
+        set_files: Vec::new(),
         rules,
     }
 }
