@@ -5,7 +5,7 @@ use std::{
 };
 
 use super::{EXIT_OK, StatusArgs};
-use crate::{events::datetime, loader};
+use crate::{events::datetime, loader, policy::escape};
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let status = loader::status()?;
@@ -25,10 +25,12 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if status.attachments.is_empty() {
         println!("interfaces: none");
     }
+    // Names and paths are escaped: Linux allows control characters in interface names, and
+    // the policy's file name and rule summaries come from the policy's author.
     for a in &status.attachments {
         println!(
             "interface {} (ifindex {}, {} mode{}){}",
-            a.attachment.iface,
+            escape(&a.attachment.iface),
             a.attachment.ifindex,
             a.attachment.mode,
             match a.attachment.link {
@@ -49,7 +51,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            println!("policy {} (sha256 {})", p.file, p.sha256);
+            println!("policy {} (sha256 {})", escape(&p.file), p.sha256);
             println!(
                 "applied {} ({} ago), default {}",
                 datetime(p.applied_at),
@@ -64,8 +66,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     "{:>5}  {:>12}  {:<16}  {} (line {})",
                     i + 1,
                     status.rule_hits.get(i).copied().unwrap_or(0),
-                    rule.name.as_deref().unwrap_or("-"),
-                    rule.summary,
+                    escape(rule.name.as_deref().unwrap_or("-")),
+                    escape(&rule.summary),
                     rule.line
                 );
             }

@@ -26,6 +26,9 @@ pub struct ApplyRequest<'a> {
     pub file: &'a Path,
     /// The bytes `compiled` was compiled from; its record shows their SHA-256.
     pub source: &'a [u8],
+    /// The set files read with it ([`crate::policy::Policy::set_files`]), which the
+    /// record's hash covers too.
+    pub set_files: &'a [crate::policy::SetFileRead],
     pub interfaces: &'a [String],
     pub mode: Mode,
 }
@@ -115,7 +118,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
         ifindex(iface)?;
         link_type(iface)?;
     }
-    let record = PolicyRecord::new(req.file, req.source, req.compiled);
+    let record = PolicyRecord::new(req.file, req.source, req.set_files, req.compiled);
     ensure_mounted()?;
     let paths = Paths::current()?;
     let _lock = paths.lock()?;

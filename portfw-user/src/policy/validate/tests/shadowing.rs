@@ -5,7 +5,10 @@ use std::time::Instant;
 
 use portfw_lab::Rng;
 
-use super::{super::shadow::shadowed_rules, range, warnings};
+use super::{
+    super::{Written, shadow::shadowed_rules},
+    range, warnings,
+};
 use crate::policy::{
     Action, Cidr, Flows, Location, LogMode, Policy,
     Protocol::{self, Tcp, Udp},
@@ -189,13 +192,14 @@ fn random_policy(rng: &Rng, count: usize) -> Policy {
         replies: Action::Allow,
         flows: Flows::DEFAULT,
         sets: Vec::new(),
+        set_files: Vec::new(),
         rules,
     }
 }
 
 /// The rule the warning is about, by line (rule `i` sits at line `i + 1`).
 fn warned(policy: &Policy) -> Vec<usize> {
-    let written = vec![Vec::new(); policy.rules.len()];
+    let written = vec![Written::default(); policy.rules.len()];
     let mut reporter = Reporter::new("", "r.yaml");
     shadowed_rules(policy, &written, &mut reporter);
     let (_, warnings) = reporter.finish();
