@@ -204,9 +204,32 @@ pub struct FlowTimeouts {
     pub udp_ns: u64,
     /// ICMP and ICMPv6 echo.
     pub icmp_ns: u64,
+    /// How stale a flow's timestamp may get before a packet refreshes it: [`FLOW_REFRESH_NS`],
+    /// or half the shortest timeout when that is shorter, so that a busy flow is always
+    /// refreshed before it could expire.
+    pub refresh_ns: u64,
 }
 
 impl FlowTimeouts {
+    /// [`FlowTimeouts::refresh_ns`] for these timeouts.
+    pub const fn refresh_for(tcp_ns: u64, tcp_closing_ns: u64, udp_ns: u64, icmp_ns: u64) -> u64 {
+        let mut shortest = tcp_ns;
+        if tcp_closing_ns < shortest {
+            shortest = tcp_closing_ns;
+        }
+        if udp_ns < shortest {
+            shortest = udp_ns;
+        }
+        if icmp_ns < shortest {
+            shortest = icmp_ns;
+        }
+        if shortest / 2 < FLOW_REFRESH_NS {
+            shortest / 2
+        } else {
+            FLOW_REFRESH_NS
+        }
+    }
+
     /// The idle timeout of a flow in `state` of IP protocol `protocol`.
     #[inline(always)]
     pub fn for_flow(&self, protocol: u8, state: u8) -> u64 {

@@ -14,8 +14,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portfw_common::{
-    FLOW_REFRESH_NS, FlowKey, FlowValue, NO_SOURCE_GROUP, Settings, action, counter, flow_state,
-    ipproto,
+    FlowKey, FlowValue, NO_SOURCE_GROUP, Settings, action, counter, flow_state, ipproto,
 };
 
 use crate::{
@@ -91,22 +90,22 @@ pub fn now_ns() -> u64 {
     }
 }
 
-/// Refreshes a flow's timestamp, at most once per [`FLOW_REFRESH_NS`].
+/// Refreshes a flow's timestamp once it is `refresh_ns` stale (`FlowTimeouts::refresh_ns`).
 #[inline(always)]
-fn touch(flow: &mut FlowValue, now: u64) {
-    if now.wrapping_sub(flow.seen_ns) > FLOW_REFRESH_NS {
+fn touch(flow: &mut FlowValue, now: u64, refresh_ns: u64) {
+    if now.wrapping_sub(flow.seen_ns) > refresh_ns {
         flow.seen_ns = now;
     }
 }
 
 /// Moves a flow to `state`, stamping the change.
 #[inline(always)]
-fn set_state(flow: &mut FlowValue, state: u8, now: u64) {
+fn set_state(flow: &mut FlowValue, state: u8, now: u64, refresh_ns: u64) {
     if flow.state != state {
         flow.state = state;
         flow.seen_ns = now;
     } else {
-        touch(flow, now);
+        touch(flow, now, refresh_ns);
     }
 }
 
@@ -130,7 +129,7 @@ fn live(key: &FlowKey, s: &Settings, now: u64) -> Option<&'static mut FlowValue>
 /// While only our SYN has been seen, the remote may answer only with SYN-ACK or RST; after
 /// that, anything but a new SYN.
 #[inline(always)]
-fn tcp_inbound(flow: &mut FlowValue, flags: u8, now: u64) -> bool {
+fn tcp_inbound(flow: &mut FlowValue, flags: u8, now: u64, refresh_ns: u64) -> bool {
     let syn = flags & tcp_flag::SYN != 0;
     let ack = flags & tcp_flag::ACK != 0;
     let closing = flags & (tcp_flag::FIN | tcp_flag::RST) != 0;
@@ -141,9 +140,9 @@ fn tcp_inbound(flow: &mut FlowValue, flags: u8, now: u64) -> bool {
     };
     if ok {
         if closing {
-            set_state(flow, flow_state::CLOSING, now);
+            set_state(flow, flow_state::CLOSING, now, refresh_ns);
         } else {
-            touch(flow, now);
+            touch(flow, now, refresh_ns);
         }
     }
     ok
@@ -165,9 +164,9 @@ pub fn is_reply(ctx: &XdpContext, packet: &Packet, s: &Settings) -> bool {
     let key = flow_key(hdr, packet.protocol(), false, src_port, dst_port);
     let now = now_ns();
     match live(&key, s, now) {
-        Some(flow) if tcp => tcp_inbound(flow, packet.tcp_flags(), now),
+        Some(flow) if tcp => tcp_inbound(flow, packet.tcp_flags(), now, s.flow_timeouts.refresh_ns),
         Some(flow) => {
-            touch(flow, now);
+            touch(flow, now, s.flow_timeouts.refresh_ns);
             true
         }
         // A TCP connection older than the table (opened before `apply`, or before
@@ -191,7 +190,7 @@ pub fn is_related(f: Frame, packet: &Packet, s: &Settings) -> Option<u32> {
         IcmpSays::EchoReply => {
             let key = flow_key(hdr, packet.protocol(), false, 0, about.echo_id);
             let flow = live(&key, s, now)?;
-            touch(flow, now);
+            touch(flow, now, s.flow_timeouts.refresh_ns);
             Some(counter::ALLOW_REPLY)
         }
         IcmpSays::Error => {
@@ -291,7 +290,8 @@ fn rules_may_drop(generation: u32, slot: u32, port: u16) -> bool {
 /// SYN, the first datagram of a UDP, UDP-Lite or SCTP flow, an echo request), or moves and
 /// refreshes the flow it belongs to.
 #[inline(always)]
-pub fn record(f: Frame, packet: &Packet, ifindex: u32, generation: u32) {
+pub fn record(f: Frame, packet: &Packet, ifindex: u32, generation: u32, s: &Settings) {
+    let refresh = s.flow_timeouts.refresh_ns;
     let Some(hdr) = packet.ip() else {
         return;
     };
@@ -322,18 +322,18 @@ pub fn record(f: Frame, packet: &Packet, ifindex: u32, generation: u32) {
         // SAFETY: as in `live`.
         let flow = unsafe { &mut *flow };
         if !tcp {
-            touch(flow, now);
+            touch(flow, now, refresh);
         } else if syn {
             // A new connection on the same four-tuple starts over.
             flow.created_ns = now;
             flow.ifindex = ifindex;
-            set_state(flow, flow_state::SYN_SENT, now);
+            set_state(flow, flow_state::SYN_SENT, now, refresh);
         } else if flags & (tcp_flag::FIN | tcp_flag::RST) != 0 {
-            set_state(flow, flow_state::CLOSING, now);
+            set_state(flow, flow_state::CLOSING, now, refresh);
         } else if flow.state == flow_state::SYN_SENT && flags & tcp_flag::ACK != 0 {
-            set_state(flow, flow_state::ESTABLISHED, now);
+            set_state(flow, flow_state::ESTABLISHED, now, refresh);
         } else {
-            touch(flow, now);
+            touch(flow, now, refresh);
         }
         return;
     }

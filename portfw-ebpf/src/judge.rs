@@ -184,6 +184,7 @@ static NO_SETTINGS: Settings = Settings {
         tcp_closing_ns: 0,
         udp_ns: 0,
         icmp_ns: 0,
+        refresh_ns: 0,
     },
 };
 

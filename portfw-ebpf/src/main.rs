@@ -95,7 +95,8 @@ fn filter(ctx: &XdpContext, link: Link) -> u32 {
 #[inline(always)]
 fn record(ctx: &TcContext, link: Link) -> i32 {
     let generation = active_generation();
-    if settings(generation).replies == action::ALLOW {
+    let s = settings(generation);
+    if s.replies == action::ALLOW {
         // Headers of locally built packets are linear; a forwarded skb may need pulling.
         let want = ctx.len().min(MAX_HEADERS_LEN);
         if ctx.data_end() - ctx.data() < want as usize {
@@ -105,7 +106,7 @@ fn record(ctx: &TcContext, link: Link) -> i32 {
         let packet = parse(frame, link);
         // SAFETY: reading a field of the program's context.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        flows::record(frame, &packet, ifindex, generation);
+        flows::record(frame, &packet, ifindex, generation, s);
     }
     TC_ACT_UNSPEC
 }

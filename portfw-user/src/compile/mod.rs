@@ -418,12 +418,23 @@ fn settings(policy: &Policy) -> Settings {
         _pad: [0; 1],
         icmp4_drop,
         icmp6_drop,
-        flow_timeouts: FlowTimeouts {
-            tcp_ns: nanos(policy.flows.tcp_timeout),
-            tcp_closing_ns: nanos(policy.flows.tcp_closing),
-            udp_ns: nanos(policy.flows.udp_timeout),
-            icmp_ns: nanos(policy.flows.icmp_timeout),
-        },
+        flow_timeouts: flow_timeouts(&policy.flows),
+    }
+}
+
+fn flow_timeouts(flows: &crate::policy::Flows) -> FlowTimeouts {
+    let (tcp_ns, tcp_closing_ns, udp_ns, icmp_ns) = (
+        nanos(flows.tcp_timeout),
+        nanos(flows.tcp_closing),
+        nanos(flows.udp_timeout),
+        nanos(flows.icmp_timeout),
+    );
+    FlowTimeouts {
+        tcp_ns,
+        tcp_closing_ns,
+        udp_ns,
+        icmp_ns,
+        refresh_ns: FlowTimeouts::refresh_for(tcp_ns, tcp_closing_ns, udp_ns, icmp_ns),
     }
 }
 
