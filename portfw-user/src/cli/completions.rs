@@ -61,7 +61,7 @@ pub struct ManpageArgs {
 
 /// Prints the completion script for one shell to stdout.
 pub fn run(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
-    let mut cmd = Cli::command();
+    let mut cmd = completion_command();
     let mut out = io::stdout().lock();
     clap_complete::generate(
         clap_complete::Shell::from(args.shell),
@@ -72,6 +72,17 @@ pub fn run(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
     out.flush()
         .context("writing the completion script to stdout")?;
     Ok(ExitCode::from(EXIT_OK))
+}
+
+/// The command line as the completions offer it. clap_complete lists hidden subcommands
+/// too, and clap has no way to remove one, so the tree is rebuilt from the visible ones.
+fn completion_command() -> clap::Command {
+    let full = Cli::command();
+    clap::Command::new("portfw")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(full.is_subcommand_required_set())
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
 }
 
 /// Prints portfw.8, or writes every page into a directory (the package build's use).
