@@ -512,14 +512,55 @@ fn cargo_deb_version() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// The kubernetes-validate of `cargo xtask package --check`, in a venv of its own under the
-/// target directory: Debian's python refuses `pip install` outside one (PEP 668).
+/// The kubernetes-validate of `cargo xtask package --check`, in a venv of its own (Debian's
+/// python refuses `pip install` outside one, PEP 668) that outlives clones and `cargo clean`:
+/// ~/.local/share/portfw/kubernetes-validate.
 pub fn kubernetes_validate() -> PathBuf {
     kubernetes_validate_venv().join("bin/kubernetes-validate")
 }
 
 fn kubernetes_validate_venv() -> PathBuf {
-    util::target_dir().join("tools/kubernetes-validate")
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".local/share/portfw/kubernetes-validate")
+}
+
+/// Where root's setup links the venv's command, so that `kubernetes-validate` runs from any
+/// shell as well.
+const KUBERNETES_VALIDATE_LINK: &str = "/usr/local/bin/kubernetes-validate";
+
+/// Points KUBERNETES_VALIDATE_LINK at the venv, unless something else is there already.
+fn link_kubernetes_validate() -> Result<Option<String>> {
+    let link = Path::new(KUBERNETES_VALIDATE_LINK);
+    let target = kubernetes_validate();
+    match fs::read_link(link) {
+        Ok(current) if current == target => return Ok(None),
+        // A link of ours to an older place: replace it.
+        Ok(current) if current.ends_with("bin/kubernetes-validate") => {
+            fs::remove_file(link).with_context(|| format!("removing {}", link.display()))?;
+        }
+        Ok(_) => {
+            return Ok(Some(format!(
+                "{} is another program's; left alone",
+                link.display()
+            )));
+        }
+        Err(_) if link.exists() => {
+            return Ok(Some(format!(
+                "{} is another program's; left alone",
+                link.display()
+            )));
+        }
+        Err(_) => {}
+    }
+    if !util::is_root() {
+        return Ok(Some(format!(
+            "not linked to {} (needs root)",
+            link.display()
+        )));
+    }
+    std::os::unix::fs::symlink(&target, link)
+        .with_context(|| format!("linking {} to {}", link.display(), target.display()))?;
+    Ok(None)
 }
 
 fn kubernetes_validate_version() -> Option<String> {
@@ -536,7 +577,13 @@ fn kubernetes_validate_version() -> Option<String> {
 fn step_kubernetes_validate(mode: Mode) -> Result<Status> {
     let found = kubernetes_validate_version();
     if found.as_deref() == Some(KUBERNETES_VALIDATE_VERSION) {
-        return Ok(Status::Ok(KUBERNETES_VALIDATE_VERSION.to_owned()));
+        if mode == Mode::Check {
+            return Ok(Status::Ok(KUBERNETES_VALIDATE_VERSION.to_owned()));
+        }
+        return Ok(match link_kubernetes_validate()? {
+            None => Status::Ok(KUBERNETES_VALIDATE_VERSION.to_owned()),
+            Some(warning) => Status::Warn(format!("{KUBERNETES_VALIDATE_VERSION}; {warning}")),
+        });
     }
     let problem = match &found {
         Some(version) => {
@@ -569,7 +616,10 @@ fn step_kubernetes_validate(mode: Mode) -> Result<Status> {
             .stdin(Stdio::null()),
     )?;
     match kubernetes_validate_version() {
-        Some(version) => Ok(Status::Ok(format!("installed {version}"))),
+        Some(version) => Ok(match link_kubernetes_validate()? {
+            None => Status::Ok(format!("installed {version}")),
+            Some(warning) => Status::Warn(format!("installed {version}; {warning}")),
+        }),
         None => bail!(
             "kubernetes-validate was installed but `{} --version` does not run",
             kubernetes_validate().display()
