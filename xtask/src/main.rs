@@ -1,9 +1,10 @@
-//! Developer tasks for portfw: `cargo xtask setup|test|lint|demo|lab|fuzz|bench`.
+//! Developer tasks for portfw: `cargo xtask setup|test|lint|demo|lab|fuzz|bench|package`.
 
 mod bench;
 mod bench_report;
 mod demo;
 mod fuzz;
+mod package;
 mod setup;
 mod tasks;
 mod util;
@@ -67,6 +68,14 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Build the Debian package target/debian/portfw_<version>_<arch>.deb with cargo-deb,
+    /// from the release binary and the man pages and completions it writes.
+    Package {
+        /// Also check it (as root; CI runs this): inspect the .deb, install it, verify its
+        /// unit with systemd-analyze, remove and purge it, and validate deploy/kubernetes/.
+        #[arg(long)]
+        check: bool,
+    },
     /// A long-lived lab for trying portfw by hand.
     Lab {
         #[command(subcommand)]
@@ -106,6 +115,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Cmd::Demo => demo::run()?,
         Cmd::Fuzz { packets, seed } => fuzz::run(packets, seed)?,
         Cmd::Bench { quick } => bench::run(quick)?,
+        Cmd::Package { check } => package::run(check)?,
         Cmd::Lab {
             action: LabAction::Up,
         } => lab_up()?,

@@ -39,6 +39,12 @@ const APT_PACKAGES: &[&str] = &[
     "linux-perf",
     "util-linux",
     "procps",
+    // `cargo xtask package --check`: man -l renders the man pages, systemd-analyze verifies
+    // the unit, and kubernetes-validate lives in a venv of Debian's python.
+    "man-db",
+    "groff-base",
+    "systemd",
+    "python3-venv",
 ];
 
 /// Packages that are nice to have but not on every Debian mirror snapshot.
@@ -47,6 +53,10 @@ const OPTIONAL_APT_PACKAGES: &[&str] = &["bpftool"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// For the dependency audit in .ci/run (`cargo deny check advisories`).
 const CARGO_DENY_VERSION: &str = "0.20.2";
+/// Builds target/debian/*.deb (`cargo xtask package`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
+/// Validates deploy/kubernetes/ offline: it ships the schemas of each Kubernetes release.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 const BPFFS: &str = "/sys/fs/bpf";
 
 /// Whether to install what is missing or only report it.
@@ -58,8 +68,7 @@ pub enum Mode {
 
 /// Runs every step; in check mode fails at the end if anything is missing.
 pub fn run(mode: Mode) -> Result<()> {
-    let mut missing = Vec::new();
-    let steps: [(&str, Step); 7] = [
+    let steps: [(&str, Step); 9] = [
         ("root", step_root),
         ("apt packages", step_apt),
         ("rust components", step_stable_components),
@@ -67,8 +76,25 @@ pub fn run(mode: Mode) -> Result<()> {
         ("bpf-linker", step_bpf_linker),
         ("cargo-deny", step_cargo_deny),
         ("bpffs", step_bpffs),
+        ("cargo-deb", step_cargo_deb),
+        ("kubernetes-validate", step_kubernetes_validate),
     ];
-    for (name, step) in steps {
+    run_steps(mode, &steps)
+}
+
+/// Only what `cargo xtask package` needs beyond a build: cargo-deb, and with `validator`
+/// kubernetes-validate. Unlike [`run`] it needs no root.
+pub fn packaging_tools(mode: Mode, validator: bool) -> Result<()> {
+    let mut steps: Vec<(&str, Step)> = vec![("cargo-deb", step_cargo_deb)];
+    if validator {
+        steps.push(("kubernetes-validate", step_kubernetes_validate));
+    }
+    run_steps(mode, &steps)
+}
+
+fn run_steps(mode: Mode, steps: &[(&str, Step)]) -> Result<()> {
+    let mut missing = Vec::new();
+    for &(name, step) in steps {
         match step(mode).with_context(|| format!("setup step `{name}` failed"))? {
             Status::Ok(detail) => println!("setup: {name} … ok{}", with_detail(&detail)),
             Status::Warn(detail) => println!("setup: {name} … WARNING: {detail}"),
@@ -495,4 +521,156 @@ fn step_bpffs(mode: Mode) -> Result<Status> {
     fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
     run_checked(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
     Ok(Status::Ok(format!("mounted {BPFFS}")))
+}
+
+fn step_cargo_deb(mode: Mode) -> Result<Status> {
+    if let Some(version) = cargo_deb_version() {
+        return Ok(Status::Ok(version));
+    }
+    if mode == Mode::Check {
+        return Ok(Status::Missing(format!(
+            "cargo-deb not found (would install {CARGO_DEB_VERSION})"
+        )));
+    }
+    println!("setup: cargo-deb … installing {CARGO_DEB_VERSION} (takes a minute or two)");
+    run_checked(Command::new(util::cargo()).args([
+        "install",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+        "--locked",
+    ]))?;
+    match cargo_deb_version() {
+        Some(version) => Ok(Status::Ok(format!("installed {version}"))),
+        None => bail!(
+            "cargo-deb was installed but `cargo deb --version` does not run; \
+             is cargo's bin directory (~/.cargo/bin) in PATH?"
+        ),
+    }
+}
+
+fn cargo_deb_version() -> Option<String> {
+    let out = Command::new(util::cargo())
+        .args(["deb", "--version"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The kubernetes-validate of `cargo xtask package --check`, in a venv of its own (Debian's
+/// python refuses `pip install` outside one, PEP 668) that outlives clones and `cargo clean`:
+/// ~/.local/share/portfw/kubernetes-validate.
+pub fn kubernetes_validate() -> PathBuf {
+    kubernetes_validate_venv().join("bin/kubernetes-validate")
+}
+
+fn kubernetes_validate_venv() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".local/share/portfw/kubernetes-validate")
+}
+
+/// Where root's setup links the venv's command, so that `kubernetes-validate` runs from any
+/// shell as well.
+const KUBERNETES_VALIDATE_LINK: &str = "/usr/local/bin/kubernetes-validate";
+
+/// Points KUBERNETES_VALIDATE_LINK at the venv, unless something else is there already.
+fn link_kubernetes_validate() -> Result<Option<String>> {
+    let link = Path::new(KUBERNETES_VALIDATE_LINK);
+    let target = kubernetes_validate();
+    match fs::read_link(link) {
+        Ok(current) if current == target => return Ok(None),
+        // A link of ours to an older place: replace it.
+        Ok(current) if current.ends_with("bin/kubernetes-validate") => {
+            fs::remove_file(link).with_context(|| format!("removing {}", link.display()))?;
+        }
+        Ok(_) => {
+            return Ok(Some(format!(
+                "{} is another program's; left alone",
+                link.display()
+            )));
+        }
+        Err(_) if link.exists() => {
+            return Ok(Some(format!(
+                "{} is another program's; left alone",
+                link.display()
+            )));
+        }
+        Err(_) => {}
+    }
+    if !util::is_root() {
+        return Ok(Some(format!(
+            "not linked to {} (needs root)",
+            link.display()
+        )));
+    }
+    std::os::unix::fs::symlink(&target, link)
+        .with_context(|| format!("linking {} to {}", link.display(), target.display()))?;
+    Ok(None)
+}
+
+fn kubernetes_validate_version() -> Option<String> {
+    let out = Command::new(kubernetes_validate())
+        .arg("--version")
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn step_kubernetes_validate(mode: Mode) -> Result<Status> {
+    let found = kubernetes_validate_version();
+    if found.as_deref() == Some(KUBERNETES_VALIDATE_VERSION) {
+        if mode == Mode::Check {
+            return Ok(Status::Ok(KUBERNETES_VALIDATE_VERSION.to_owned()));
+        }
+        return Ok(match link_kubernetes_validate()? {
+            None => Status::Ok(KUBERNETES_VALIDATE_VERSION.to_owned()),
+            Some(warning) => Status::Warn(format!("{KUBERNETES_VALIDATE_VERSION}; {warning}")),
+        });
+    }
+    let problem = match &found {
+        Some(version) => {
+            format!("kubernetes-validate {version}, want {KUBERNETES_VALIDATE_VERSION}")
+        }
+        None => "kubernetes-validate not installed".to_owned(),
+    };
+    if mode == Mode::Check {
+        return Ok(Status::Missing(problem));
+    }
+    let venv = kubernetes_validate_venv();
+    println!(
+        "setup: kubernetes-validate … {problem}; installing {KUBERNETES_VALIDATE_VERSION} into {}",
+        venv.display()
+    );
+    if !venv.join("bin/pip").exists() {
+        run_checked(
+            Command::new(portfw_lab::PYTHON)
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
+        )
+        .context("creating the venv (Debian's python3-venv provides `python3 -m venv`)")?;
+    }
+    run_checked(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!(
+                "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+            ))
+            .stdin(Stdio::null()),
+    )?;
+    match kubernetes_validate_version() {
+        Some(version) => Ok(match link_kubernetes_validate()? {
+            None => Status::Ok(format!("installed {version}")),
+            Some(warning) => Status::Warn(format!("installed {version}; {warning}")),
+        }),
+        None => bail!(
+            "kubernetes-validate was installed but `{} --version` does not run",
+            kubernetes_validate().display()
+        ),
+    }
 }

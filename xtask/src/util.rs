@@ -22,6 +22,49 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` to completion and returns its stdout; fails with the command line and its
+/// stderr unless it exits 0.
+pub fn output_checked(cmd: &mut Command) -> Result<String> {
+    let shown = show(cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{shown}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `cmd` with `input` on its stdin; returns whether it exited 0, and its stderr.
+pub fn output_with_input(cmd: &mut Command, input: &[u8]) -> Result<(bool, String)> {
+    use std::{io::Write as _, process::Stdio};
+
+    let shown = show(cmd);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    child
+        .stdin
+        .take()
+        .context("no stdin pipe")?
+        .write_all(input)
+        .with_context(|| format!("writing to `{shown}`"))?;
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for `{shown}`"))?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }

@@ -1,6 +1,7 @@
 //! The `portfw` command line: argument definitions and dispatch to one module per subcommand.
 mod apply;
 mod check;
+mod completions;
 mod detach;
 mod events;
 mod explain;
@@ -49,6 +50,12 @@ pub enum Command {
     /// List the flows the host opened that the filter tracks, as `conntrack -L` does: their
     /// replies pass under `replies: allow` even where the rules drop.
     Flows(FlowsArgs),
+    /// Print the completion script for bash, zsh or fish to stdout.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page portfw.8 to stdout, or write every page into a directory (the
+    /// package build uses it).
+    #[command(hide = true)]
+    Manpage(completions::ManpageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +156,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Flows(args) => flows::run(args),
+        Command::Completions(args) => completions::run(args),
+        Command::Manpage(args) => completions::run_manpage(args),
     }
 }
 
