@@ -5,3 +5,4 @@ pub mod e2e;
 pub mod flow_table;
 pub mod random_policy;
 pub mod reference;
+pub mod sockets;
