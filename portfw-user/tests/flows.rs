@@ -1194,3 +1194,24 @@ fn a_full_table_evicts_and_fails_closed() {
     );
     rig.finish();
 }
+
+#[test]
+fn a_busy_flow_outlives_a_one_second_timeout() {
+    // docs/policy.md: a timeout is how long a flow lives after its last packet, and
+    // durations start at 1s. Replies 600 ms apart keep a flow busy, so it must stay live.
+    let mut rig = Rig::new(&HOST.replace("udp-timeout: 60s", "udp-timeout: 1s"));
+    let flow = key(false, proto::UDP, 45050, 53);
+    rig.seed(flow, flow_state::OPEN, Duration::from_millis(600));
+    let reply = inbound(false, udp_from(53, 45050)).build();
+    let mut verdicts = Vec::new();
+    for _ in 0..3 {
+        verdicts.push(xdp_name(rig.loaded.test_run(&reply).expect("test run")));
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    assert_eq!(
+        verdicts,
+        ["PASS", "PASS", "PASS"],
+        "replies 600 ms apart under udp-timeout: 1s (the flow's timestamp is refreshed only \
+         when more than FLOW_REFRESH_NS = 1 s stale, so with a 1 s timeout it expires first)"
+    );
+}
