@@ -772,6 +772,19 @@ fn a_masquerading_router_passes_its_lans_replies_and_nothing_unsolicited() {
                 .expect("probe");
             (format!("LAN udp {ip}"), format!("{got:?}"))
         }));
+        // Closed ports on the remote: the port unreachable (related, under icmp: drop) and
+        // the reset come back through the filter and conntrack to the LAN.
+        for (proto, port) in [(Proto::Udp, 5399), (Proto::Tcp, 8099)] {
+            jobs.push(Box::new(move || {
+                let got = router_ref
+                    .lan_probe(proto, ip, port, Duration::from_secs(2))
+                    .expect("probe");
+                (
+                    format!("LAN refused {proto:?} {ip}:{port}"),
+                    format!("{got:?}"),
+                )
+            }));
+        }
     }
     // The remote reaches none of the router's own listeners but ssh.
     for ip in [router.server_v4().into(), router.server_v6().into()] {
@@ -788,6 +801,8 @@ fn a_masquerading_router_passes_its_lans_replies_and_nothing_unsolicited() {
         } else if what.starts_with("LAN udp") {
             let want = Probe::Open("portfw-ok 5300\n".into());
             assert_eq!(got, format!("{want:?}"), "{what}");
+        } else if what.starts_with("LAN refused") {
+            assert_eq!(got, format!("{:?}", Probe::Refused), "{what}");
         } else if what.ends_with(":22") {
             assert!(got.starts_with("Open("), "{what} is allowed: {got}");
         } else {
@@ -808,7 +823,9 @@ fn a_masquerading_router_passes_its_lans_replies_and_nothing_unsolicited() {
             && f["iface"] == router.server_iface()),
         "the LAN's connection, masqueraded, is a flow of the WAN interface: {listed:?}"
     );
-    assert!(counter(&status(&router), "allow_reply") > 0);
+    let json = status(&router);
+    assert!(counter(&json, "allow_reply") > 0, "{json}");
+    assert!(counter(&json, "allow_related") >= 2, "{json}");
     // Stateless, the LAN's replies are dropped at the router.
     let stateless = PolicyFile::new("stateless.yaml", &host_with("replies: drop\n"));
     apply(&router, &stateless, &[]);
