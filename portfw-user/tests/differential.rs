@@ -2,6 +2,15 @@
 //! mutated frames under random policies, each judged by the XDP program (BPF_PROG_TEST_RUN)
 //! and by `common::reference`, which must agree on every frame and on the verdict counters.
 //!
+//! Each policy also gets a random `replies:` setting and flow timeouts, and a random flow table
+//! is seeded into the kernel's map: flows of every protocol and state, live or idle past their
+//! timeout. Some frames are aimed at it: replies to its flows, exactly or with one field off,
+//! and ICMP errors quoting the host's packets of them, quotes cut at and around the bounds the
+//! kernel must check. The reference models the same table, and after every policy the flow
+//! states the kernel left must be the reference's. The table and the aimed frames come from a
+//! generator of their own, so that the rules and the other frames stay those the seed gave
+//! before flows were modelled.
+//!
 //! Deterministic: a seed fixes every policy and frame. `PORTFW_FUZZ_PACKETS=N` and
 //! `PORTFW_FUZZ_SEED=S` change the run (`cargo xtask fuzz --packets N --seed S` sets both).
 //! A disagreement fails with the seed, the policy's YAML and the frame in hex.
@@ -10,19 +19,26 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
 use common::{
     builder::{
-        ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_LLDP, Ext, Frame, Ipv4, Ipv6, L4, Net, TPID_8021AD,
-        TPID_8021Q, TPID_9100, V4_DST, V4_SRC, V6_DST, V6_SRC, hex, hex_line, proto,
+        ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_LLDP, Ext, Frame, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+        ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, Ipv4, Ipv6, L4, Net, TPID_8021AD, TPID_8021Q,
+        TPID_9100, V4_DST, V4_SRC, V6_DST, V6_SRC, echo, hex, hex_line, icmp_error, proto,
+        tcp_flag,
     },
+    flow_table::{self, state_byte, to_key},
     random_policy::{port, random_policy},
-    reference::{self, Tally, xdp_name},
+    reference::{self, FlowId, FlowState, FlowTable, Tally, xdp_name},
 };
-use portfw::{compile, loader::Loaded, policy};
+use portfw::{
+    compile,
+    loader::Loaded,
+    policy::{self, Policy},
+};
 use portfw_lab::Rng;
 
 /// Packets of a default run (CI runs it): a few seconds in a debug build on two cores.
@@ -43,6 +59,14 @@ fn batch_seed(seed: u64, index: u64) -> u64 {
     let rng = Rng::new(seed ^ index.wrapping_mul(0xd1b5_4a32_d192_ed03));
     rng.next()
 }
+
+/// The seed of batch `index`'s flow settings, flow table and aimed frames.
+fn flow_seed(seed: u64, index: u64) -> u64 {
+    batch_seed(seed ^ 0x666c_6f77_7461_626c, index)
+}
+
+/// Percentage of the main stream's frames that are preceded by a frame aimed at the table.
+const AIMED_PERCENT: u64 = 40;
 
 // ---------------------------------------------------------------------------------------
 // Frames
@@ -366,6 +390,476 @@ fn random_frame(rng: &Rng) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------
+// The flow table and the frames aimed at it
+// ---------------------------------------------------------------------------------------
+
+/// Timeouts the policies draw. The shortest leaves a live flow at least 15 s of slack (a live
+/// flow is seeded at most half its timeout ago), far more than a batch takes.
+const TIMEOUTS: [&str; 10] = [
+    "30s", "45s", "1m", "2m", "5m", "10m", "1h", "6h", "1d", "365d",
+];
+
+/// `replies:` and `flows:` lines for the front of a random policy.
+fn replies_yaml(rng: &Rng) -> String {
+    let mut y = String::new();
+    match rng.weighted(&[60, 25, 15]) {
+        0 => {} // the default, allow
+        1 => y.push_str("replies: drop\n"),
+        _ => y.push_str("replies: allow\n"),
+    }
+    if rng.percent(60) {
+        y.push_str("flows:\n");
+        for key in ["tcp-timeout", "tcp-closing", "udp-timeout", "icmp-timeout"] {
+            if rng.percent(60) {
+                y.push_str(&format!("  {key}: {}\n", rng.pick(&TIMEOUTS)));
+            }
+        }
+        if rng.percent(20) {
+            y.push_str(&format!("  max: {}\n", rng.pick(&[16, 1000, 262144])));
+        }
+    }
+    y
+}
+
+/// One flow seeded into the table: its last packet was `idle` ago.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seeded {
+    id: FlowId,
+    state: FlowState,
+    live: bool,
+    idle: Duration,
+}
+
+fn icmp_proto(v6: bool) -> u8 {
+    if v6 { proto::ICMPV6 } else { proto::ICMP }
+}
+
+/// A flow the host might have opened: mostly from its own address to the sources the main
+/// stream sends from, to the ports it aims at, so that some of those frames are replies too.
+fn random_flow_id(rng: &Rng) -> FlowId {
+    let v6 = rng.percent(50);
+    let protocol = match rng.weighted(&[35, 30, 8, 7, 20]) {
+        0 => proto::TCP,
+        1 => proto::UDP,
+        2 => proto::SCTP,
+        3 => proto::UDPLITE,
+        _ => icmp_proto(v6),
+    };
+    let local: IpAddr = match (v6, rng.percent(85)) {
+        (false, true) => V4_DST.into(),
+        (false, false) => Ipv4Addr::new(198, 18, 0, rng.u8()).into(),
+        (true, true) => V6_DST.into(),
+        (true, false) => Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, rng.u16()).into(),
+    };
+    let remote: IpAddr = if v6 {
+        source6(rng).into()
+    } else {
+        source4(rng).into()
+    };
+    let (local_port, remote_port) = if protocol == icmp_proto(v6) {
+        // The main stream's ICMP messages carry identifier 1.
+        (rng.pick(&[1, 1, rng.u16()]), 0)
+    } else {
+        let local_port = match rng.weighted(&[50, 30, 20]) {
+            0 => port(rng),
+            1 => rng.range(32768, 60999) as u16,
+            _ => rng.u16(),
+        };
+        let remote_port = if rng.percent(45) { 40000 } else { port(rng) };
+        (local_port, remote_port)
+    };
+    FlowId {
+        protocol,
+        local,
+        remote,
+        local_port,
+        remote_port,
+    }
+}
+
+/// A random flow table for `policy`: flows of every protocol and state, most of them live
+/// (seeded at most half their timeout ago), the rest idle at least a minute past it.
+fn random_flows(rng: &Rng, policy: &Policy) -> Vec<Seeded> {
+    let count = rng.pick(&[0, 1, 3, 6, 12, 24]);
+    (0..count)
+        .map(|_| {
+            let id = random_flow_id(rng);
+            let state = if id.protocol == proto::TCP {
+                rng.pick(&[
+                    FlowState::SynSent,
+                    FlowState::Established,
+                    FlowState::Closing,
+                ])
+            } else {
+                FlowState::Open
+            };
+            let timeout = reference::flow_timeout(policy, id.protocol, state);
+            let live = rng.percent(80);
+            let idle = if live {
+                Duration::from_nanos(rng.below(timeout.as_nanos() as u64 / 2))
+            } else {
+                timeout + Duration::from_secs(60) + Duration::from_secs(rng.below(3600))
+            };
+            Seeded {
+                id,
+                state,
+                live,
+                idle,
+            }
+        })
+        .collect()
+}
+
+/// The reference's table of the seeded flows (a later flow with the same key replaces an
+/// earlier one, as an insert into the kernel's map does).
+fn model(flows: &[Seeded]) -> FlowTable {
+    let mut table = FlowTable::default();
+    for f in flows {
+        table.insert(f.id, f.state, f.live);
+    }
+    table
+}
+
+fn seed_table(loaded: &mut Loaded, flows: &[Seeded]) {
+    flow_table::clear(loaded);
+    for f in flows {
+        flow_table::seed(loaded, to_key(&f.id), state_byte(f.state), f.idle);
+    }
+}
+
+/// An address next to `a`: the last byte changed.
+fn neighbour(rng: &Rng, a: IpAddr) -> IpAddr {
+    let delta = rng.range(1, 255) as u8;
+    match a {
+        IpAddr::V4(a) => {
+            let mut o = a.octets();
+            o[3] ^= delta;
+            Ipv4Addr::from(o).into()
+        }
+        IpAddr::V6(a) => {
+            let mut o = a.octets();
+            o[15] ^= delta;
+            Ipv6Addr::from(o).into()
+        }
+    }
+}
+
+/// `id` with one field off.
+fn near_miss(rng: &Rng, mut id: FlowId) -> FlowId {
+    let nudge = |p: u16| {
+        if rng.percent(50) {
+            p.wrapping_add(1)
+        } else {
+            p.wrapping_sub(1)
+        }
+    };
+    match rng.below(6) {
+        0 => id.remote = neighbour(rng, id.remote),
+        1 => id.local = neighbour(rng, id.local),
+        2 => id.remote_port = nudge(id.remote_port),
+        3 => id.local_port = nudge(id.local_port),
+        4 => (id.local_port, id.remote_port) = (id.remote_port, id.local_port),
+        _ => {
+            id.protocol = match id.protocol {
+                proto::TCP => proto::UDP,
+                proto::UDP => rng.pick(&[proto::UDPLITE, proto::TCP]),
+                proto::UDPLITE => proto::UDP,
+                proto::SCTP => proto::TCP,
+                // Echo: the identifier is the field to miss.
+                other => {
+                    id.local_port = nudge(id.local_port);
+                    other
+                }
+            }
+        }
+    }
+    id
+}
+
+/// A frame from `src` to `dst` (of one family) carrying `l4`.
+fn between(src: IpAddr, dst: IpAddr, l4: L4) -> Frame {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => common::builder::v4(l4).v4(|ip| {
+            ip.src = s;
+            ip.dst = d;
+        }),
+        (IpAddr::V6(s), IpAddr::V6(d)) => common::builder::v6(l4).v6(|ip| {
+            ip.src = s;
+            ip.dst = d;
+        }),
+        _ => panic!("addresses of two families: {src} -> {dst}"),
+    }
+}
+
+/// The transport header of a packet of flow `id` from `src_port` to `dst_port`; `request`
+/// says which way an echo goes.
+fn flow_l4(rng: &Rng, id: &FlowId, src_port: u16, dst_port: u16, request: bool) -> L4 {
+    let v6 = id.local.is_ipv6();
+    match id.protocol {
+        proto::TCP => L4::Tcp {
+            src: src_port,
+            dst: dst_port,
+            flags: rng.pick(&[
+                tcp_flag::SYN_ACK,
+                tcp_flag::ACK,
+                tcp_flag::PSH_ACK,
+                tcp_flag::RST,
+                tcp_flag::RST_ACK,
+                tcp_flag::FIN_ACK,
+                tcp_flag::SYN,
+                tcp_flag::FIN,
+                0,
+                rng.u8(),
+            ]),
+            doff: None,
+            options: Vec::new(),
+        },
+        proto::UDP => L4::Udp {
+            src: src_port,
+            dst: dst_port,
+        },
+        proto::UDPLITE => L4::UdpLite {
+            src: src_port,
+            dst: dst_port,
+        },
+        proto::SCTP => L4::Sctp {
+            src: src_port,
+            dst: dst_port,
+        },
+        _ => {
+            let (want, other) = match (v6, request) {
+                (false, true) => (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY),
+                (false, false) => (ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST),
+                (true, true) => (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY),
+                (true, false) => (ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST),
+            };
+            let kind = match rng.weighted(&[85, 10, 5]) {
+                0 => want,
+                1 => other,
+                _ => rng.pick(&[3, 13, 1, 135]),
+            };
+            // The identifier is the flow's local "port".
+            echo(v6, kind, id.local_port)
+        }
+    }
+}
+
+/// An ICMP error about a packet the host sent on flow `id`, its quote cut at or around the
+/// bounds the kernel checks.
+fn related_frame(rng: &Rng, id: &FlowId) -> Frame {
+    let v6 = id.local.is_ipv6();
+    let mut quoted = between(
+        id.local,
+        id.remote,
+        flow_l4(rng, id, id.local_port, id.remote_port, true),
+    );
+    let mut header = if v6 { 40 } else { 20 };
+    match rng.weighted(&[70, 12, 6, 6, 6]) {
+        0 => {}
+        1 if !v6 => {
+            let words = rng.range(1, 4) as u8;
+            quoted = quoted.options(words);
+            header += usize::from(words) * 4;
+        }
+        1 => {
+            quoted = quoted.ext(Ext::hop_by_hop());
+            header += 8;
+        }
+        2 => quoted = quoted.fragment(rng.pick(&[1, 8, 185]), rng.percent(50)),
+        3 if !v6 => quoted = quoted.v4(|ip| ip.total_len = Some(rng.u16())),
+        3 => quoted = quoted.v6(|ip| ip.payload_len = Some(rng.u16())),
+        // A quote of the other family.
+        _ => {
+            let (s, d): (IpAddr, IpAddr) = if v6 {
+                (V4_DST.into(), V4_SRC.into())
+            } else {
+                (V6_DST.into(), V6_SRC.into())
+            };
+            quoted = between(
+                s,
+                d,
+                L4::Udp {
+                    src: id.local_port,
+                    dst: id.remote_port,
+                },
+            );
+            header = if v6 { 20 } else { 40 };
+        }
+    }
+    let mut quote = quoted.datagram();
+    let cut = match rng.weighted(&[35, 20, 10, 10, 25]) {
+        0 => quote.len(),
+        1 => header + 8,
+        2 => header + 7,
+        3 => header + rng.range(0, 6),
+        _ => rng.range(0, quote.len()),
+    };
+    quote.truncate(cut);
+    let (kind, code) = if v6 {
+        rng.pick(&[
+            (1, 0),
+            (1, 3),
+            (1, 4),
+            (2, 0),
+            (3, 0),
+            (3, 1),
+            (4, 0),
+            (4, 1),
+            (128, 0),
+            (129, 0),
+            (135, 0),
+        ])
+    } else {
+        rng.pick(&[
+            (3, 0),
+            (3, 1),
+            (3, 3),
+            (3, 4),
+            (3, 13),
+            (11, 0),
+            (11, 1),
+            (12, 0),
+            (0, 0),
+            (8, 0),
+            (5, 1),
+            (4, 0),
+        ])
+    };
+    // Errors come from the peer or from any router on the path.
+    let from = if rng.percent(60) {
+        id.remote
+    } else if v6 {
+        source6(rng).into()
+    } else {
+        source4(rng).into()
+    };
+    between(from, id.local, icmp_error(v6, kind, code, &quote))
+}
+
+/// A frame aimed at the flow table: a reply to one of its flows (or, now and then, to a flow
+/// it does not hold), exactly or with one field off, or an ICMP error about one; sometimes
+/// tagged, with IP options or extension headers, padded or mutated.
+fn aimed_frame(rng: &Rng, flows: &[Seeded]) -> Vec<u8> {
+    let target = if flows.is_empty() || rng.percent(5) {
+        random_flow_id(rng)
+    } else {
+        rng.pick(flows).id
+    };
+    let id = if rng.percent(30) {
+        near_miss(rng, target)
+    } else {
+        target
+    };
+    let v6 = id.local.is_ipv6();
+    let mut frame = if rng.percent(70) {
+        between(
+            id.remote,
+            id.local,
+            flow_l4(rng, &id, id.remote_port, id.local_port, false),
+        )
+    } else {
+        related_frame(rng, &id)
+    };
+    if rng.percent(10) {
+        frame = frame.tag(rng.pick(&[TPID_8021Q, TPID_8021AD]), rng.u16());
+    }
+    if rng.percent(10) {
+        frame = if v6 {
+            frame.ext(rng.pick(&[
+                Ext::hop_by_hop as fn() -> Ext,
+                Ext::dest_opts,
+                || Ext::fragment(0, true),
+            ])())
+        } else {
+            frame.options(rng.range(1, 3) as u8)
+        };
+    }
+    if rng.percent(5) {
+        frame = frame.pad(rng.range(1, 20));
+    }
+    let mut bytes = frame.build();
+    if rng.percent(8) {
+        mutate(rng, &mut bytes);
+    }
+    if bytes.len() < 14 {
+        bytes.resize(14, 0);
+    }
+    bytes.truncate(MAX_FRAME);
+    bytes
+}
+
+/// Everything one policy's batch judges, rebuilt identically from the seed for a replay.
+#[derive(Debug, PartialEq)]
+struct Batch {
+    yaml: String,
+    policy: Policy,
+    flows: Vec<Seeded>,
+    /// In the order judged; `true` marks the frames aimed at the flow table.
+    frames: Vec<(bool, Vec<u8>)>,
+}
+
+fn batch(seed: u64, index: u64, count: u64) -> Batch {
+    let rng = Rng::new(batch_seed(seed, index));
+    let flow_rng = Rng::new(flow_seed(seed, index));
+    let yaml = format!("{}{}", replies_yaml(&flow_rng), random_policy(&rng));
+    let policy = match policy::parse(&yaml, "fuzz.yaml") {
+        Ok(parsed) => parsed.policy,
+        Err(d) => panic!("generated policy is invalid (a generator bug):\n{yaml}\n{d}"),
+    };
+    let flows = random_flows(&flow_rng, &policy);
+    let mut frames = Vec::new();
+    for _ in 0..count {
+        if flow_rng.percent(AIMED_PERCENT) {
+            frames.push((true, aimed_frame(&flow_rng, &flows)));
+        }
+        frames.push((false, random_frame(&rng)));
+    }
+    Batch {
+        yaml,
+        policy,
+        flows,
+        frames,
+    }
+}
+
+/// The flow table as one line per flow, for failure messages.
+fn describe(table: &FlowTable) -> String {
+    if table.flows.is_empty() {
+        return "    (empty)\n".into();
+    }
+    table
+        .flows
+        .iter()
+        .map(|(id, e)| {
+            format!(
+                "    {} {}:{} <- {}:{} {:?}{}\n",
+                id.protocol,
+                id.local,
+                id.local_port,
+                id.remote,
+                id.remote_port,
+                e.state,
+                if e.live { "" } else { " (expired)" }
+            )
+        })
+        .collect()
+}
+
+/// The kernel table's flows and states, as the reference's.
+fn kernel_states(loaded: &mut Loaded) -> Vec<(FlowId, FlowState)> {
+    let mut states: Vec<(FlowId, FlowState)> = flow_table::entries(loaded)
+        .iter()
+        .map(|(k, v)| flow_table::from_key(k, v))
+        .collect();
+    states.sort_by_key(|(id, _)| *id);
+    states
+}
+
+fn model_states(table: &FlowTable) -> Vec<(FlowId, FlowState)> {
+    table.flows.iter().map(|(id, e)| (*id, e.state)).collect()
+}
+
+// ---------------------------------------------------------------------------------------
 // The run
 // ---------------------------------------------------------------------------------------
 
@@ -386,16 +880,30 @@ fn env_u64(name: &str, default: u64) -> u64 {
 #[derive(Default)]
 struct Stats {
     packets: u64,
+    /// Of which aimed at the flow table.
+    aimed: u64,
     /// Frames with another verdict, or another verdict counter, than the reference's.
     mismatches: u64,
     /// Policies under which the counters disagreed although the verdicts did not.
     counter_batches: u64,
+    /// Policies after which the kernel's flow states were not the reference's.
+    state_batches: u64,
     shown: Vec<String>,
     by_tally: BTreeMap<Tally, u64>,
     malformed: BTreeMap<&'static str, u64>,
     kernel_time: Duration,
     /// Compiling and installing the policies.
     install_time: Duration,
+}
+
+/// Installs the batch's policy and seeds its flow table; returns the reference's table.
+fn prepare(loaded: &mut Loaded, batch: &Batch) -> FlowTable {
+    loaded
+        .tables
+        .install(&compile::compile(&batch.policy).expect("compile policy"))
+        .expect("install policy");
+    seed_table(loaded, &batch.flows);
+    model(&batch.flows)
 }
 
 #[test]
@@ -413,29 +921,22 @@ fn kernel_agrees_with_the_reference_on_random_frames() {
     let started = Instant::now();
     let mut stats = Stats::default();
     let batches = packets.div_ceil(PACKETS_PER_POLICY);
-    for batch in 0..batches {
-        let rng = Rng::new(batch_seed(seed, batch));
-        let yaml = random_policy(&rng);
-        let policy = match policy::parse(&yaml, "fuzz.yaml") {
-            Ok(parsed) => parsed.policy,
-            Err(d) => panic!("generated policy is invalid (a generator bug):\n{yaml}\n{d}"),
-        };
+    for index in 0..batches {
+        let count = PACKETS_PER_POLICY.min(packets - index * PACKETS_PER_POLICY);
+        let b = batch(seed, index, count);
         let t = Instant::now();
-        loaded
-            .tables
-            .install(&compile::compile(&policy).expect("compile policy"))
-            .expect("install policy");
+        let mut table = prepare(&mut loaded, &b);
         stats.install_time += t.elapsed();
+        let seeded = describe(&table);
         let before = loaded.counters().expect("counters");
-        let count = PACKETS_PER_POLICY.min(packets - batch * PACKETS_PER_POLICY);
         let mut expected_tallies: BTreeMap<Tally, u64> = BTreeMap::new();
         let mut batch_mismatches = 0;
-        for index in 0..count {
-            let frame = random_frame(&rng);
+        for (n, (aimed, frame)) in b.frames.iter().enumerate() {
+            let table_before = (stats.shown.len() < SHOWN_MISMATCHES).then(|| describe(&table));
             let t = Instant::now();
-            let got = loaded.test_run(&frame).expect("test run");
+            let got = loaded.test_run(frame).expect("test run");
             stats.kernel_time += t.elapsed();
-            let expected = reference::classify(&frame, &policy);
+            let expected = reference::classify_with_flows(frame, &b.policy, &mut table);
             *expected_tallies.entry(expected.tally()).or_default() += 1;
             *stats.by_tally.entry(expected.tally()).or_default() += 1;
             if let reference::Class::Malformed(why) = expected.class {
@@ -443,24 +944,26 @@ fn kernel_agrees_with_the_reference_on_random_frames() {
             }
             if got != expected.xdp() {
                 batch_mismatches += 1;
-                if stats.shown.len() < SHOWN_MISMATCHES {
+                if let Some(flows) = table_before {
                     stats.shown.push(format!(
-                        "seed {seed:#x}, policy {batch}, packet {index}: kernel {}, reference {} ({:?})\n\
+                        "seed {seed:#x}, policy {index}, frame {n}{}: kernel {}, reference {} ({:?})\n\
                          replay: PORTFW_FUZZ_SEED={seed:#x} PORTFW_FUZZ_PACKETS={packets} \
                          cargo test -p portfw-user --test differential -- --nocapture\n\
-                         policy:\n{}\nframe ({} bytes): {}\n{}",
+                         policy:\n{}flow table before the frame:\n{flows}frame ({} bytes): {}\n{}",
+                        if *aimed { " (aimed at the flow table)" } else { "" },
                         xdp_name(got),
                         xdp_name(expected.xdp()),
                         expected.class,
-                        indent(&yaml),
+                        indent(&b.yaml),
                         frame.len(),
-                        hex_line(&frame),
-                        dump(&frame)
+                        hex_line(frame),
+                        dump(frame)
                     ));
                 }
             }
         }
-        stats.packets += count;
+        stats.packets += b.frames.len() as u64;
+        stats.aimed += b.frames.iter().filter(|(aimed, _)| *aimed).count() as u64;
         stats.mismatches += batch_mismatches;
         // The counters must tell the same story, verdict kind by verdict kind; a batch with
         // wrong verdicts would only repeat what is reported already.
@@ -475,27 +978,42 @@ fn kernel_agrees_with_the_reference_on_random_frames() {
                 // Same verdicts, different kinds (say malformed against a fragment drop):
                 // replay the batch frame by frame to name the frames.
                 stats.counter_batches += 1;
-                let culprits = replay_counting(&loaded, seed, batch, count);
+                let culprits = replay_counting(&mut loaded, &b);
                 stats.mismatches += culprits.len() as u64;
                 for culprit in culprits {
                     if stats.shown.len() < SHOWN_MISMATCHES {
                         stats.shown.push(format!(
-                            "seed {seed:#x}, policy {batch}, {culprit}\n\
+                            "seed {seed:#x}, policy {index}, {culprit}\n\
                              replay: PORTFW_FUZZ_SEED={seed:#x} PORTFW_FUZZ_PACKETS={packets} \
                              cargo test -p portfw-user --test differential -- --nocapture\n\
                              policy:\n{}",
-                            indent(&yaml)
+                            indent(&b.yaml)
                         ));
                     }
+                }
+            }
+            // What the frames did to the table: FIN and RST move TCP flows to closing.
+            let kernel = kernel_states(&mut loaded);
+            if kernel != model_states(&table) {
+                stats.state_batches += 1;
+                if stats.shown.len() < SHOWN_MISMATCHES {
+                    stats.shown.push(format!(
+                        "seed {seed:#x}, policy {index}: flow states after the batch differ\n\
+                         kernel:    {kernel:?}\nreference: {:?}\nseeded:\n{seeded}policy:\n{}",
+                        model_states(&table),
+                        indent(&b.yaml)
+                    ));
                 }
             }
         }
     }
     let elapsed = started.elapsed();
     println!(
-        "differential: {} packets under {batches} policies in {:.1} s ({:.0} packets/s; \
-         {:.1} µs per test run, {:.1} ms per policy compiled and installed), {} mismatches",
+        "differential: {} packets ({} aimed at a flow table) under {batches} policies in \
+         {:.1} s ({:.0} packets/s; {:.1} µs per test run, {:.1} ms per policy compiled and \
+         installed), {} mismatches",
         stats.packets,
+        stats.aimed,
         elapsed.as_secs_f64(),
         stats.packets as f64 / elapsed.as_secs_f64(),
         stats.kernel_time.as_secs_f64() * 1e6 / stats.packets as f64,
@@ -509,12 +1027,14 @@ fn kernel_agrees_with_the_reference_on_random_frames() {
         println!("  malformed, {why}: {n}");
     }
     assert!(
-        stats.mismatches == 0,
+        stats.mismatches == 0 && stats.state_batches == 0,
         "{} of {} frames judged differently by the kernel and the reference (by verdict, or by \
-         counter under {} policies); the first {}:\n\n{}",
+         counter under {} policies), and flow states differing after {} policies; the first \
+         {}:\n\n{}",
         stats.mismatches,
         stats.packets,
         stats.counter_batches,
+        stats.state_batches,
         stats.shown.len(),
         stats.shown.join("\n\n")
     );
@@ -531,34 +1051,36 @@ fn kernel_agrees_with_the_reference_on_random_frames() {
     }
 }
 
-/// Replays one batch reading the counters around every frame, and describes every frame whose
-/// counter is not the one the reference's verdict belongs to.
-fn replay_counting(loaded: &Loaded, seed: u64, batch: u64, count: u64) -> Vec<String> {
-    let rng = Rng::new(batch_seed(seed, batch));
-    let yaml = random_policy(&rng);
-    let policy = policy::parse(&yaml, "fuzz.yaml")
-        .expect("the policy parsed before")
-        .policy;
+/// Replays one batch from a freshly seeded table, reading the counters around every frame,
+/// and describes every frame whose counter is not the one the reference's verdict belongs to.
+fn replay_counting(loaded: &mut Loaded, batch: &Batch) -> Vec<String> {
+    let mut table = prepare(loaded, batch);
     let mut found = Vec::new();
-    for index in 0..count {
-        let frame = random_frame(&rng);
+    for (n, (aimed, frame)) in batch.frames.iter().enumerate() {
+        let flows = describe(&table);
         let before = loaded.counters().expect("counters");
-        loaded.test_run(&frame).expect("test run");
+        loaded.test_run(frame).expect("test run");
         let after = loaded.counters().expect("counters");
         let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-        let expected = reference::classify(&frame, &policy);
+        let expected = reference::classify_with_flows(frame, &batch.policy, &mut table);
         let moved: Vec<Tally> = Tally::ALL
             .into_iter()
             .filter(|t| t.of(&delta) != 0)
             .collect();
         if moved != [expected.tally()] {
             found.push(format!(
-                "packet {index}: kernel counted {moved:?}, reference {:?} ({:?})\nframe ({} bytes): {}\n{}",
+                "frame {n}{}: kernel counted {moved:?}, reference {:?} ({:?})\n\
+                 flow table before the frame:\n{flows}frame ({} bytes): {}\n{}",
+                if *aimed {
+                    " (aimed at the flow table)"
+                } else {
+                    ""
+                },
                 expected.tally(),
                 expected.class,
                 frame.len(),
-                hex_line(&frame),
-                dump(&frame)
+                hex_line(frame),
+                dump(frame)
             ));
         }
     }
@@ -584,6 +1106,43 @@ fn generated_policies_are_valid() {
             panic!("generated policy {batch} is invalid:\n{yaml}\n{d}");
         }
     }
+}
+
+#[test]
+fn generated_flow_settings_and_tables_are_valid() {
+    // The `replies:` and `flows:` lines in front of each policy must keep it valid, and the
+    // seeded flows must be of the states their protocol can have.
+    for index in 0..300 {
+        let b = batch(DEFAULT_SEED, index, 0);
+        for f in &b.flows {
+            let tcp = f.id.protocol == proto::TCP;
+            assert_eq!(tcp, f.state != FlowState::Open, "policy {index}: {f:?}");
+            assert_eq!(
+                f.id.local.is_ipv6(),
+                f.id.remote.is_ipv6(),
+                "policy {index}: {f:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_flow_generator_is_deterministic() {
+    // A reported seed must rebuild the same flow table and aimed frames.
+    assert_eq!(batch(7, 3, 60), batch(7, 3, 60));
+    assert_ne!(batch(7, 3, 60), batch(8, 3, 60));
+    // The main stream is the one the seed gave before flows were modelled.
+    let rng = Rng::new(batch_seed(7, 3));
+    let _ = random_policy(&rng);
+    let main: Vec<Vec<u8>> = (0..60).map(|_| random_frame(&rng)).collect();
+    let b = batch(7, 3, 60);
+    let unaimed: Vec<Vec<u8>> = b
+        .frames
+        .into_iter()
+        .filter(|(aimed, _)| !aimed)
+        .map(|(_, f)| f)
+        .collect();
+    assert_eq!(unaimed, main);
 }
 
 #[test]

@@ -305,6 +305,66 @@ pub fn raw(protocol: u8, bytes: &[u8]) -> L4 {
     }
 }
 
+/// TCP flag bits, written out (as the protocol numbers above are).
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const SYN_ACK: u8 = SYN | ACK;
+    pub const FIN_ACK: u8 = FIN | ACK;
+    pub const RST_ACK: u8 = RST | ACK;
+    pub const PSH_ACK: u8 = PSH | ACK;
+}
+
+/// A TCP segment from `src` to `dst` with these flags.
+pub fn tcp_seg(src: u16, dst: u16, flags: u8) -> L4 {
+    L4::Tcp {
+        src,
+        dst,
+        flags,
+        doff: None,
+        options: Vec::new(),
+    }
+}
+
+/// A UDP datagram from `src` to `dst`.
+pub fn udp_from(src: u16, dst: u16) -> L4 {
+    L4::Udp { src, dst }
+}
+
+/// ICMP echo types of each family.
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// An ICMP (`v6 == false`) or ICMPv6 echo message of `kind` with identifier `id`, sequence 1
+/// and a short payload.
+pub fn echo(v6: bool, kind: u8, id: u16) -> L4 {
+    let mut bytes = vec![kind, 0, 0, 0];
+    bytes.extend_from_slice(&id.to_be_bytes());
+    bytes.extend_from_slice(&1u16.to_be_bytes());
+    bytes.extend_from_slice(b"portfw-ping");
+    L4::Raw {
+        protocol: if v6 { proto::ICMPV6 } else { proto::ICMP },
+        bytes,
+    }
+}
+
+/// An ICMP (`v6 == false`) or ICMPv6 error of `kind` and `code` quoting `quoted` (an IP
+/// datagram, usually cut short as routers cut it): type, code, checksum, four unused (or MTU)
+/// bytes, then the quote.
+pub fn icmp_error(v6: bool, kind: u8, code: u8, quoted: &[u8]) -> L4 {
+    let mut bytes = vec![kind, code, 0, 0, 0, 0, 0, 0];
+    bytes.extend_from_slice(quoted);
+    L4::Raw {
+        protocol: if v6 { proto::ICMPV6 } else { proto::ICMP },
+        bytes,
+    }
+}
+
 pub const V4_SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const V4_DST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const V6_SRC: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
@@ -427,6 +487,23 @@ impl Frame {
     pub fn pad(mut self, n: usize) -> Self {
         self.padding.extend(std::iter::repeat_n(0u8, n));
         self
+    }
+
+    /// Swaps the IP source and destination addresses: a frame from the host (the builder's
+    /// destination) to its peer, as the egress program sees it. Ports are the caller's.
+    pub fn swapped(self) -> Self {
+        match &self.net {
+            Net::V4(_) => self.v4(|ip| std::mem::swap(&mut ip.src, &mut ip.dst)),
+            Net::V6(_) => self.v6(|ip| std::mem::swap(&mut ip.src, &mut ip.dst)),
+            Net::Other { .. } => self,
+        }
+    }
+
+    /// The IP datagram alone, without the link header, the tags or the padding: what an ICMP
+    /// error quotes.
+    pub fn datagram(&self) -> Vec<u8> {
+        let frame = self.build();
+        frame[self.l3_offset()..frame.len() - self.padding.len()].to_vec()
     }
 
     /// Offset of the network header: after Ethernet and the tags.

@@ -2,5 +2,7 @@
 #![allow(dead_code, reason = "each test crate uses a different part")]
 pub mod builder;
 pub mod e2e;
+pub mod flow_table;
 pub mod random_policy;
 pub mod reference;
+pub mod sockets;

@@ -32,12 +32,30 @@
 //!   IPv4 flags and option contents, extension-header option contents, ICMP codes other
 //!   than fragmentation-needed, the NDP hop limit.
 //!
+//! The flow table (`replies: allow`, docs/policy.md "Replies to the host's own connections") is
+//! modelled as a [`FlowTable`] the caller fills: the flows, their state, and whether each is
+//! still within its idle timeout. What the documentation says, written out here:
+//!
+//! - The table is consulted only when the rules (or the `icmp` setting) drop, and only under
+//!   `replies: allow`; a reply to a port the rules allow is the rule's.
+//! - A reply matches exactly: protocol, both addresses, both ports (echo: the identifier), and
+//!   only a live flow. A bare SYN is never a reply. While only our SYN has been seen, the
+//!   remote may answer with SYN-ACK or RST; after that, anything but a new SYN. A FIN or RST
+//!   that passes moves the flow to closing (the model keeps that state for the next frame).
+//! - ICMP and ICMPv6 errors (destination unreachable, packet too big, time exceeded,
+//!   parameter problem) pass when their quote names a live flow: the quote must hold an IP
+//!   header of the message's family (IPv4: version, IHL >= 5 with its options, not a
+//!   non-first fragment; IPv6: version, no extension headers) and eight bytes after it,
+//!   inside the datagram. Quoted TCP is matched whatever its flags and the flow's state.
+//! - A TCP segment with no flow passes when the kernel has a connected socket for it: there
+//!   is none for the frames of these tests, so the model never takes that path.
+//!
 //! Not modelled at all: which rule decided (only its action: the tests compare the kernel's
 //! rule and default counters together), logging and events, and frames longer than
 //! BPF_PROG_TEST_RUN's linear buffer (3520 bytes), which no driver hands this program.
 #![allow(dead_code, reason = "each test crate uses a different part")]
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use etherparse::{
     EtherType, Ethernet2HeaderSlice, IpAuthHeaderSlice, IpNumber, Ipv4HeaderSlice,
@@ -71,6 +89,10 @@ pub enum Class {
     NonIp,
     OtherIp,
     Fragment,
+    /// A reply to a flow of the table (or an echo reply to our echo request).
+    Reply,
+    /// An ICMP error about a flow of the table.
+    Related,
 }
 
 /// A verdict and what decided it.
@@ -115,6 +137,8 @@ impl Verdict {
             (Class::OtherIp, false) => Tally::OtherIpDrop,
             (Class::Fragment, true) => Tally::FragmentAllow,
             (Class::Fragment, false) => Tally::FragmentDrop,
+            (Class::Reply, _) => Tally::Reply,
+            (Class::Related, _) => Tally::Related,
         }
     }
 }
@@ -145,10 +169,12 @@ pub enum Tally {
     OtherIpDrop,
     FragmentAllow,
     FragmentDrop,
+    Reply,
+    Related,
 }
 
 impl Tally {
-    pub const ALL: [Tally; 11] = [
+    pub const ALL: [Tally; 13] = [
         Tally::PortAllow,
         Tally::PortDrop,
         Tally::Malformed,
@@ -160,6 +186,8 @@ impl Tally {
         Tally::OtherIpDrop,
         Tally::FragmentAllow,
         Tally::FragmentDrop,
+        Tally::Reply,
+        Tally::Related,
     ];
 
     /// The kernel counters (`portfw_common::counter`) that make up this tally.
@@ -176,6 +204,8 @@ impl Tally {
             Tally::OtherIpDrop => &[counter::OTHER_IP_DROP],
             Tally::FragmentAllow => &[counter::FRAGMENT_ALLOW],
             Tally::FragmentDrop => &[counter::FRAGMENT_DROP],
+            Tally::Reply => &[counter::ALLOW_REPLY],
+            Tally::Related => &[counter::ALLOW_RELATED],
         }
     }
 
@@ -195,8 +225,16 @@ const MAX_VLAN_TAGS: usize = 2;
 /// README: IPv6 extension headers are "walked, at most 8; a longer chain is malformed".
 const MAX_IPV6_EXT: usize = 8;
 
-/// Judges `frame` (starting at the Ethernet header) by `policy`, as the README says.
+/// Judges `frame` (starting at the Ethernet header) by `policy`, as the README says, with an
+/// empty flow table.
 pub fn classify(frame: &[u8], policy: &Policy) -> Verdict {
+    classify_with_flows(frame, policy, &mut FlowTable::default())
+}
+
+/// Judges `frame` by `policy` against `flows`, moving a TCP flow to closing where a FIN or
+/// RST passes, as the kernel does.
+pub fn classify_with_flows(frame: &[u8], policy: &Policy, flows: &mut FlowTable) -> Verdict {
+    let cx = &mut Cx { policy, flows };
     let Ok(eth) = Ethernet2HeaderSlice::from_slice(frame) else {
         return Verdict::malformed("frame shorter than an Ethernet header");
     };
@@ -215,13 +253,20 @@ pub fn classify(frame: &[u8], policy: &Policy) -> Verdict {
         tags += 1;
     }
     match ethertype {
-        EtherType::IPV4 => ipv4(rest, policy),
-        EtherType::IPV6 => ipv6(rest, policy),
+        EtherType::IPV4 => ipv4(rest, cx),
+        EtherType::IPV6 => ipv6(rest, cx),
         _ => Verdict::setting(policy.non_ip, Class::NonIp),
     }
 }
 
-fn ipv4(packet: &[u8], policy: &Policy) -> Verdict {
+/// What the walk judges by: the policy and the flow table.
+struct Cx<'a> {
+    policy: &'a Policy,
+    flows: &'a mut FlowTable,
+}
+
+fn ipv4(packet: &[u8], cx: &mut Cx) -> Verdict {
+    let policy = cx.policy;
     // Checks the version, IHL >= 5 and that the header with its options is in the slice.
     let Ok(header) = Ipv4HeaderSlice::from_slice(packet) else {
         return Verdict::malformed("bad or truncated IPv4 header");
@@ -247,16 +292,15 @@ fn ipv4(packet: &[u8], policy: &Policy) -> Verdict {
         }
         return Verdict::setting(policy.fragments, Class::Fragment);
     }
-    transport(
-        protocol,
-        payload,
-        false,
+    let addrs = (
         IpAddr::V4(header.source_addr()),
-        policy,
-    )
+        IpAddr::V4(header.destination_addr()),
+    );
+    transport(protocol, payload, false, addrs, cx)
 }
 
-fn ipv6(packet: &[u8], policy: &Policy) -> Verdict {
+fn ipv6(packet: &[u8], cx: &mut Cx) -> Verdict {
+    let policy = cx.policy;
     // Checks the version and the 40 bytes.
     let Ok(header) = Ipv6HeaderSlice::from_slice(packet) else {
         return Verdict::malformed("bad or truncated IPv6 header");
@@ -268,7 +312,10 @@ fn ipv6(packet: &[u8], policy: &Policy) -> Verdict {
     }
     // Every extension header must lie inside the payload length: what follows it is padding.
     let mut payload = &packet[header_len..end];
-    let src = IpAddr::V6(header.source_addr());
+    let addrs = (
+        IpAddr::V6(header.source_addr()),
+        IpAddr::V6(header.destination_addr()),
+    );
     let mut next = header.next_header();
     let mut walked = 0;
     loop {
@@ -326,45 +373,74 @@ fn ipv6(packet: &[u8], policy: &Policy) -> Verdict {
             }
         }
     }
-    transport(next, payload, true, src, policy)
+    transport(next, payload, true, addrs, cx)
 }
 
-/// Judges the transport layer: `payload` is exactly the rest of the datagram.
+/// Judges the transport layer: `payload` is exactly the rest of the datagram, `addrs` the
+/// datagram's (source, destination).
 fn transport(
     protocol: IpNumber,
     payload: &[u8],
     v6: bool,
-    src: IpAddr,
-    policy: &Policy,
+    addrs: (IpAddr, IpAddr),
+    cx: &mut Cx,
 ) -> Verdict {
+    let policy = cx.policy;
+    // (protocol, (source port, destination port), TCP flags)
     let ports = match protocol {
-        IpNumber::TCP => tcp_ports(payload).map(|ports| (Protocol::Tcp, ports)),
+        IpNumber::TCP => tcp_ports(payload).map(|(ports, flags)| (Protocol::Tcp, ports, flags)),
         IpNumber::UDP => UdpHeaderSlice::from_slice(payload)
-            .map(|h| (Protocol::Udp, (h.source_port(), h.destination_port())))
+            .map(|h| (Protocol::Udp, (h.source_port(), h.destination_port()), 0))
             .map_err(|_| "UDP header cut short"),
         // UDP-Lite's header has UDP's layout (a checksum coverage where UDP has a length).
         IpNumber::UDP_LITE => UdpHeaderSlice::from_slice(payload)
-            .map(|h| (Protocol::UdpLite, (h.source_port(), h.destination_port())))
+            .map(|h| {
+                (
+                    Protocol::UdpLite,
+                    (h.source_port(), h.destination_port()),
+                    0,
+                )
+            })
             .map_err(|_| "UDP-Lite header cut short"),
         // etherparse has no SCTP: its common header is 12 bytes, the ports first.
         IpNumber::SCTP if payload.len() >= 12 => {
-            Ok((Protocol::Sctp, (be16(payload, 0), be16(payload, 2))))
+            Ok((Protocol::Sctp, (be16(payload, 0), be16(payload, 2)), 0))
         }
         IpNumber::SCTP => Err("SCTP common header cut short"),
-        IpNumber::ICMP if !v6 => return icmp(payload, false, policy),
-        IpNumber::IPV6_ICMP if v6 => return icmp(payload, true, policy),
+        IpNumber::ICMP if !v6 => return icmp(payload, false, addrs, cx),
+        IpNumber::IPV6_ICMP if v6 => return icmp(payload, true, addrs, cx),
         _ => return Verdict::setting(policy.other_ip, Class::OtherIp),
     };
     match ports {
-        Ok((protocol, (_, dst))) => Verdict {
-            action: policy_verdict(policy, protocol, dst, src),
-            class: Class::Port(protocol),
-        },
+        Ok((kind, (sport, dport), flags)) => {
+            let action = policy_verdict(policy, kind, dport, addrs.0);
+            // The table is for what the rules drop: an allowed reply is the rule's.
+            if action == Action::Drop && policy.replies == Action::Allow {
+                let flow = FlowId {
+                    protocol: protocol.0,
+                    local: addrs.1,
+                    remote: addrs.0,
+                    local_port: dport,
+                    remote_port: sport,
+                };
+                if cx.flows.reply(&flow, flags) {
+                    return Verdict {
+                        action: Action::Allow,
+                        class: Class::Reply,
+                    };
+                }
+            }
+            Verdict {
+                action,
+                class: Class::Port(kind),
+            }
+        }
         Err(why) => Verdict::malformed(why),
     }
 }
 
-fn tcp_ports(payload: &[u8]) -> Result<(u16, u16), &'static str> {
+/// The ports and the flags byte of a TCP header.
+fn tcp_ports(payload: &[u8]) -> Result<((u16, u16), u8), &'static str> {
     let (src, dst) = match TcpHeaderSlice::from_slice(payload) {
         Ok(h) => (h.source_port(), h.destination_port()),
         Err(err::tcp::HeaderSliceError::Content(_)) => return Err("TCP data offset under 5"),
@@ -378,10 +454,12 @@ fn tcp_ports(payload: &[u8]) -> Result<(u16, u16), &'static str> {
     if src == 0 || dst == 0 {
         return Err("TCP port 0");
     }
-    Ok((src, dst))
+    // The flags byte: the 20-byte minimal header is there, whatever the options.
+    Ok(((src, dst), payload[13]))
 }
 
-fn icmp(payload: &[u8], v6: bool, policy: &Policy) -> Verdict {
+fn icmp(payload: &[u8], v6: bool, addrs: (IpAddr, IpAddr), cx: &mut Cx) -> Verdict {
+    let policy = cx.policy;
     // Type, code and checksum. etherparse's ICMP slices want the 8-byte header and exact
     // timestamp lengths, which the specification does not, so the bytes are read here.
     if payload.len() < 4 {
@@ -398,9 +476,210 @@ fn icmp(payload: &[u8], v6: bool, policy: &Policy) -> Verdict {
         kind == icmpv4::TYPE_DEST_UNREACH && code == icmpv4::CODE_DST_UNREACH_NEED_FRAG
     };
     if essential && verdict == Action::Allow && policy.icmp == Action::Drop {
-        Verdict::setting(Action::Allow, Class::IcmpEssential)
+        return Verdict::setting(Action::Allow, Class::IcmpEssential);
+    }
+    if verdict == Action::Drop
+        && policy.replies == Action::Allow
+        && let Some(class) = icmp_about_a_flow(payload, v6, addrs, cx.flows)
+    {
+        return Verdict {
+            action: Action::Allow,
+            class,
+        };
+    }
+    Verdict::setting(verdict, Class::Icmp)
+}
+
+/// Whether an ICMP message the `icmp` setting drops is about a live flow: an echo reply to our
+/// echo request, or an error quoting one of our packets.
+fn icmp_about_a_flow(
+    payload: &[u8],
+    v6: bool,
+    (src, dst): (IpAddr, IpAddr),
+    flows: &mut FlowTable,
+) -> Option<Class> {
+    // Echo and errors alike have 8 header bytes; a shorter message is about nothing.
+    if payload.len() < 8 {
+        return None;
+    }
+    let kind = payload[0];
+    let (echo_reply, errors, protocol): (u8, &[u8], u8) = if v6 {
+        (
+            icmpv6::TYPE_ECHO_REPLY,
+            &[
+                icmpv6::TYPE_DST_UNREACH,
+                icmpv6::TYPE_PACKET_TOO_BIG,
+                icmpv6::TYPE_TIME_EXCEEDED,
+                icmpv6::TYPE_PARAMETER_PROBLEM,
+            ],
+            IpNumber::IPV6_ICMP.0,
+        )
     } else {
-        Verdict::setting(verdict, Class::Icmp)
+        (
+            icmpv4::TYPE_ECHO_REPLY,
+            &[
+                icmpv4::TYPE_DEST_UNREACH,
+                icmpv4::TYPE_TIME_EXCEEDED,
+                icmpv4::TYPE_PARAMETER_PROBLEM,
+            ],
+            IpNumber::ICMP.0,
+        )
+    };
+    if kind == echo_reply {
+        let flow = FlowId {
+            protocol,
+            local: dst,
+            remote: src,
+            local_port: be16(payload, 4),
+            remote_port: 0,
+        };
+        return flows.is_live(&flow).then_some(Class::Reply);
+    }
+    if errors.contains(&kind) {
+        let flow = quoted_flow(&payload[8..], v6)?;
+        return flows.is_live(&flow).then_some(Class::Related);
+    }
+    None
+}
+
+/// The flow an ICMP error's quote names: the quoted packet is one the host sent, so its source
+/// is our side. `quote` runs to the end of the error's datagram.
+fn quoted_flow(quote: &[u8], v6: bool) -> Option<FlowId> {
+    let (protocol, local, remote, rest) = if v6 {
+        // Version and 40 bytes. The next header must be the transport itself: extension
+        // headers in a quote are not walked.
+        let h = Ipv6HeaderSlice::from_slice(quote).ok()?;
+        (
+            h.next_header(),
+            IpAddr::V6(h.source_addr()),
+            IpAddr::V6(h.destination_addr()),
+            &quote[h.slice().len()..],
+        )
+    } else {
+        // Version, IHL >= 5, the options present. The total length describes the original
+        // datagram, which the quote cuts, so it is not checked (etherparse's header slice
+        // does not either).
+        let h = Ipv4HeaderSlice::from_slice(quote).ok()?;
+        if h.fragments_offset().value() != 0 {
+            return None;
+        }
+        (
+            h.protocol(),
+            IpAddr::V4(h.source_addr()),
+            IpAddr::V4(h.destination_addr()),
+            &quote[h.slice().len()..],
+        )
+    };
+    // Eight bytes of the quoted transport header, as RFC 792 asks routers to keep.
+    if rest.len() < 8 {
+        return None;
+    }
+    let (local_port, remote_port) = match protocol {
+        IpNumber::TCP | IpNumber::UDP | IpNumber::UDP_LITE | IpNumber::SCTP => {
+            (be16(rest, 0), be16(rest, 2))
+        }
+        IpNumber::ICMP if !v6 && rest[0] == icmpv4::TYPE_ECHO_REQUEST => (be16(rest, 4), 0),
+        IpNumber::IPV6_ICMP if v6 && rest[0] == icmpv6::TYPE_ECHO_REQUEST => (be16(rest, 4), 0),
+        _ => return None,
+    };
+    Some(FlowId {
+        protocol: protocol.0,
+        local,
+        remote,
+        local_port,
+        remote_port,
+    })
+}
+
+/// One flow of the model table: what the host's side and the peer's are. For ICMP echo,
+/// `local_port` is the identifier and `remote_port` 0. The family is the addresses'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowId {
+    /// IP protocol number.
+    pub protocol: u8,
+    pub local: IpAddr,
+    pub remote: IpAddr,
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+/// A flow's state, as docs/policy.md names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowState {
+    /// TCP: only our SYN has been seen.
+    SynSent,
+    Established,
+    /// TCP: a FIN or RST has been seen.
+    Closing,
+    /// UDP, UDP-Lite, SCTP, ICMP echo.
+    Open,
+}
+
+/// What the model knows of a flow: its state, and whether it is within its idle timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub state: FlowState,
+    pub live: bool,
+}
+
+/// The idle timeout docs/policy.md gives a flow of `protocol` in `state`: `tcp-timeout` for an
+/// established connection, `tcp-closing` after a FIN or RST and while our SYN waits,
+/// `icmp-timeout` for echo, `udp-timeout` for UDP, UDP-Lite and SCTP.
+pub fn flow_timeout(policy: &Policy, protocol: u8, state: FlowState) -> std::time::Duration {
+    let f = &policy.flows;
+    match state {
+        FlowState::Established => f.tcp_timeout,
+        FlowState::SynSent | FlowState::Closing => f.tcp_closing,
+        FlowState::Open if protocol == IpNumber::ICMP.0 || protocol == IpNumber::IPV6_ICMP.0 => {
+            f.icmp_timeout
+        }
+        FlowState::Open => f.udp_timeout,
+    }
+}
+
+/// The flows the host opened, as the reference sees them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowTable {
+    pub flows: BTreeMap<FlowId, FlowEntry>,
+}
+
+impl FlowTable {
+    pub fn insert(&mut self, id: FlowId, state: FlowState, live: bool) {
+        self.flows.insert(id, FlowEntry { state, live });
+    }
+
+    fn is_live(&self, id: &FlowId) -> bool {
+        self.flows.get(id).is_some_and(|e| e.live)
+    }
+
+    /// Whether a segment or datagram with TCP `flags` (0 for other protocols) arriving for
+    /// `id` is a reply to it; a FIN or RST that is moves the flow to closing.
+    fn reply(&mut self, id: &FlowId, flags: u8) -> bool {
+        const FIN: u8 = 0x01;
+        const SYN: u8 = 0x02;
+        const RST: u8 = 0x04;
+        const ACK: u8 = 0x10;
+        let tcp = id.protocol == IpNumber::TCP.0;
+        let (syn, ack) = (flags & SYN != 0, flags & ACK != 0);
+        // A bare SYN opens a connection: it is never a reply.
+        if tcp && syn && !ack {
+            return false;
+        }
+        let Some(entry) = self.flows.get_mut(id).filter(|e| e.live) else {
+            return false;
+        };
+        if !tcp {
+            return true;
+        }
+        let ok = match entry.state {
+            FlowState::SynSent => flags & RST != 0 || (syn && ack),
+            FlowState::Established | FlowState::Closing => !syn || ack,
+            FlowState::Open => false,
+        };
+        if ok && flags & (FIN | RST) != 0 {
+            entry.state = FlowState::Closing;
+        }
+        ok
     }
 }
 

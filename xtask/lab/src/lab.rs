@@ -20,6 +20,17 @@ use crate::{
     process::{ip, ip_batch, output_checked},
 };
 
+/// The sysctls a lab namespace gets before its interfaces exist: no DAD (addresses usable at
+/// once), no router solicitations or RA handling.
+pub(crate) const QUIET_IPV6: [&str; 6] = [
+    "net.ipv6.conf.all.accept_dad=0",
+    "net.ipv6.conf.default.accept_dad=0",
+    "net.ipv6.conf.all.router_solicitations=0",
+    "net.ipv6.conf.default.router_solicitations=0",
+    "net.ipv6.conf.all.accept_ra=0",
+    "net.ipv6.conf.default.accept_ra=0",
+];
+
 /// Makes names and subnets unique among the labs of one process.
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -184,20 +195,9 @@ impl Lab {
             // Before the veth exists, so the new interfaces inherit the defaults:
             // no DAD (addresses usable at once) and no router solicitations or
             // RA handling, which would only add noise to captures.
-            lab.run(
-                side,
-                [
-                    "sysctl",
-                    "-q",
-                    "-w",
-                    "net.ipv6.conf.all.accept_dad=0",
-                    "net.ipv6.conf.default.accept_dad=0",
-                    "net.ipv6.conf.all.router_solicitations=0",
-                    "net.ipv6.conf.default.router_solicitations=0",
-                    "net.ipv6.conf.all.accept_ra=0",
-                    "net.ipv6.conf.default.accept_ra=0",
-                ],
-            )?;
+            let mut args = vec!["sysctl", "-q", "-w"];
+            args.extend_from_slice(&QUIET_IPV6);
+            lab.run(side, args)?;
         }
         ip(&[
             "link",
@@ -383,7 +383,7 @@ struct Spec {
     subnet: u8,
 }
 
-fn netns_path(name: &str) -> PathBuf {
+pub(crate) fn netns_path(name: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(name)
 }
 
@@ -394,11 +394,12 @@ fn netns_inode(name: &str) -> Result<u64> {
         .ino())
 }
 
-/// The pid in `…-<pid>-<n>-srv` / `…-<pid>-<n>-cli`.
+/// The pid in `…-<pid>-<n>-srv` / `…-<pid>-<n>-cli` (and a router lab's `…-<pid>-<n>-lan`).
 fn creator_pid(name: &str) -> Option<u32> {
     let rest = name
         .strip_suffix("-srv")
-        .or_else(|| name.strip_suffix("-cli"))?;
+        .or_else(|| name.strip_suffix("-cli"))
+        .or_else(|| name.strip_suffix("-lan"))?;
     let mut parts = rest.rsplitn(3, '-');
     let _n: u32 = parts.next()?.parse().ok()?;
     let pid = parts.next()?.parse().ok()?;
@@ -429,7 +430,7 @@ fn remove_pins(inode: u64) -> Result<()> {
 
 /// Kills what still runs in each namespace, removes its portfw pins and deletes
 /// it (which also deletes the veth). Never panics; returns what went wrong.
-fn remove_namespaces(names: &[&str]) -> Vec<String> {
+pub(crate) fn remove_namespaces(names: &[&str]) -> Vec<String> {
     let mut errors = Vec::new();
     for name in names {
         if !netns_path(name).exists() {
@@ -473,5 +474,6 @@ mod tests {
         assert_eq!(creator_pid("pfw-a-b-77-0-cli"), Some(77));
         assert_eq!(creator_pid("pfw-lab-srv"), None);
         assert_eq!(creator_pid("pfw-x-1-srv"), None);
+        assert_eq!(creator_pid("pfw-rt-55-2-lan"), Some(55));
     }
 }

@@ -1,6 +1,7 @@
 //! The developer lab of portfw, shared by xtask, the tests and the benchmarks: two network
-//! namespaces joined by a veth pair, the python helpers that talk across it, the seeded
-//! generator the tests draw from, and the choice of the eBPF toolchain.
+//! namespaces joined by a veth pair (and, for router tests, a LAN behind one of them), the
+//! python helpers that talk across it, the seeded generator the tests draw from, and the
+//! choice of the eBPF toolchain.
 //!
 //! It depends on neither portfw-user nor portfw-ebpf: `cargo xtask setup` builds it before
 //! the eBPF toolchain it installs exists, and portfw-user's build script uses its toolchain
@@ -11,12 +12,14 @@
 mod lab;
 mod process;
 pub mod rng;
+mod router;
 mod scripts;
 pub mod toolchain;
 
 pub use lab::{Lab, Side};
 pub use process::{ChildId, show};
 pub use rng::Rng;
+pub use router::RouterLab;
 pub use scripts::{Probe, Proto, script};
 
 /// Where `ip netns add` leaves the namespace handles.

@@ -46,6 +46,12 @@ impl Lab {
     /// Starts `xtask/lab/responder.py` in the server namespace on these ports
     /// (IPv4 and IPv6) and returns once it listens on all of them.
     pub fn start_responder(&mut self, tcp: &[u16], udp: &[u16]) -> Result<ChildId> {
+        self.start_responder_on(Side::Server, tcp, udp)
+    }
+
+    /// [`Lab::start_responder`] in either namespace: on the client, it is the peer that the
+    /// server's own outbound connections reach.
+    pub fn start_responder_on(&mut self, side: Side, tcp: &[u16], udp: &[u16]) -> Result<ChildId> {
         let mut args = vec![
             PYTHON.to_owned(),
             script("responder.py").display().to_string(),
@@ -58,9 +64,9 @@ impl Lab {
             args.push("--udp".to_owned());
             args.push(join_ports(udp));
         }
-        let cmd = self.server(&args);
+        let cmd = self.command(side, &args);
         self.spawn_ready(cmd, "ready", Duration::from_secs(10))
-            .context("starting the responder")
+            .with_context(|| format!("starting the responder on the {side:?} side"))
     }
 
     /// Starts `xtask/lab/vlan_probe.py sniff` on the server interface, writing what it
@@ -201,40 +207,57 @@ impl Lab {
         port: u16,
         timeout: Duration,
     ) -> Result<Probe> {
-        let proto_arg = match proto {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        };
-        let out = self
-            .command(
-                from,
-                [
-                    PYTHON.to_owned(),
-                    script("probe.py").display().to_string(),
-                    proto_arg.to_owned(),
-                    ip.to_string(),
-                    port.to_string(),
-                    "--timeout".to_owned(),
-                    format!("{:.3}", timeout.as_secs_f64()),
-                ],
-            )
-            .stdin(Stdio::null())
-            .output()
-            .context("running probe.py")?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let (verdict, reply) = stdout.split_once('\n').unwrap_or((&stdout, ""));
-        match (out.status.success(), verdict.trim()) {
-            (true, "open") => Ok(Probe::Open(reply.to_owned())),
-            (true, "refused") => Ok(Probe::Refused),
-            (true, "timeout") => Ok(Probe::Timeout),
-            _ => bail!(
-                "probe {proto_arg} {ip} port {port} from {:?} failed ({}): {}{}",
-                from,
-                out.status,
-                stdout.trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        }
+        let cmd = self.command(from, probe_args(proto, ip, port, timeout));
+        run_probe(cmd, &format!("{from:?}"), proto, ip, port)
+    }
+}
+
+/// The command line of `xtask/lab/probe.py` for one attempt.
+pub(crate) fn probe_args(proto: Proto, ip: IpAddr, port: u16, timeout: Duration) -> Vec<String> {
+    vec![
+        PYTHON.to_owned(),
+        script("probe.py").display().to_string(),
+        proto_name(proto).to_owned(),
+        ip.to_string(),
+        port.to_string(),
+        "--timeout".to_owned(),
+        format!("{:.3}", timeout.as_secs_f64()),
+    ]
+}
+
+fn proto_name(proto: Proto) -> &'static str {
+    match proto {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    }
+}
+
+/// Runs a probe command (made by [`probe_args`] inside some namespace, named `from` in
+/// messages) and reads what it saw.
+pub(crate) fn run_probe(
+    mut cmd: std::process::Command,
+    from: &str,
+    proto: Proto,
+    ip: IpAddr,
+    port: u16,
+) -> Result<Probe> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context("running probe.py")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (verdict, reply) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+    match (out.status.success(), verdict.trim()) {
+        (true, "open") => Ok(Probe::Open(reply.to_owned())),
+        (true, "refused") => Ok(Probe::Refused),
+        (true, "timeout") => Ok(Probe::Timeout),
+        _ => bail!(
+            "probe {} {ip} port {port} from {from} failed ({}): {}{}",
+            proto_name(proto),
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
     }
 }
 
