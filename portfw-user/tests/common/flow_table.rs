@@ -12,7 +12,13 @@ use portfw_common::{FlowKey, FlowValue, flow_state};
 
 use super::reference::{self, FlowId, FlowState, FlowTable};
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+/// How far the flow table's clock may lag CLOCK_MONOTONIC: it follows CLOCK_MONOTONIC at
+/// tick resolution (jiffies once calibrated, `bpf_ktime_get_coarse_ns` before), and a tick
+/// is at most 10 ms (HZ 100).
+pub const CLOCK_TICK_NS: u64 = 10_000_000;
+
+/// CLOCK_MONOTONIC in nanoseconds, which the flow table's clock follows to within
+/// [`CLOCK_TICK_NS`].
 pub fn monotonic_ns() -> u64 {
     // SAFETY: an all-zero timespec is valid, and clock_gettime only writes it.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
