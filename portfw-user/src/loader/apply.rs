@@ -1,18 +1,16 @@
 //! Changing the running filter: the `apply` transaction (a fresh load, or an in-place table
 //! update), attaching to interfaces, `detach`, and removing pins.
-use std::{
-    fs, io,
-    path::{Path, PathBuf},
-};
+use std::{io, path::Path};
 
 use aya::programs::{SchedClassifier, Xdp};
 use aya_obj::programs::XdpAttachType;
 use portfw_common::ABI_VERSION;
 
 use super::{
-    attach::{Mode, Programs, attach_interface, unpin_link},
-    bpffs::{EGRESS_LINK_PREFIX, LINK_PREFIX, PIN_ROOT, Paths, ensure_mounted},
-    error::{LoaderError, io_err, program_err},
+    attach::{Mode, Programs, attach_interface, detach_pinned_link, unpin_link},
+    bpffs::{EGRESS_LINK_PREFIX, LINK_PREFIX, Paths, create_pin_root, ensure_mounted, pin_root},
+    error::{LoaderError, program_err},
+    fsafe::Dir,
     iface::{Link, ifindex, link_type},
     object::{Loaded, flow_map_size, open_tables, pinned_flow_map_size, pinned_flows},
     state::{Attachment, PolicyRecord, State},
@@ -44,62 +42,59 @@ pub struct ApplyOutcome {
     pub notes: Vec<String>,
 }
 
-/// Removes a half-built pin directory unless disarmed, so a failed fresh apply leaves
-/// nothing attached or pinned behind.
-struct TempPins(Option<PathBuf>);
+/// Removes a half-built pin directory (by its name in the pin root) unless disarmed, so a
+/// failed fresh apply leaves nothing attached or pinned behind.
+struct TempPins(Option<String>);
 
 impl Drop for TempPins {
     fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
-            let _ = remove_pins(&dir);
+        if let Some(name) = self.0.take()
+            && let Ok(Some(root)) = pin_root()
+        {
+            let _ = remove_pins(&root, &name);
         }
     }
 }
 
-/// Unpins everything under `dir` (links first, so the program stops judging packets before
-/// its maps go) and removes the directory.
-fn remove_pins(dir: &Path) -> Result<(), LoaderError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(io_err(format!("reading {}", dir.display()))(source)),
-    };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort_by_key(|p| {
-        !p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(LINK_PREFIX) || n.starts_with(EGRESS_LINK_PREFIX))
-    });
-    for path in paths {
-        fs::remove_file(&path).map_err(io_err(format!("unpinning {}", path.display())))?;
-    }
-    fs::remove_dir(dir).map_err(io_err(format!("removing {}", dir.display())))
+/// Link pins go first, so the program stops judging packets before its maps go.
+fn is_link_pin(name: &str) -> bool {
+    name.starts_with(LINK_PREFIX) || name.starts_with(EGRESS_LINK_PREFIX)
+}
+
+/// Unpins everything in the pin directory `name` of the pin root (links first) and removes
+/// the directory, never following a link: a link or a directory that is not root's, in
+/// the pin directory's place or in it, is refused.
+fn remove_pins(root: &Dir, name: &str) -> Result<(), LoaderError> {
+    root.remove_pins(name, is_link_pin, detach_pinned_link)
 }
 
 /// Removes the temporary pin directories of applies in this namespace that were killed
 /// before they could finish: their links may still hold a half-set-up program on an
-/// interface. Best effort: a failure here must not stop the apply that found it.
-fn remove_abandoned_temp_pins(paths: &Paths) {
+/// interface. A directory portfw must not touch stops the apply; any other failure here
+/// must not stop the apply that found it.
+fn remove_abandoned_temp_pins(paths: &Paths) -> Result<(), LoaderError> {
     let prefix = format!("tmp-{}-", paths.netns);
-    let Ok(entries) = fs::read_dir(PIN_ROOT) else {
-        return;
+    let Some(root) = pin_root()? else {
+        return Ok(());
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
+    for name in root.entries()? {
         let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
+            .strip_prefix(&prefix)
             .and_then(|pid| pid.parse::<i32>().ok())
         else {
             continue;
         };
+        // A link or a stranger's directory under such a name is refused, whoever's pid it
+        // names.
+        root.sub(&name)?;
         // SAFETY: signal 0 only checks whether the process exists.
         let alive = unsafe { libc::kill(pid, 0) } == 0
             || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive {
-            let _ = remove_pins(&entry.path());
+        if !alive && let Err(e @ LoaderError::Unsafe { .. }) = remove_pins(&root, &name) {
+            return Err(e);
         }
     }
+    Ok(())
 }
 
 /// Compiles nothing, validates nothing: puts an already compiled policy in force.
@@ -118,8 +113,9 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     let record = PolicyRecord::new(req.file, req.source, req.compiled);
     ensure_mounted()?;
     let paths = Paths::current()?;
+    paths.check()?;
     let _lock = paths.lock()?;
-    remove_abandoned_temp_pins(&paths);
+    remove_abandoned_temp_pins(&paths)?;
     let state = State::read(&paths.state)?;
     let loaded = [Link::Ethernet, Link::Ip]
         .iter()
@@ -159,7 +155,9 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
             // Pins without a record, or a record without pins (left by a namespace that was
             // deleted, whose inode this one reuses): start clean.
             if paths.prog().exists() || previous.is_some() || paths.pins.exists() {
-                remove_pins(&paths.pins)?;
+                if let Some(root) = pin_root()? {
+                    remove_pins(&root, &paths.pins_name())?;
+                }
                 State::remove(&paths.state)?;
             }
             let mut outcome = fresh(&paths, req, record, &carried)?;
@@ -175,12 +173,12 @@ fn fresh(
     record: PolicyRecord,
     flows: &[(portfw_common::FlowKey, portfw_common::FlowValue)],
 ) -> Result<ApplyOutcome, LoaderError> {
-    fs::create_dir_all(PIN_ROOT).map_err(io_err(format!("creating {PIN_ROOT}")))?;
-    let tmp_dir = Path::new(PIN_ROOT).join(format!("tmp-{}-{}", paths.netns, std::process::id()));
-    let _ = remove_pins(&tmp_dir);
-    fs::create_dir(&tmp_dir).map_err(io_err(format!("creating {}", tmp_dir.display())))?;
+    let root = create_pin_root()?;
     // bpffs reserves names with dots, hence no hidden ".tmp" name.
-    let mut guard = TempPins(Some(tmp_dir.clone()));
+    let tmp_name = format!("tmp-{}-{}", paths.netns, std::process::id());
+    remove_pins(&root, &tmp_name)?;
+    let tmp_dir = root.create_sub(&tmp_name)?.path().to_path_buf();
+    let mut guard = TempPins(Some(tmp_name.clone()));
 
     let mut loaded = Loaded::load_sized(req.compiled.flows_max)?;
     let generation = loaded.tables.stage(req.compiled)?;
@@ -213,11 +211,7 @@ fn fresh(
     };
     state.generations[generation as usize] = Some(record.clone());
     state.write(&paths.state)?;
-    fs::rename(&tmp_dir, &paths.pins).map_err(io_err(format!(
-        "moving {} to {}",
-        tmp_dir.display(),
-        paths.pins.display()
-    )))?;
+    root.rename(&tmp_name, &paths.pins_name())?;
     guard.0 = None;
     Ok(ApplyOutcome {
         fresh: true,
@@ -318,6 +312,7 @@ fn update(
 /// changes nothing and fails with [`LoaderError::NotAttached`].
 pub fn detach(ifaces: Option<&[String]>) -> Result<Vec<String>, LoaderError> {
     let paths = Paths::current()?;
+    paths.check()?;
     let _lock = paths.lock()?;
     let state = State::read(&paths.state)?;
     if !paths.pins.exists() && state.is_none() {
@@ -347,7 +342,9 @@ pub fn detach(ifaces: Option<&[String]>) -> Result<Vec<String>, LoaderError> {
     }
     state.attachments.retain(|a| !removing.contains(&a.iface));
     if state.attachments.is_empty() {
-        remove_pins(&paths.pins)?;
+        if let Some(root) = pin_root()? {
+            remove_pins(&root, &paths.pins_name())?;
+        }
         State::remove(&paths.state)?;
     } else {
         state.write(&paths.state)?;

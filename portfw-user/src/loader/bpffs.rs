@@ -8,6 +8,7 @@ use std::{
 
 use super::{
     error::{LoaderError, io_err},
+    fsafe::Dir,
     iface::Link,
 };
 
@@ -52,18 +53,29 @@ impl Paths {
         Ok(Self::for_netns(netns_inode()?))
     }
 
+    /// The name of this namespace's pin directory in the pin root.
+    pub fn pins_name(&self) -> String {
+        self.netns.to_string()
+    }
+
+    /// Checks the pin root, this namespace's pin directory and the state directory, those that
+    /// exist: each must be a directory (not a link) that root owns and no one else can write.
+    /// Everything portfw opens by path lies under them, so nothing there can be swapped.
+    pub fn check(&self) -> Result<(), LoaderError> {
+        if let Some(root) = pin_root()? {
+            root.sub(&self.pins_name())?;
+        }
+        Dir::open(Path::new(STATE_ROOT))?;
+        Ok(())
+    }
+
     /// Serialises `apply` and `detach` in one namespace: two writers staging the same
     /// inactive generation at once would switch to a mix of both policies.
     pub fn lock(&self) -> Result<Lock, LoaderError> {
         use std::os::fd::AsRawFd as _;
-        fs::create_dir_all(STATE_ROOT).map_err(io_err(format!("creating {STATE_ROOT}")))?;
-        let path = Path::new(STATE_ROOT).join(format!("{}.lock", self.netns));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(format!("opening {}", path.display())))?;
+        let name = format!("{}.lock", self.netns);
+        let path = Path::new(STATE_ROOT).join(&name);
+        let file = Dir::create(Path::new(STATE_ROOT))?.open_lock(&name)?;
         // SAFETY: a valid open fd; flock blocks until the other writer finishes.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(io_err(format!("locking {}", path.display()))(
@@ -111,6 +123,19 @@ impl Paths {
 
 /// Held while a namespace's filter is being changed; released on drop (the fd closes).
 pub struct Lock(#[expect(dead_code, reason = "held for its fd")] fs::File);
+
+/// The pin root, checked; `None` when it does not exist yet.
+pub(super) fn pin_root() -> Result<Option<Dir>, LoaderError> {
+    Dir::open(Path::new(PIN_ROOT))
+}
+
+/// The pin root, checked, created (mode 0700) when missing.
+pub(super) fn create_pin_root() -> Result<Dir, LoaderError> {
+    Dir::create(Path::new(PIN_ROOT))
+}
+
+/// Mount options of a bpffs portfw mounts: only root may look inside or plant anything there.
+pub const BPFFS_MOUNT_OPTIONS: &str = "mode=0700";
 
 fn is_bpffs(path: &str) -> io::Result<bool> {
     let c_path = CString::new(path).map_err(io::Error::other)?;
@@ -170,22 +195,23 @@ pub fn ensure_mounted() -> Result<(), LoaderError> {
     }
     let source = CString::new("bpf").map_err(io::Error::other);
     let target = CString::new(BPFFS).map_err(io::Error::other);
-    let (Ok(source), Ok(target)) = (source, target) else {
+    let options = CString::new(BPFFS_MOUNT_OPTIONS).map_err(io::Error::other);
+    let (Ok(source), Ok(target), Ok(options)) = (source, target, options) else {
         return Err(LoaderError::BpffsPrivate);
     };
-    // SAFETY: valid C strings; a null data pointer is allowed for bpffs.
+    // SAFETY: valid C strings; bpffs reads its options as a string.
     let rc = unsafe {
         libc::mount(
             source.as_ptr(),
             target.as_ptr(),
             source.as_ptr(),
             0,
-            std::ptr::null(),
+            options.as_ptr().cast(),
         )
     };
     if rc != 0 {
         return Err(io_err(format!(
-            "mounting bpffs at {BPFFS} (mount -t bpf bpf {BPFFS})"
+            "mounting bpffs at {BPFFS} (mount -t bpf -o {BPFFS_MOUNT_OPTIONS} bpf {BPFFS})"
         ))(io::Error::last_os_error()));
     }
     Ok(())

@@ -53,6 +53,12 @@ pub enum LoaderError {
          keeps the host's /sys/fs/bpf"
     )]
     BpffsPrivate,
+    #[error(
+        "refusing {path}: it {problem}. portfw keeps its pins and state only in directories \
+         that root owns and no one else can write, and never follows a link there; find out \
+         who made it, and remove it if it is not portfw's"
+    )]
+    Unsafe { path: PathBuf, problem: String },
     #[error("no portfw filter is loaded in this network namespace (nothing under {0})")]
     NotLoaded(PathBuf),
     #[error("portfw is not attached to `{iface}` (attached: {attached}); nothing was changed")]

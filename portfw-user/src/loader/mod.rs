@@ -1,7 +1,9 @@
 //! The loader: owns the kernel objects. Loads the XDP program, pins it per network namespace,
 //! attaches it to interfaces, writes compiled policies into its tables, and detaches it.
 //!
-//! One module per concern, layered so that none imports a module above it: `error`; then
+//! One module per concern, layered so that none imports a module above it: `error`,
+//! `bpfsys` (bpf(2) commands aya lacks) and `fsafe` (portfw's directories, used without
+//! following links); then
 //! `bpffs` (where pins live), `iface`, `state` (what apply recorded) and `tables` (the
 //! memory-mapped policy tables); then `object` (the kernel object and its maps), `attach`
 //! (links to interfaces) and `flows` (reading the flow table); then `apply` (changing the filter) and `query` (asking it), which
@@ -9,8 +11,10 @@
 mod apply;
 mod attach;
 mod bpffs;
+mod bpfsys;
 mod error;
 mod flows;
+mod fsafe;
 mod iface;
 mod object;
 mod query;
@@ -19,7 +23,9 @@ mod tables;
 
 pub use apply::{ApplyOutcome, ApplyRequest, apply, detach};
 pub use attach::Mode;
-pub use bpffs::{BPFFS, PIN_ROOT, Paths, STATE_ROOT, ensure_mounted, netns_inode};
+pub use bpffs::{
+    BPFFS, BPFFS_MOUNT_OPTIONS, PIN_ROOT, Paths, STATE_ROOT, ensure_mounted, netns_inode,
+};
 pub use error::LoaderError;
 pub use flows::{FlowRecord, FlowTableStatus};
 pub use iface::{Link, ifname};

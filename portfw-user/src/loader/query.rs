@@ -25,6 +25,7 @@ pub struct RunningPolicy {
 
 /// The state file of the filter pinned at `paths`; [`LoaderError::NotLoaded`] without one.
 fn loaded_state(paths: &Paths) -> Result<State, LoaderError> {
+    paths.check()?;
     State::read(&paths.state)?
         .filter(|_| paths.prog().exists())
         .ok_or_else(|| LoaderError::NotLoaded(paths.pins.clone()))
@@ -138,6 +139,7 @@ pub fn explain_running(
 /// The pinned event ring buffer, and the paths to ask [`running_policy`] with.
 pub fn open_events() -> Result<(RingBuf<MapData>, Paths), LoaderError> {
     let paths = Paths::current()?;
+    paths.check()?;
     if !paths.prog().exists() {
         return Err(LoaderError::NotLoaded(paths.pins));
     }
