@@ -98,6 +98,15 @@ impl Netns {
         sh(&full)
     }
 
+    fn has_link(&self, name: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.name, "link", "show", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// Deletes the namespace now, as an operator would without `portfw detach` first.
     fn delete(&mut self) {
         if self.deleted {
@@ -127,6 +136,8 @@ impl Drop for Netns {
     }
 }
 
+const S0_INDEX: &str = "5";
+
 /// Two namespaces joined by a veth: `server` (filtered, `s0`, 10.N.0.1) and `client` (`c0`,
 /// 10.N.0.2).
 struct Pair {
@@ -148,12 +159,14 @@ impl Pair {
         pair
     }
 
-    /// The veth between the two, addressed and up.
+    /// The veth between the two, addressed and up; `s0` has ifindex [`S0_INDEX`].
     fn join(&self) {
         self.server.ip(&[
             "link",
             "add",
             "s0",
+            "index",
+            S0_INDEX,
             "type",
             "veth",
             "peer",
@@ -217,22 +230,25 @@ fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// A private mount namespace held open by a sleeping process, with a fresh bpffs at
-/// /sys/fs/bpf (mode 1777 unless told otherwise) and a fresh tmpfs at /run. Commands enter
-/// it (and a network namespace) through `nsenter`. Dropping it kills the sleeper: the mount
-/// namespace, the bpffs and every pin in it go away, which detaches whatever was attached.
+/// /sys/fs/bpf and a fresh tmpfs at /run/portfw (or, for the attacks on the state directory,
+/// at all of /run, which hides /run/netns). Commands enter it (and a network namespace)
+/// through `nsenter`. Dropping it kills the sleeper: the mount namespace, the bpffs and every
+/// pin in it go away, which detaches whatever was attached.
 struct Sandbox {
     sleeper: Child,
 }
 
 impl Sandbox {
+    /// bpffs mode 1777, as on many hosts; a private, empty /run/portfw.
     fn new() -> Self {
-        Self::with_modes("1777", "0755")
+        fs::create_dir_all("/run/portfw").expect("/run/portfw as a mount point");
+        Self::with_modes("1777", "/run/portfw", "0755")
     }
 
-    fn with_modes(bpffs: &str, run: &str) -> Self {
+    fn with_modes(bpffs: &str, tmpfs_at: &str, tmpfs_mode: &str) -> Self {
         require_root();
         let sleeper = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sleep", "infinity"])
+            .args(["--mount", "--propagation", "slave", "sleep", "infinity"])
             .stdin(Stdio::null())
             .spawn()
             .expect("unshare");
@@ -248,8 +264,8 @@ impl Sandbox {
         }
         let bpffs = format!("mode={bpffs}");
         sandbox.must(&["mount", "-t", "bpf", "-o", &bpffs, "bpf", "/sys/fs/bpf"]);
-        let run = format!("mode={run}");
-        sandbox.must(&["mount", "-t", "tmpfs", "-o", &run, "tmpfs", "/run"]);
+        let run = format!("mode={tmpfs_mode}");
+        sandbox.must(&["mount", "-t", "tmpfs", "-o", &run, "tmpfs", tmpfs_at]);
         sandbox
     }
 
@@ -486,7 +502,7 @@ fn links_planted_in_a_world_writable_pin_root_are_refused_not_followed() {
 #[test]
 fn links_planted_in_the_state_directory_are_refused_not_followed() {
     // /run as writable by everyone, the way a careless host might have it.
-    let sandbox = Sandbox::with_modes("0700", "1777");
+    let sandbox = Sandbox::with_modes("0700", "/run", "1777");
     let ns = lone_netns("state");
     let ino = ns.inode().to_string();
     let policy = PolicyFile::new(ALLOW_ALL);
@@ -553,4 +569,148 @@ fn links_planted_in_the_state_directory_are_refused_not_followed() {
     );
     let out = sandbox.portfw(&ns, &["detach"]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+fn status_json(sandbox: &Sandbox, ns: &Netns) -> serde_json::Value {
+    let out = sandbox.portfw(ns, &["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).expect("status json")
+}
+
+fn counter(status: &serde_json::Value, name: &str) -> u64 {
+    status["counters"]
+        .as_array()
+        .and_then(|c| c.iter().find(|pair| pair[0] == name))
+        .and_then(|pair| pair[1].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_namespace_that_reuses_a_dead_ones_inode_gets_a_real_filter() {
+    let sandbox = Sandbox::new();
+    let mut pair = Pair::new("recycle", 71);
+    let policy = PolicyFile::new(ALLOW_ALL);
+    let apply = ["apply", policy.path(), "--iface", "s0"];
+    let out = sandbox.portfw(&pair.server, &apply);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !pair.udp_arrives(7777),
+        "7777 is dropped while the filter runs"
+    );
+    assert!(pair.udp_arrives(7778), "7778 is allowed");
+
+    // Deleted without `portfw detach`: its pins and state stay, named by its inode.
+    let inode = pair.server.inode();
+    pair.server.delete();
+    let mut held = Vec::new();
+    let mut tries = 0;
+    let server = loop {
+        tries += 1;
+        assert!(
+            tries <= 600,
+            "no new namespace got inode {inode} in 600 tries"
+        );
+        let ns = Netns::new("recycle-s");
+        match ns.inode() {
+            i if i == inode => break ns,
+            // Lower inodes are free first: hold them so the next namespace gets a higher one.
+            i if i < inode => held.push(ns),
+            _ => {
+                drop(ns);
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    drop(held);
+    pair.server = server;
+    pair.join();
+    println!("inode {inode} reused after {tries} namespaces");
+    assert!(pair.udp_arrives(7777), "unfiltered, 7777 arrives");
+
+    // Before any apply here, status does not pass the dead namespace's filter off as this one's.
+    let out = sandbox.portfw(&pair.server, &["status"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("deleted namespace whose inode this one reuses"),
+        "{}",
+        text(&out)
+    );
+
+    let out = sandbox.portfw(&pair.server, &apply);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("loaded program"),
+        "a fresh load, not an update of the dead namespace's filter: {}",
+        text(&out)
+    );
+    assert!(
+        stderr(&out).contains("deleted network namespace"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !pair.udp_arrives(7777),
+        "7777 must be dropped after the apply"
+    );
+    assert!(pair.udp_arrives(7778), "7778 is allowed");
+    let status = status_json(&sandbox, &pair.server);
+    assert_eq!(status["attachments"][0]["iface"], "s0", "{status}");
+    assert_eq!(status["attachments"][0]["filtered"], true, "{status}");
+    assert!(counter(&status, "drop_rule") > 0, "{status}");
+    let out = sandbox.portfw(&pair.server, &["detach"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn the_leftovers_of_dead_namespaces_are_reclaimed_and_live_ones_kept() {
+    let sandbox = Sandbox::new();
+    let policy = PolicyFile::new(ALLOW_ALL);
+    let apply = ["apply", policy.path(), "--iface", "v0"];
+    let next = lone_netns("next");
+    let alive = lone_netns("alive");
+    // The dead namespace's interface has its peer in `next`, which shows when the kernel
+    // has torn the namespace down.
+    let mut dead = Netns::new("dead");
+    dead.ip(&[
+        "link", "add", "v0", "type", "veth", "peer", "name", "dpeer", "netns", &next.name,
+    ]);
+    dead.ip(&["link", "set", "v0", "up"]);
+    for ns in [&dead, &alive] {
+        let out = sandbox.portfw(ns, &apply);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let dead_pins = format!("/sys/fs/bpf/portfw/{}", dead.inode());
+    let dead_state = format!("/run/portfw/{}.json", dead.inode());
+    let alive_pins = format!("/sys/fs/bpf/portfw/{}", alive.inode());
+    // A namespace that lives on without its interface: its links are attached to nothing,
+    // but it is not dead, and its filter is its own business.
+    alive.ip(&["link", "del", "v0"]);
+    dead.delete();
+    let started = Instant::now();
+    while next.has_link("dpeer") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the namespace lingers"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sandbox.exists(&dead_pins) && sandbox.exists(&dead_state));
+
+    let out = sandbox.portfw(&next, &apply);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!("reclaimed {dead_pins}")),
+        "{}",
+        text(&out)
+    );
+    assert!(!sandbox.exists(&dead_pins), "{dead_pins} left behind");
+    assert!(!sandbox.exists(&dead_state), "{dead_state} left behind");
+    assert!(
+        sandbox.exists(&alive_pins),
+        "a live namespace's pins were removed"
+    );
+    for ns in [&alive, &next] {
+        let out = sandbox.portfw(ns, &["detach"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
 }

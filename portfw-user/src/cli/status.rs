@@ -35,10 +35,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 loader::Link::Ethernet => "",
                 loader::Link::Ip => ", frames start at the IP header",
             },
-            if a.live {
-                ""
-            } else {
-                " GONE: the interface no longer exists"
+            match &a.problem {
+                None => String::new(),
+                Some(problem) => format!(" NOT FILTERED: {problem}; apply again"),
             }
         );
     }

@@ -11,6 +11,7 @@ use super::{
     bpffs::{EGRESS_LINK_PREFIX, LINK_PREFIX, Paths, create_pin_root, ensure_mounted, pin_root},
     error::{LoaderError, program_err},
     fsafe::Dir,
+    health::{belongs_here, is_leftover, leftover_candidates, problem},
     iface::{Link, ifindex, link_type},
     object::{Loaded, flow_map_size, open_tables, pinned_flow_map_size, pinned_flows},
     state::{Attachment, PolicyRecord, State},
@@ -116,7 +117,13 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     paths.check()?;
     let _lock = paths.lock()?;
     remove_abandoned_temp_pins(&paths)?;
+    let reclaimed = reclaim_dead_namespaces(&paths);
     let state = State::read(&paths.state)?;
+    // Records of a deleted namespace whose inode this one reuses describe nothing here.
+    let ours = match &state {
+        Some(state) => belongs_here(&paths, state)?,
+        None => false,
+    };
     let loaded = [Link::Ethernet, Link::Ip]
         .iter()
         .all(|&link| paths.prog_for(link).exists() && paths.egress_prog_for(link).exists());
@@ -126,17 +133,21 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     } else {
         None
     };
-    match state {
+    let mut outcome = match state {
         Some(state)
-            if loaded && state.abi == ABI_VERSION && pinned_entries == Some(flow_entries) =>
+            if ours
+                && loaded
+                && state.abi == ABI_VERSION
+                && pinned_entries == Some(flow_entries) =>
         {
-            update(&paths, state, req, record)
+            update(&paths, state, req, record)?
         }
         previous => {
             let mut notes = Vec::new();
             // The flow table cannot be resized in place: carry its flows over to the new one.
             let mut carried = Vec::new();
             if let (Some(old), Some(state)) = (pinned_entries, &previous)
+                && ours
                 && state.abi == ABI_VERSION
             {
                 carried = pinned_flows(&paths).unwrap_or_default();
@@ -146,7 +157,13 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
                     carried.len()
                 ));
             }
-            if loaded && notes.is_empty() {
+            if previous.is_some() && !ours {
+                notes.push(format!(
+                    "removed the filter records that a deleted network namespace left in {} \
+                     (this namespace reuses its inode); they filtered nothing here",
+                    paths.pins.display()
+                ));
+            } else if loaded && notes.is_empty() {
                 notes.push(format!(
                     "replaced an incompatible or incomplete portfw filter found in {}",
                     paths.pins.display()
@@ -162,9 +179,42 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
             }
             let mut outcome = fresh(&paths, req, record, &carried)?;
             outcome.notes.extend(notes);
-            Ok(outcome)
+            outcome
         }
+    };
+    outcome.notes.extend(reclaimed);
+    Ok(outcome)
+}
+
+/// Removes the pins and state that dead namespaces left behind (each holds megabytes of
+/// tables), under each one's lock, and says what it removed. Best effort: a leftover that
+/// cannot be removed now is tried again by the next apply.
+fn reclaim_dead_namespaces(paths: &Paths) -> Vec<String> {
+    let Ok(Some(root)) = pin_root() else {
+        return Vec::new();
+    };
+    let Ok(candidates) = leftover_candidates(&root, paths) else {
+        return Vec::new();
+    };
+    let mut notes = Vec::new();
+    for (name, inode) in candidates {
+        let other = Paths::for_netns(inode, 0);
+        // Held by a writer: that namespace is alive after all, or being cleaned up.
+        let Ok(Some(_lock)) = other.try_lock() else {
+            continue;
+        };
+        if !is_leftover(&root, &name) || remove_pins(&root, &name).is_err() {
+            continue;
+        }
+        if !name.starts_with("tmp-") {
+            let _ = State::remove(&other.state);
+        }
+        notes.push(format!(
+            "reclaimed {}, left by deleted network namespace {inode}: its interfaces are gone",
+            root.path().join(&name).display()
+        ));
     }
+    notes
 }
 
 fn fresh(
@@ -205,6 +255,7 @@ fn fresh(
     }
     let mut state = State {
         abi: ABI_VERSION,
+        netns_cookie: Some(paths.cookie),
         program_id,
         attachments: attachments.clone(),
         generations: Default::default(),
@@ -230,6 +281,7 @@ fn update(
     req: ApplyRequest<'_>,
     record: PolicyRecord,
 ) -> Result<ApplyOutcome, LoaderError> {
+    state.netns_cookie = Some(paths.cookie);
     let mut tables = open_tables(paths)?;
     let generation = tables.stage(req.compiled)?;
     // Record the new generation before switching: whichever generation is active, its
@@ -238,17 +290,14 @@ fn update(
     state.write(&paths.state)?;
     tables.switch_to(generation);
 
-    // Interfaces: keep live links that are still wanted, drop the rest, attach new ones.
+    // Interfaces: keep links that are still wanted and really attached to them, drop the
+    // rest, attach new ones.
+    let pins = Dir::open(&paths.pins)?;
     let mut attachments = Vec::new();
     let mut detached = Vec::new();
     for old in std::mem::take(&mut state.attachments) {
         let wanted = req.interfaces.contains(&old.iface);
-        if wanted
-            && req.mode.accepts(old.mode)
-            && old.is_live()
-            && paths.link(&old.iface).exists()
-            && paths.egress_link(&old.iface).exists()
-        {
+        if wanted && req.mode.accepts(old.mode) && problem(pins.as_ref(), &old).is_none() {
             attachments.push(old);
         } else {
             unpin_link(&paths.link(&old.iface))?;
@@ -318,7 +367,12 @@ pub fn detach(ifaces: Option<&[String]>) -> Result<Vec<String>, LoaderError> {
     if !paths.pins.exists() && state.is_none() {
         return Err(LoaderError::NotLoaded(paths.pins));
     }
-    let mut state = state.unwrap_or_default();
+    // The records of a deleted namespace whose inode this one reuses: nothing of them is
+    // attached here, and all of them go.
+    let mut state = match state {
+        Some(state) if belongs_here(&paths, &state)? => state,
+        _ => State::default(),
+    };
     let all: Vec<String> = state.attachments.iter().map(|a| a.iface.clone()).collect();
     let removing: Vec<String> = match ifaces {
         None => all.clone(),

@@ -27,30 +27,69 @@ pub fn netns_inode() -> Result<u64, LoaderError> {
         .map_err(io_err(format!("reading {path}")))
 }
 
+/// `SO_NETNS_COOKIE` (Linux 5.14; `asm-generic/socket.h`, which x86 and arm64 use), not yet
+/// in every libc release.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of this process's network namespace: unlike its inode, never reused while the
+/// system runs, so it tells this namespace from a deleted one whose inode it got.
+pub fn netns_cookie() -> Result<u64, LoaderError> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let what = "asking the network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+)";
+    // SAFETY: a plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io_err(what)(io::Error::last_os_error()));
+    }
+    // SAFETY: socket returned a new fd that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io_err(what)(io::Error::last_os_error()));
+    }
+    Ok(cookie)
+}
+
 /// Pin names of the XDP links, one per interface.
 pub const LINK_PREFIX: &str = "link-";
 /// Pin names of the tcx egress links, one per interface.
 pub const EGRESS_LINK_PREFIX: &str = "egress-link-";
 
-/// The pin and state locations of the filter of one network namespace.
+/// The pin and state locations of the filter of one network namespace. They are named by
+/// the namespace's inode (as they always were); the state file records its cookie, which
+/// proves that they belong to it.
 #[derive(Clone, Debug)]
 pub struct Paths {
     pub netns: u64,
+    /// The namespace's cookie (0 when unknown: another namespace's paths).
+    pub cookie: u64,
     pub pins: PathBuf,
     pub state: PathBuf,
 }
 
 impl Paths {
-    pub fn for_netns(netns: u64) -> Self {
+    pub fn for_netns(netns: u64, cookie: u64) -> Self {
         Self {
             netns,
+            cookie,
             pins: Path::new(PIN_ROOT).join(netns.to_string()),
             state: Path::new(STATE_ROOT).join(format!("{netns}.json")),
         }
     }
 
     pub fn current() -> Result<Self, LoaderError> {
-        Ok(Self::for_netns(netns_inode()?))
+        Ok(Self::for_netns(netns_inode()?, netns_cookie()?))
     }
 
     /// The name of this namespace's pin directory in the pin root.
@@ -83,6 +122,18 @@ impl Paths {
             ));
         }
         Ok(Lock(file))
+    }
+
+    /// The lock of [`Paths::lock`] if no one holds it now; `None` when someone does.
+    pub fn try_lock(&self) -> Result<Option<Lock>, LoaderError> {
+        use std::os::fd::AsRawFd as _;
+        let name = format!("{}.lock", self.netns);
+        let file = Dir::create(Path::new(STATE_ROOT))?.open_lock(&name)?;
+        // SAFETY: a valid open fd; LOCK_NB makes flock fail rather than wait.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Ok(None);
+        }
+        Ok(Some(Lock(file)))
     }
 
     /// The XDP program of Ethernet devices: its pin says a filter is loaded here.

@@ -61,6 +61,12 @@ pub enum LoaderError {
     Unsafe { path: PathBuf, problem: String },
     #[error("no portfw filter is loaded in this network namespace (nothing under {0})")]
     NotLoaded(PathBuf),
+    #[error(
+        "no portfw filter is loaded in this network namespace: the records under {0} were left \
+         by a deleted namespace whose inode this one reuses, and filter nothing here (`portfw \
+         apply` replaces them, `portfw detach` removes them)"
+    )]
+    Foreign(PathBuf),
     #[error("portfw is not attached to `{iface}` (attached: {attached}); nothing was changed")]
     NotAttached { iface: String, attached: String },
     #[error("state file {path} is unreadable: {message}")]

@@ -3,11 +3,11 @@
 //!
 //! One module per concern, layered so that none imports a module above it: `error`,
 //! `bpfsys` (bpf(2) commands aya lacks) and `fsafe` (portfw's directories, used without
-//! following links); then
-//! `bpffs` (where pins live), `iface`, `state` (what apply recorded) and `tables` (the
-//! memory-mapped policy tables); then `object` (the kernel object and its maps), `attach`
-//! (links to interfaces) and `flows` (reading the flow table); then `apply` (changing the filter) and `query` (asking it), which
-//! do not import each other.
+//! following links); then `bpffs` (where pins live), `iface`, `state` (what apply recorded)
+//! and `tables` (the memory-mapped policy tables); then `object` (the kernel object and its
+//! maps), `attach` (links to interfaces), `health` (whether the records are this namespace's
+//! and its links really attached) and `flows` (reading the flow table); then `apply`
+//! (changing the filter) and `query` (asking it), which do not import each other.
 mod apply;
 mod attach;
 mod bpffs;
@@ -15,6 +15,7 @@ mod bpfsys;
 mod error;
 mod flows;
 mod fsafe;
+mod health;
 mod iface;
 mod object;
 mod query;
@@ -24,7 +25,8 @@ mod tables;
 pub use apply::{ApplyOutcome, ApplyRequest, apply, detach};
 pub use attach::Mode;
 pub use bpffs::{
-    BPFFS, BPFFS_MOUNT_OPTIONS, PIN_ROOT, Paths, STATE_ROOT, ensure_mounted, netns_inode,
+    BPFFS, BPFFS_MOUNT_OPTIONS, PIN_ROOT, Paths, STATE_ROOT, ensure_mounted, netns_cookie,
+    netns_inode,
 };
 pub use error::LoaderError;
 pub use flows::{FlowRecord, FlowTableStatus};

@@ -10,6 +10,8 @@ use super::{
     bpffs::Paths,
     error::LoaderError,
     flows::{FlowRecord, FlowTableStatus, live_flows, table_status},
+    fsafe::Dir,
+    health::{belongs_here, problem},
     object::{open_tables, pinned_active, pinned_counters, pinned_events, pinned_settings},
     state::{Attachment, PolicyRecord, State},
 };
@@ -26,9 +28,13 @@ pub struct RunningPolicy {
 /// The state file of the filter pinned at `paths`; [`LoaderError::NotLoaded`] without one.
 fn loaded_state(paths: &Paths) -> Result<State, LoaderError> {
     paths.check()?;
-    State::read(&paths.state)?
+    let state = State::read(&paths.state)?
         .filter(|_| paths.prog().exists())
-        .ok_or_else(|| LoaderError::NotLoaded(paths.pins.clone()))
+        .ok_or_else(|| LoaderError::NotLoaded(paths.pins.clone()))?;
+    if !belongs_here(paths, &state)? {
+        return Err(LoaderError::Foreign(paths.pins.clone()));
+    }
+    Ok(state)
 }
 
 /// The active generation and its record in `state`.
@@ -67,6 +73,11 @@ pub struct AttachmentStatus {
     pub attachment: Attachment,
     /// The interface still exists under its name.
     pub live: bool,
+    /// Both links are attached to the interface, as the kernel reports them: the filter
+    /// judges its traffic.
+    pub filtered: bool,
+    /// Why it is not filtered, when it is not.
+    pub problem: Option<String>,
 }
 
 pub fn status() -> Result<Status, LoaderError> {
@@ -76,6 +87,7 @@ pub fn status() -> Result<Status, LoaderError> {
     let rules = running.policy.as_ref().map_or(0, |p| p.rules.len());
     let rule_hits = open_tables(&paths)?.rule_hits(rules);
     let counters = pinned_counters(&paths)?;
+    let pins = Dir::open(&paths.pins)?;
     Ok(Status {
         netns: paths.netns,
         pins: paths.pins.clone(),
@@ -84,9 +96,14 @@ pub fn status() -> Result<Status, LoaderError> {
         attachments: state
             .attachments
             .iter()
-            .map(|a| AttachmentStatus {
-                live: a.is_live(),
-                attachment: a.clone(),
+            .map(|a| {
+                let problem = problem(pins.as_ref(), a);
+                AttachmentStatus {
+                    live: a.is_live(),
+                    filtered: problem.is_none(),
+                    problem,
+                    attachment: a.clone(),
+                }
             })
             .collect(),
         policy: running.policy,
@@ -139,9 +156,6 @@ pub fn explain_running(
 /// The pinned event ring buffer, and the paths to ask [`running_policy`] with.
 pub fn open_events() -> Result<(RingBuf<MapData>, Paths), LoaderError> {
     let paths = Paths::current()?;
-    paths.check()?;
-    if !paths.prog().exists() {
-        return Err(LoaderError::NotLoaded(paths.pins));
-    }
+    loaded_state(&paths)?;
     Ok((pinned_events(&paths)?, paths))
 }

@@ -119,6 +119,11 @@ impl PolicyRecord {
 #[serde(rename_all = "kebab-case")]
 pub struct State {
     pub abi: u32,
+    /// The cookie of the network namespace the filter belongs to (`SO_NETNS_COOKIE`): the
+    /// inode that names the files is reused once a namespace is gone, the cookie is not.
+    /// Absent from files written before it was recorded.
+    #[serde(default)]
+    pub netns_cookie: Option<u64>,
     pub program_id: u32,
     pub attachments: Vec<Attachment>,
     /// The record of each table generation, indexed by generation.
