@@ -10,6 +10,7 @@
 
 use std::{
     fs,
+    io::{BufRead as _, BufReader},
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
@@ -30,6 +31,14 @@ fn unique(tag: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Tests share the machine's namespace inodes: the one that waits for an inode to come round
+/// again runs alone (write), the others together (read).
+static INODES: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    INODES.read().unwrap_or_else(|e| e.into_inner())
 }
 
 fn require_root() {
@@ -411,6 +420,7 @@ fn assert_refused(out: &Output, path: &str, problem: &str) {
 
 #[test]
 fn links_planted_in_a_world_writable_pin_root_are_refused_not_followed() {
+    let _shared = shared();
     let sandbox = Sandbox::new();
     let ns = lone_netns("plant");
     let ino = ns.inode().to_string();
@@ -501,6 +511,7 @@ fn links_planted_in_a_world_writable_pin_root_are_refused_not_followed() {
 
 #[test]
 fn links_planted_in_the_state_directory_are_refused_not_followed() {
+    let _shared = shared();
     // /run as writable by everyone, the way a careless host might have it.
     let sandbox = Sandbox::with_modes("0700", "/run", "1777");
     let ns = lone_netns("state");
@@ -587,6 +598,7 @@ fn counter(status: &serde_json::Value, name: &str) -> u64 {
 
 #[test]
 fn a_namespace_that_reuses_a_dead_ones_inode_gets_a_real_filter() {
+    let _alone = INODES.write().unwrap_or_else(|e| e.into_inner());
     let sandbox = Sandbox::new();
     let mut pair = Pair::new("recycle", 71);
     let policy = PolicyFile::new(ALLOW_ALL);
@@ -599,16 +611,22 @@ fn a_namespace_that_reuses_a_dead_ones_inode_gets_a_real_filter() {
     );
     assert!(pair.udp_arrives(7778), "7778 is allowed");
 
-    // Deleted without `portfw detach`: its pins and state stay, named by its inode.
+    // Deleted without `portfw detach`: its pins and state stay, named by its inode. Its inode
+    // is free once the kernel has torn it down, which the veth's end in the client shows.
     let inode = pair.server.inode();
     pair.server.delete();
+    let started = Instant::now();
+    while pair.client.has_link("c0") {
+        assert!(started.elapsed() < Duration::from_secs(60), "the namespace lingers");
+        thread::sleep(Duration::from_millis(20));
+    }
     let mut held = Vec::new();
     let mut tries = 0;
     let server = loop {
         tries += 1;
         assert!(
-            tries <= 600,
-            "no new namespace got inode {inode} in 600 tries"
+            started.elapsed() < Duration::from_secs(120),
+            "no new namespace got inode {inode} in {tries} tries"
         );
         let ns = Netns::new("recycle-s");
         match ns.inode() {
@@ -663,6 +681,7 @@ fn a_namespace_that_reuses_a_dead_ones_inode_gets_a_real_filter() {
 
 #[test]
 fn the_leftovers_of_dead_namespaces_are_reclaimed_and_live_ones_kept() {
+    let _shared = shared();
     let sandbox = Sandbox::new();
     let policy = PolicyFile::new(ALLOW_ALL);
     let apply = ["apply", policy.path(), "--iface", "v0"];
@@ -798,6 +817,7 @@ fn sysctl(ns: &Netns, setting: &str) {
 
 #[test]
 fn a_tun_device_is_judged_by_its_ip_header() {
+    let _shared = shared();
     let sandbox = Sandbox::new();
     let policy = PolicyFile::new("default: drop\nrules:\n  - allow: 53/udp\n");
     let sources: [IpAddr; 4] = [
@@ -872,6 +892,7 @@ fn a_tun_device_is_judged_by_its_ip_header() {
 
 #[test]
 fn a_link_type_portfw_cannot_parse_is_refused_by_name() {
+    let _shared = shared();
     let sandbox = Sandbox::new();
     let ns = Netns::new("x25");
     let tun = Tun::new(&ns, "odd0");
@@ -888,4 +909,354 @@ fn a_link_type_portfw_cannot_parse_is_refused_by_name() {
     );
     assert!(!sandbox.exists(&format!("/sys/fs/bpf/portfw/{}", ns.inode())));
     drop(tun);
+}
+
+/// The environment variable of portfw's test hook: an apply pauses at the named point.
+const PAUSE_AT: &str = "PORTFW_TEST_PAUSE_AT";
+
+/// A `portfw apply` paused by the test hook, and what it writes to stderr.
+struct Paused {
+    child: Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Paused {
+    /// Starts `portfw apply ARGS` in `ns`, paused by the test hook at `point`, and waits
+    /// until it says it is there.
+    fn start(sandbox: &Sandbox, ns: &Netns, args: &[&str], point: &str) -> Self {
+        let mut full = vec![PORTFW, "apply"];
+        full.extend_from_slice(args);
+        let mut child = sandbox
+            .command(Some(ns), None, &full)
+            .env(PAUSE_AT, point)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("portfw apply");
+        let pipe = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Each line as it comes; the pause line tells the test the apply is there.
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let wanted = format!("paused at {point}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(&wanted) => break,
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("apply never paused at {point}: {seen:?}");
+                }
+            }
+        }
+        Self { child, stderr: rx }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal`, waits for the apply to end, and returns how, with the rest of its
+    /// stderr.
+    fn finish(mut self, signal: libc::c_int) -> (std::process::ExitStatus, String) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: a plain kill of our own child.
+        unsafe { libc::kill(pid, signal) };
+        let status = self.child.wait().expect("wait");
+        let rest: Vec<String> = self.stderr.iter().collect();
+        (status, rest.join("\n"))
+    }
+}
+
+/// What the pin root holds for the namespace with inode `ino` (its pins, temporary or not).
+fn pins_of(sandbox: &Sandbox, ino: u64) -> Vec<String> {
+    let out = sandbox.run(None, None, &["ls", "/sys/fs/bpf/portfw"]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|n| *n == ino.to_string() || n.starts_with(&format!("tmp-{ino}-")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_fresh_apply_killed_at_any_point_is_reported_and_detach_removes_it() {
+    let _shared = shared();
+    let sandbox = Sandbox::new();
+    let pair = Pair::new("kill", 72);
+    let ino = pair.server.inode();
+    let policy = PolicyFile::new(ALLOW_ALL);
+    let apply = ["apply", policy.path(), "--iface", "s0"];
+    for point in [
+        "fresh-loaded",
+        "fresh-pinned",
+        "fresh-attaching",
+        "fresh-attached",
+        "fresh-recorded",
+    ] {
+        let paused = Paused::start(&sandbox, &pair.server, &apply[1..], point);
+        let tmp = format!("/sys/fs/bpf/portfw/tmp-{ino}-{}", paused.pid());
+        let (ended, _) = paused.finish(libc::SIGKILL);
+        assert!(!ended.success(), "{point}: {ended}");
+
+        let out = sandbox.portfw(&pair.server, &["status"]);
+        assert!(!out.status.success(), "{point}: {}", text(&out));
+        assert!(
+            stderr(&out).contains(&format!(
+                "an interrupted apply left a half-built filter in {tmp}; run `portfw detach` or \
+                 apply again"
+            )),
+            "{point}: {}",
+            text(&out)
+        );
+        if point != "fresh-loaded" && point != "fresh-pinned" {
+            // Half-built, but attached: this is why it must not go unmentioned.
+            assert!(
+                !pair.udp_arrives(7777),
+                "{point}: the half-built filter judges"
+            );
+        }
+        let out = sandbox.portfw(&pair.server, &["detach"]);
+        assert!(out.status.success(), "{point}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!(
+                "removed the half-built filter an interrupted apply left in {tmp}"
+            )),
+            "{point}: {}",
+            text(&out)
+        );
+        assert_eq!(pins_of(&sandbox, ino), Vec::<String>::new(), "{point}");
+        assert!(
+            !sandbox.exists(&format!("/run/portfw/{ino}.json")),
+            "{point}"
+        );
+        assert!(pair.udp_arrives(7777), "{point}: detached, 7777 arrives");
+        let out = sandbox.portfw(&pair.server, &["status"]);
+        assert!(
+            stderr(&out).contains("no portfw filter is loaded"),
+            "{point}: {}",
+            text(&out)
+        );
+    }
+    // Applying again instead of detaching cleans up as well.
+    Paused::start(&sandbox, &pair.server, &apply[1..], "fresh-attached").finish(libc::SIGKILL);
+    let out = sandbox.portfw(&pair.server, &apply);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("removed the half-built filter"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pins_of(&sandbox, ino), vec![ino.to_string()]);
+    assert!(!pair.udp_arrives(7777));
+    let out = sandbox.portfw(&pair.server, &["detach"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn sigterm_sigint_and_sighup_roll_an_apply_back() {
+    let _shared = shared();
+    let sandbox = Sandbox::new();
+    let pair = Pair::new("signal", 73);
+    pair.server
+        .ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    pair.server.ip(&["link", "set", "v0", "up"]);
+    pair.server.ip(&["link", "set", "v1", "up"]);
+    let ino = pair.server.inode();
+    let a = PolicyFile::new(ALLOW_ALL);
+    let b = PolicyFile::new("default: allow\nrules:\n  - drop: 7778/udp\n");
+
+    // A fresh apply: rolled back, nothing left.
+    for (signal, name, point) in [
+        (libc::SIGTERM, "SIGTERM", "fresh-attached"),
+        (libc::SIGINT, "SIGINT", "fresh-pinned"),
+        (libc::SIGHUP, "SIGHUP", "fresh-loaded"),
+    ] {
+        let paused = Paused::start(&sandbox, &pair.server, &[a.path(), "--iface", "s0"], point);
+        let (ended, err) = paused.finish(signal);
+        assert_eq!(ended.code(), Some(1), "{name} at {point}: {ended}: {err}");
+        assert!(
+            err.contains(&format!(
+                "interrupted by {name}; rolled back, nothing was changed"
+            )),
+            "{name} at {point}: {err}"
+        );
+        assert_eq!(
+            pins_of(&sandbox, ino),
+            Vec::<String>::new(),
+            "{name} at {point}"
+        );
+        assert!(
+            pair.udp_arrives(7777),
+            "{name} at {point}: rolled back, 7777 arrives"
+        );
+        let out = sandbox.portfw(&pair.server, &["status"]);
+        assert!(
+            stderr(&out).contains("no portfw filter is loaded"),
+            "{name} at {point}: {}",
+            text(&out)
+        );
+    }
+
+    // An update that adds an interface: rolled back to the policy and interfaces before.
+    let out = sandbox.portfw(&pair.server, &["apply", a.path(), "--iface", "s0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for (signal, name, point) in [
+        (libc::SIGTERM, "SIGTERM", "update-attached"),
+        (libc::SIGINT, "SIGINT", "update-staged"),
+    ] {
+        let paused = Paused::start(
+            &sandbox,
+            &pair.server,
+            &[b.path(), "--iface", "s0", "--iface", "v0"],
+            point,
+        );
+        let (ended, err) = paused.finish(signal);
+        assert_eq!(ended.code(), Some(1), "{name} at {point}: {ended}: {err}");
+        assert!(
+            err.contains(&format!(
+                "interrupted by {name}; rolled back, nothing was changed"
+            )),
+            "{name} at {point}: {err}"
+        );
+        let status = status_json(&sandbox, &pair.server);
+        assert_eq!(
+            status["policy"]["file"],
+            a.path(),
+            "{name} at {point}: {status}"
+        );
+        let ifaces: Vec<&str> = status["attachments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["iface"].as_str())
+            .collect();
+        assert_eq!(ifaces, ["s0"], "{name} at {point}: {status}");
+        assert_eq!(status["attachments"][0]["filtered"], true, "{status}");
+        assert!(
+            !sandbox.exists(&format!("/sys/fs/bpf/portfw/{ino}/link-v0")),
+            "{name} at {point}: v0's link stayed"
+        );
+        assert!(
+            !pair.udp_arrives(7777),
+            "{name} at {point}: the old policy drops 7777"
+        );
+        assert!(
+            pair.udp_arrives(7778),
+            "{name} at {point}: the old policy allows 7778"
+        );
+    }
+    let out = sandbox.portfw(&pair.server, &["detach"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn an_update_whose_attach_fails_changes_nothing() {
+    let _shared = shared();
+    let sandbox = Sandbox::new();
+    let pair = Pair::new("attachfail", 74);
+    let ino = pair.server.inode();
+    let tun = Tun::new(&pair.server, "tun0");
+    pair.server.ip(&["link", "set", "tun0", "up"]);
+    let a = PolicyFile::new(ALLOW_ALL);
+    let b = PolicyFile::new("default: allow\nrules:\n  - drop: 7778/udp\n");
+    let out = sandbox.portfw(&pair.server, &["apply", a.path(), "--iface", "s0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // A tun device has no native XDP: the new interface cannot be attached.
+    let out = sandbox.portfw(
+        &pair.server,
+        &[
+            "apply",
+            b.path(),
+            "--iface",
+            "s0",
+            "--iface",
+            "tun0",
+            "--mode",
+            "native",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("cannot attach to `tun0` in native mode"),
+        "{}",
+        text(&out)
+    );
+    let status = status_json(&sandbox, &pair.server);
+    assert_eq!(
+        status["policy"]["file"],
+        a.path(),
+        "the new policy went live: {status}"
+    );
+    assert_eq!(
+        status["attachments"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+    assert_eq!(status["attachments"][0]["iface"], "s0", "{status}");
+    assert_eq!(status["attachments"][0]["filtered"], true, "{status}");
+    assert!(!sandbox.exists(&format!("/sys/fs/bpf/portfw/{ino}/link-tun0")));
+    assert!(!pair.udp_arrives(7777), "the old policy still drops 7777");
+    assert!(pair.udp_arrives(7778), "the old policy still allows 7778");
+    let out = sandbox.portfw(&pair.server, &["detach"]);
+    assert!(out.status.success(), "{}", text(&out));
+    drop(tun);
+}
+
+#[test]
+fn a_re_created_interface_is_reported_not_filtered_until_applied_again() {
+    let _shared = shared();
+    let sandbox = Sandbox::new();
+    let pair = Pair::new("recreate", 75);
+    let policy = PolicyFile::new(ALLOW_ALL);
+    let apply = ["apply", policy.path(), "--iface", "s0"];
+    let out = sandbox.portfw(&pair.server, &apply);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!pair.udp_arrives(7777));
+    let check = sandbox.portfw(&pair.server, &["status", "--check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+
+    // Deleted and re-created under the same name, with the same ifindex even.
+    pair.server.ip(&["link", "del", "s0"]);
+    pair.join();
+    assert!(pair.udp_arrives(7777), "the new s0 is not filtered");
+    let out = sandbox.portfw(&pair.server, &["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("NOT FILTERED: `s0` was re-created") && shown.contains("apply again"),
+        "{}",
+        text(&out)
+    );
+    let status = status_json(&sandbox, &pair.server);
+    assert_eq!(status["attachments"][0]["filtered"], false, "{status}");
+    let check = sandbox.portfw(&pair.server, &["status", "--check"]);
+    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+    assert!(
+        stderr(&check).contains("NOT FILTERED: s0"),
+        "{}",
+        text(&check)
+    );
+
+    // Applying again attaches to the new device (an update, not a reload).
+    let out = sandbox.portfw(&pair.server, &apply);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("updated program"),
+        "{}",
+        text(&out)
+    );
+    assert!(!pair.udp_arrives(7777), "filtered again");
+    let check = sandbox.portfw(&pair.server, &["status", "--check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+    let out = sandbox.portfw(&pair.server, &["detach"]);
+    assert!(out.status.success(), "{}", text(&out));
 }

@@ -111,17 +111,31 @@ impl Paths {
     /// Serialises `apply` and `detach` in one namespace: two writers staging the same
     /// inactive generation at once would switch to a mix of both policies.
     pub fn lock(&self) -> Result<Lock, LoaderError> {
+        self.lock_unless(|| Ok(()))
+    }
+
+    /// [`Paths::lock`], asking `give_up` every few milliseconds while another writer holds
+    /// it: its error ends the wait (an interrupted apply stops waiting).
+    pub(super) fn lock_unless(
+        &self,
+        give_up: impl Fn() -> Result<(), LoaderError>,
+    ) -> Result<Lock, LoaderError> {
         use std::os::fd::AsRawFd as _;
         let name = format!("{}.lock", self.netns);
-        let path = Path::new(STATE_ROOT).join(&name);
         let file = Dir::create(Path::new(STATE_ROOT))?.open_lock(&name)?;
-        // SAFETY: a valid open fd; flock blocks until the other writer finishes.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err(format!("locking {}", path.display()))(
-                io::Error::last_os_error(),
-            ));
+        loop {
+            // SAFETY: a valid open fd; LOCK_NB makes flock fail rather than wait.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Lock(file));
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                let path = Path::new(STATE_ROOT).join(&name);
+                return Err(io_err(format!("locking {}", path.display()))(err));
+            }
+            give_up()?;
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        Ok(Lock(file))
     }
 
     /// The lock of [`Paths::lock`] if no one holds it now; `None` when someone does.
@@ -237,8 +251,20 @@ fn same_mount_ns_as_init() -> bool {
 /// Under `ip netns exec` /sys is a private remount: a bpffs mounted there vanishes with the
 /// command, and the filter with it, so we refuse and say what to run instead.
 pub fn ensure_mounted() -> Result<(), LoaderError> {
-    let mounted = is_bpffs(BPFFS).map_err(io_err(format!("checking {BPFFS}")))?;
-    if mounted {
+    use std::os::fd::AsRawFd as _;
+    let mounted = || is_bpffs(BPFFS).map_err(io_err(format!("checking {BPFFS}")));
+    if mounted()? {
+        return Ok(());
+    }
+    // Two first applies (in different namespaces) must not stack two mounts.
+    let lock = Dir::create(Path::new(STATE_ROOT))?.open_lock("bpffs.lock")?;
+    // SAFETY: a valid open fd; flock blocks until the other mounter is done.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io_err(format!("locking {STATE_ROOT}/bpffs.lock"))(
+            io::Error::last_os_error(),
+        ));
+    }
+    if mounted()? {
         return Ok(());
     }
     if under_ip_netns_exec() || !same_mount_ns_as_init() {

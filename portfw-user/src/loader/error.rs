@@ -67,6 +67,15 @@ pub enum LoaderError {
          apply` replaces them, `portfw detach` removes them)"
     )]
     Foreign(PathBuf),
+    #[error(
+        "an interrupted apply left a half-built filter in {0}; run `portfw detach` or apply \
+         again"
+    )]
+    HalfBuilt(PathBuf),
+    #[error("no filter is in force yet: an apply (pid {pid}) is building one in {dir}")]
+    Building { dir: PathBuf, pid: i32 },
+    #[error("interrupted by {signal}; rolled back, nothing was changed")]
+    Interrupted { signal: &'static str },
     #[error("portfw is not attached to `{iface}` (attached: {attached}); nothing was changed")]
     NotAttached { iface: String, attached: String },
     #[error("state file {path} is unreadable: {message}")]

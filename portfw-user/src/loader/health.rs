@@ -189,3 +189,32 @@ pub(super) fn is_leftover(root: &Dir, name: &str) -> bool {
         _ => false,
     }
 }
+
+/// The temporary pin directories of fresh applies in the namespace at `paths`
+/// (`tmp-<inode>-<pid>`), each with whether the process that builds it still runs. One whose
+/// builder is gone is the half-built filter of an interrupted apply, and may still be
+/// attached.
+pub(super) fn temp_pins(root: &Dir, paths: &Paths) -> Result<Vec<(String, bool)>, LoaderError> {
+    let prefix = format!("tmp-{}-", paths.netns);
+    let mut found = Vec::new();
+    for name in root.entries()? {
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // A link or a stranger's directory under such a name is refused, whoever's pid it
+        // names.
+        root.sub(&name)?;
+        found.push((name, pid_alive(pid)));
+    }
+    Ok(found)
+}
+
+/// Whether process `pid` exists.
+pub(super) fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

@@ -7,11 +7,11 @@ use aya::maps::{MapData, RingBuf};
 use portfw_common::{PortEntry, action, counter};
 
 use super::{
-    bpffs::Paths,
+    bpffs::{Paths, pin_root},
     error::LoaderError,
     flows::{FlowRecord, FlowTableStatus, live_flows, table_status},
     fsafe::Dir,
-    health::{belongs_here, problem},
+    health::{belongs_here, problem, temp_pins},
     object::{open_tables, pinned_active, pinned_counters, pinned_events, pinned_settings},
     state::{Attachment, PolicyRecord, State},
 };
@@ -65,6 +65,15 @@ pub struct Status {
     pub rule_hits: Vec<u64>,
     /// The flow table of replies to the host's own connections.
     pub flows: FlowTableStatus,
+    /// Half-built filters that interrupted applies left (their links may still be attached).
+    pub half_built: Vec<PathBuf>,
+}
+
+impl Status {
+    /// Every interface on record is really filtered, and no half-built filter is left over.
+    pub fn all_filtered(&self) -> bool {
+        self.half_built.is_empty() && self.attachments.iter().all(|a| a.filtered)
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -80,9 +89,48 @@ pub struct AttachmentStatus {
     pub problem: Option<String>,
 }
 
+/// The temporary pin directories of fresh applies in this namespace.
+#[derive(Default)]
+struct TempFilters {
+    /// Half-built filters whose apply is gone.
+    abandoned: Vec<PathBuf>,
+    /// One being built now, with its builder's pid.
+    building: Option<(PathBuf, i32)>,
+}
+
+fn temp_filters(paths: &Paths) -> Result<TempFilters, LoaderError> {
+    let Some(root) = pin_root()? else {
+        return Ok(TempFilters::default());
+    };
+    let mut found = TempFilters::default();
+    for (name, alive) in temp_pins(&root, paths)? {
+        let dir = root.path().join(&name);
+        if alive {
+            let pid = name.rsplit('-').next().and_then(|p| p.parse().ok());
+            found.building = pid.map(|pid| (dir, pid));
+        } else {
+            found.abandoned.push(dir);
+        }
+    }
+    Ok(found)
+}
+
 pub fn status() -> Result<Status, LoaderError> {
     let paths = Paths::current()?;
-    let state = loaded_state(&paths)?;
+    paths.check()?;
+    let TempFilters {
+        abandoned: half_built,
+        building,
+    } = temp_filters(&paths)?;
+    let state = match (loaded_state(&paths), half_built.first(), building) {
+        (Err(LoaderError::NotLoaded(_)), Some(dir), _) => {
+            return Err(LoaderError::HalfBuilt(dir.clone()));
+        }
+        (Err(LoaderError::NotLoaded(_)), None, Some((dir, pid))) => {
+            return Err(LoaderError::Building { dir, pid });
+        }
+        (result, _, _) => result?,
+    };
     let running = running_in(&paths, &state)?;
     let rules = running.policy.as_ref().map_or(0, |p| p.rules.len());
     let rule_hits = open_tables(&paths)?.rule_hits(rules);
@@ -115,6 +163,7 @@ pub fn status() -> Result<Status, LoaderError> {
             .collect(),
         rule_hits,
         flows: table_status(&paths)?,
+        half_built,
     })
 }
 
