@@ -245,6 +245,9 @@ fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> T {
 /// pin in it go away, which detaches whatever was attached.
 struct Sandbox {
     sleeper: Child,
+    /// Whether the sandbox has its own pid namespace too (with the sleeper's child as its
+    /// init), in which portfw takes the sandbox for the host's mount namespace.
+    pid_ns: bool,
 }
 
 impl Sandbox {
@@ -255,13 +258,47 @@ impl Sandbox {
     }
 
     fn with_modes(bpffs: &str, tmpfs_at: &str, tmpfs_mode: &str) -> Self {
+        let sandbox = Self::start(false);
+        let bpffs = format!("mode={bpffs}");
+        sandbox.must(&["mount", "-t", "bpf", "-o", &bpffs, "bpf", "/sys/fs/bpf"]);
+        let run = format!("mode={tmpfs_mode}");
+        sandbox.must(&["mount", "-t", "tmpfs", "-o", &run, "tmpfs", tmpfs_at]);
+        sandbox
+    }
+
+    /// A sandbox with its own pid namespace and no bpffs at all: portfw, seeing its "pid 1"
+    /// in the same mount namespace, mounts one itself.
+    fn without_bpffs() -> Self {
+        fs::create_dir_all("/run/portfw").expect("/run/portfw as a mount point");
+        let sandbox = Self::start(true);
+        sandbox.must(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "mode=0755",
+            "tmpfs",
+            "/run/portfw",
+        ]);
+        while sandbox.bpffs_mounts() > 0 {
+            sandbox.must(&["umount", "/sys/fs/bpf"]);
+        }
+        sandbox
+    }
+
+    fn start(pid_ns: bool) -> Self {
         require_root();
-        let sleeper = Command::new("unshare")
-            .args(["--mount", "--propagation", "slave", "sleep", "infinity"])
+        let mut unshare = Command::new("unshare");
+        unshare.args(["--mount", "--propagation", "slave"]);
+        if pid_ns {
+            unshare.args(["--pid", "--fork", "--mount-proc"]);
+        }
+        let sleeper = unshare
+            .args(["sleep", "infinity"])
             .stdin(Stdio::null())
             .spawn()
             .expect("unshare");
-        let sandbox = Self { sleeper };
+        let sandbox = Self { sleeper, pid_ns };
         let mine = fs::metadata("/proc/self/ns/mnt").map(|m| m.ino()).ok();
         let started = Instant::now();
         while fs::metadata(sandbox.mnt()).map(|m| m.ino()).ok() == mine {
@@ -271,11 +308,36 @@ impl Sandbox {
             );
             thread::sleep(Duration::from_millis(10));
         }
-        let bpffs = format!("mode={bpffs}");
-        sandbox.must(&["mount", "-t", "bpf", "-o", &bpffs, "bpf", "/sys/fs/bpf"]);
-        let run = format!("mode={tmpfs_mode}");
-        sandbox.must(&["mount", "-t", "tmpfs", "-o", &run, "tmpfs", tmpfs_at]);
+        if pid_ns {
+            // Until its init has mounted the new /proc, /proc/self means nothing in there.
+            while !sandbox
+                .run(None, None, &["test", "-e", "/proc/self/ns/mnt"])
+                .status
+                .success()
+            {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the sandbox's /proc never came"
+                );
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
         sandbox
+    }
+
+    /// How many bpf filesystems are mounted on /sys/fs/bpf in the sandbox.
+    fn bpffs_mounts(&self) -> usize {
+        self.must(&["cat", "/proc/self/mountinfo"])
+            .lines()
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let fstype = line
+                    .split(" - ")
+                    .nth(1)
+                    .and_then(|t| t.split_whitespace().next());
+                fields.get(4) == Some(&"/sys/fs/bpf") && fstype == Some("bpf")
+            })
+            .count()
     }
 
     fn mnt(&self) -> String {
@@ -286,6 +348,12 @@ impl Sandbox {
     fn command(&self, net: Option<&Netns>, uid: Option<u32>, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--mount={}", self.mnt()));
+        if self.pid_ns {
+            cmd.arg(format!(
+                "--pid=/proc/{}/ns/pid_for_children",
+                self.sleeper.id()
+            ));
+        }
         if let Some(net) = net {
             cmd.arg(format!("--net={}", net.path().display()));
         }
@@ -340,6 +408,17 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        // In a pid namespace the sleep is unshare's child, the namespace's init: killing it
+        // ends everything in there.
+        let id = self.sleeper.id();
+        if let Ok(children) = fs::read_to_string(format!("/proc/{id}/task/{id}/children")) {
+            for child in children.split_whitespace() {
+                if let Ok(pid) = child.parse::<i32>() {
+                    // SAFETY: a plain kill of a process this sandbox started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
         let _ = self.sleeper.kill();
         let _ = self.sleeper.wait();
     }
@@ -617,7 +696,10 @@ fn a_namespace_that_reuses_a_dead_ones_inode_gets_a_real_filter() {
     pair.server.delete();
     let started = Instant::now();
     while pair.client.has_link("c0") {
-        assert!(started.elapsed() < Duration::from_secs(60), "the namespace lingers");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the namespace lingers"
+        );
         thread::sleep(Duration::from_millis(20));
     }
     let mut held = Vec::new();
@@ -701,6 +783,13 @@ fn the_leftovers_of_dead_namespaces_are_reclaimed_and_live_ones_kept() {
     let dead_pins = format!("/sys/fs/bpf/portfw/{}", dead.inode());
     let dead_state = format!("/run/portfw/{}.json", dead.inode());
     let alive_pins = format!("/sys/fs/bpf/portfw/{}", alive.inode());
+    // A namespace whose first apply was killed before it attached anything, then deleted.
+    let mut killed = lone_netns("killed");
+    let paused = Paused::start(&sandbox, &killed, &apply[1..], "fresh-pinned");
+    let killed_tmp = format!("/sys/fs/bpf/portfw/tmp-{}-{}", killed.inode(), paused.pid());
+    paused.finish(libc::SIGKILL);
+    assert!(sandbox.exists(&killed_tmp));
+    killed.delete();
     // A namespace that lives on without its interface: its links are attached to nothing,
     // but it is not dead, and its filter is its own business.
     alive.ip(&["link", "del", "v0"]);
@@ -722,6 +811,12 @@ fn the_leftovers_of_dead_namespaces_are_reclaimed_and_live_ones_kept() {
         "{}",
         text(&out)
     );
+    assert!(
+        stderr(&out).contains(&format!("reclaimed {killed_tmp}")),
+        "{}",
+        text(&out)
+    );
+    assert!(!sandbox.exists(&killed_tmp), "{killed_tmp} left behind");
     assert!(!sandbox.exists(&dead_pins), "{dead_pins} left behind");
     assert!(!sandbox.exists(&dead_state), "{dead_state} left behind");
     assert!(
@@ -1259,4 +1354,40 @@ fn a_re_created_interface_is_reported_not_filtered_until_applied_again() {
     assert_eq!(check.status.code(), Some(0), "{}", text(&check));
     let out = sandbox.portfw(&pair.server, &["detach"]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn portfw_mounts_bpffs_itself_once_with_mode_0700() {
+    let _shared = shared();
+    let sandbox = Sandbox::without_bpffs();
+    assert_eq!(sandbox.bpffs_mounts(), 0);
+    let policy = PolicyFile::new(ALLOW_ALL);
+    let namespaces = [lone_netns("mount-a"), lone_netns("mount-b")];
+    // Two first applies at once, in two namespaces: one mount between them.
+    let children: Vec<Child> = namespaces
+        .iter()
+        .map(|ns| {
+            sandbox
+                .command(
+                    Some(ns),
+                    None,
+                    &[PORTFW, "apply", policy.path(), "--iface", "v0"],
+                )
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("portfw apply")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("apply");
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_eq!(sandbox.bpffs_mounts(), 1, "two applies stacked two mounts");
+    // bpffs adds the sticky bit to whatever mode it is given.
+    assert_eq!(sandbox.stat("%U %a", "/sys/fs/bpf"), "root 1700");
+    for ns in &namespaces {
+        let out = sandbox.portfw(ns, &["detach"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
 }

@@ -256,6 +256,9 @@ pub fn ensure_mounted() -> Result<(), LoaderError> {
     if mounted()? {
         return Ok(());
     }
+    if under_ip_netns_exec() || !same_mount_ns_as_init() {
+        return Err(LoaderError::BpffsPrivate);
+    }
     // Two first applies (in different namespaces) must not stack two mounts.
     let lock = Dir::create(Path::new(STATE_ROOT))?.open_lock("bpffs.lock")?;
     // SAFETY: a valid open fd; flock blocks until the other mounter is done.
@@ -266,9 +269,6 @@ pub fn ensure_mounted() -> Result<(), LoaderError> {
     }
     if mounted()? {
         return Ok(());
-    }
-    if under_ip_netns_exec() || !same_mount_ns_as_init() {
-        return Err(LoaderError::BpffsPrivate);
     }
     let source = CString::new("bpf").map_err(io::Error::other);
     let target = CString::new(BPFFS).map_err(io::Error::other);

@@ -180,11 +180,14 @@ pub(super) fn leftover_candidates(
     Ok(candidates)
 }
 
-/// Whether the pin directory `name` in `root` is the leftover of a dead namespace: it has
-/// links, and every one is attached to nothing (the interfaces went with their namespace). A
-/// directory portfw must not touch is not: it is left for its own namespace to refuse.
+/// Whether the pin directory `name` in `root`, one of [`leftover_candidates`], is the
+/// leftover of a dead namespace: a temporary one whose apply is gone (nobody will ever see
+/// its namespace's status), or one that has links, every one attached to nothing (the
+/// interfaces went with their namespace). A directory portfw must not touch is not: it is
+/// left for its own namespace to refuse.
 pub(super) fn is_leftover(root: &Dir, name: &str) -> bool {
     match root.sub(name) {
+        Ok(Some(_)) if name.starts_with("tmp-") => true,
         Ok(Some(dir)) => is_dead(&dir).unwrap_or(false),
         _ => false,
     }
