@@ -92,10 +92,8 @@ pub(super) fn belongs_here(paths: &Paths, state: &State) -> Result<bool, LoaderE
         .any(|a| problem(pins.as_ref(), a).is_none()))
 }
 
-/// The inodes of the network namespaces something still holds: a process (any of its
-/// threads) or a handle in /run/netns. A namespace held only by an open descriptor or a
-/// bind mount elsewhere is missed; the links of [`is_dead`] still have to agree.
-fn live_netns_inodes() -> HashSet<u64> {
+/// The inodes of the network namespaces that have a handle in /run/netns.
+fn named_netns_inodes() -> HashSet<u64> {
     let mut live = HashSet::new();
     if let Ok(handles) = fs::read_dir("/run/netns") {
         for handle in handles.flatten() {
@@ -104,6 +102,12 @@ fn live_netns_inodes() -> HashSet<u64> {
             }
         }
     }
+    live
+}
+
+/// The inodes of the network namespaces some process is in (any of its threads).
+fn inhabited_netns_inodes() -> HashSet<u64> {
+    let mut live = HashSet::new();
     let Ok(procs) = fs::read_dir("/proc") else {
         return live;
     };
@@ -172,11 +176,17 @@ pub(super) fn leftover_candidates(
             candidates.push((name, inode));
         }
     }
-    if candidates.is_empty() {
-        return Ok(candidates);
+    // A namespace held only by a descriptor or a bind mount elsewhere is missed here; the
+    // links of `is_leftover` still have to agree. The handles are cheap to look at, the
+    // processes less so: only for what the handles leave.
+    if !candidates.is_empty() {
+        let named = named_netns_inodes();
+        candidates.retain(|(_, inode)| !named.contains(inode));
     }
-    let live = live_netns_inodes();
-    candidates.retain(|(_, inode)| !live.contains(inode));
+    if !candidates.is_empty() {
+        let inhabited = inhabited_netns_inodes();
+        candidates.retain(|(_, inode)| !inhabited.contains(inode));
+    }
     Ok(candidates)
 }
 
