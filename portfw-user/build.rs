@@ -1,13 +1,10 @@
 //! Builds the kernel program for the bpf target and leaves it in OUT_DIR for
 //! `include_bytes_aligned!`.
-use std::{env, fs, path::Path, process::Command};
+use std::{env, fs, path::Path};
 
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
-
-/// The nightly whose LLVM (22) matches bpf-linker's. `cargo xtask setup` installs it under
-/// this name only when the machine's `nightly` has another LLVM.
-const PINNED_NIGHTLY: &str = "nightly-2026-05-20";
+use portfw_lab::toolchain;
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
@@ -19,15 +16,12 @@ fn main() -> anyhow::Result<()> {
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", root_dir.display()))?;
 
-    let pinned_installed = Command::new("rustup")
-        .args(["toolchain", "list"])
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).contains(PINNED_NIGHTLY))
-        .unwrap_or(false);
-    let toolchain = if pinned_installed {
-        Toolchain::Custom(PINNED_NIGHTLY)
-    } else {
-        Toolchain::Nightly
+    // The pinned nightly when it is installed, else plain `nightly`: the same choice that
+    // `cargo xtask setup` checked. With neither, `nightly` fails with the hint below.
+    let chosen = toolchain::ebpf_toolchain();
+    let toolchain = match chosen.as_deref() {
+        Some(name) => Toolchain::Custom(name),
+        None => Toolchain::Nightly,
     };
 
     aya_build::build_ebpf(

@@ -14,6 +14,8 @@ pub mod action {
     pub const ALLOW: u8 = 0;
     /// Drop the packet (`XDP_DROP`).
     pub const DROP: u8 = 1;
+    /// Event verdict only: a drop that audit mode (`enforce: false`) let through.
+    pub const WOULD_DROP: u8 = 2;
 }
 
 /// Protocol slots of the port table. Each slot holds [`PORTS_PER_PROTO`] entries.
@@ -77,6 +79,9 @@ pub const RULE_REPLY: u32 = u32::MAX - 3;
 pub mod port_flags {
     /// Send an event for every packet this entry judges.
     pub const LOG: u8 = 1 << 0;
+    /// Audit mode (`enforce: false`): this entry's drop lets the packet through, counted and
+    /// logged as a would-drop.
+    pub const AUDIT: u8 = 1 << 1;
 }
 
 /// One slot of the port table: the verdict for a (protocol, destination port).
@@ -176,7 +181,11 @@ pub struct Settings {
     /// allow`); [`action::DROP`]: stateless, the flow table is neither written nor read.
     /// Flow-table verdicts are allowed ones, logged under [`settings_log::ALLOW`] (`log: all`).
     pub replies: u8,
-    pub _pad: [u8; 2],
+    /// Non-zero in audit mode (`enforce: false`): drops decided by these settings (and
+    /// malformed packets) pass, counted and logged as would-drops. Port entries carry
+    /// [`port_flags::AUDIT`] instead, so the common path reads no setting.
+    pub audit: u8,
+    pub _pad: [u8; 1],
     pub icmp4_drop: [u8; 32],
     pub icmp6_drop: [u8; 32],
     /// How long a flow lives after its last packet, by [`flow_state`], in nanoseconds.
@@ -272,8 +281,17 @@ pub mod counter {
     pub const ALLOW_RELATED: u32 = 15;
     /// Flows recorded by the egress program (new entries in the flow table).
     pub const FLOWS_CREATED: u32 = 16;
+    /// In audit mode a drop passes and is counted at its drop counter plus this offset
+    /// (`would_drop_rule` is `DROP_RULE + WOULD_DROP_OFFSET`, and so on).
+    pub const WOULD_DROP_OFFSET: u32 = 32;
     /// Number of counters.
-    pub const COUNT: u32 = 32;
+    pub const COUNT: u32 = 48;
+
+    /// The would-drop counter of drop counter `drop`.
+    #[inline(always)]
+    pub const fn would_drop(drop: u32) -> u32 {
+        drop + WOULD_DROP_OFFSET
+    }
 
     /// Human names, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -309,6 +327,22 @@ pub mod counter {
         "reserved29",
         "reserved30",
         "reserved31",
+        "reserved32",
+        "would_drop_rule",
+        "reserved34",
+        "would_drop_default",
+        "would_drop_malformed",
+        "reserved37",
+        "would_drop_icmp",
+        "reserved39",
+        "would_drop_non_ip",
+        "reserved41",
+        "would_drop_other_ip",
+        "reserved43",
+        "would_drop_fragment",
+        "reserved45",
+        "reserved46",
+        "reserved47",
     ];
 }
 
@@ -351,9 +385,10 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
-    /// `bpf_ktime_get_ns()` when the flow was recorded.
+    /// When the flow was recorded, by [`Clock`] (CLOCK_MONOTONIC nanoseconds at tick
+    /// resolution).
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns()` of a recent packet, refreshed at most every
+    /// When a recent packet passed, by [`Clock`], refreshed at most every
     /// [`FLOW_REFRESH_NS`], so that a busy flow does not write its cache line per packet.
     pub seen_ns: u64,
     /// Interface the flow left through.
@@ -364,6 +399,20 @@ pub struct FlowValue {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+
+/// How the programs tell time for the flow table: `jiffies * ns_per_jiffy + offset_ns`, which
+/// follows CLOCK_MONOTONIC at tick resolution. Reading jiffies is one load (the verifier
+/// inlines `bpf_jiffies64`), where `bpf_ktime_get_coarse_ns` cost a reply 15 ns. The loader
+/// calibrates it when it loads the programs; with `ns_per_jiffy` 0 the programs fall back
+/// to `bpf_ktime_get_coarse_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clock {
+    pub ns_per_jiffy: u64,
+    pub offset_ns: u64,
+    /// Written by the calibration program: jiffies when it last ran.
+    pub sample: u64,
+}
 
 /// How stale a flow's `seen_ns` may get before a packet refreshes it.
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
@@ -451,6 +500,8 @@ impl MapNames {
     /// `LruHashMap<FlowKey, FlowValue>`: flows the host opened, recorded by the egress program
     /// and looked up by the XDP program. Outside the generations: it survives a re-apply.
     pub const FLOWS: &'static str = "PFW_FLOWS";
+    /// `Array<Clock>`, one entry: the flow table's clock.
+    pub const CLOCK: &'static str = "PFW_CLOCK";
 }
 
 /// portfw's directory on bpffs: one subdirectory of pins per network namespace.
@@ -463,6 +514,8 @@ pub const STATE_ROOT: &str = "/run/portfw";
 pub const PROGRAM_NAME: &str = "portfw";
 /// Name of the TC egress program that records flows.
 pub const EGRESS_PROGRAM_NAME: &str = "portfw_egress";
+/// The XDP program that samples jiffies, run by the loader to calibrate [`Clock`].
+pub const CLOCK_PROGRAM_NAME: &str = "portfw_clock";
 /// The XDP program for devices whose frames start at the IP header (tun, WireGuard, ...).
 pub const L3_PROGRAM_NAME: &str = "portfw_l3";
 /// The TC egress program for those devices.
@@ -479,4 +532,5 @@ mod user {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::Clock {}
 }

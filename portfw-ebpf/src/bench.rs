@@ -1,6 +1,6 @@
 //! Benchmark-only XDP programs, built into the same object as `portfw` but never loaded by
-//! `portfw apply`: two floors, portfw's own stages cut short at three points, and a
-//! transmitter for live-frame injection (`cargo xtask bench`, `portfw-user/benches/`).
+//! `portfw apply`: two XDP floors and a TC one, portfw's own stages cut short at three
+//! points, and a transmitter for live-frame injection (`cargo xtask bench`, `portfw-user/benches/`).
 //!
 //! The floors give the per-packet cost its reference point: what BPF_PROG_TEST_RUN costs with
 //! no work at all. The cut-short programs call the very `parse` and `judge` code that
@@ -9,7 +9,11 @@
 //! so these cost production nothing at run time: portfw's own instructions (its tag) are the
 //! same with or without them.
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use portfw_common::{action, counter};
 
 use crate::{
@@ -28,6 +32,13 @@ pub fn bench_pass(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
+}
+
+/// The floor of the egress program: a TC classifier that does nothing and hands the packet
+/// on, as `portfw_egress` does.
+#[classifier]
+pub fn bench_tc_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
 }
 
 /// The load generator's program: run with BPF_F_TEST_XDP_LIVE_FRAMES, every frame it
@@ -79,10 +90,10 @@ enum Step {
 #[inline(always)]
 fn step(ctx: &XdpContext) -> Step {
     let p = parse(Frame::new(ctx), Link::Ethernet);
-    match p.kind {
+    match p.kind() {
         Kind::Ports => Step::Ports {
-            slot: p.slot,
-            dst_port: p.dst_port,
+            slot: p.slot(),
+            dst_port: p.dst_port(),
         },
         Kind::Malformed | Kind::BadTransport => Step::Malformed,
         Kind::NonIp | Kind::Icmp | Kind::Fragment | Kind::OtherIp => Step::Other,

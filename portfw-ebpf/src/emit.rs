@@ -29,12 +29,12 @@ pub fn emit(ctx: &XdpContext, packet: &Packet, judgement: &Judgement, generation
     };
     if let Some(hdr) = packet.ip() {
         event.ip_version = if hdr.is_v6() { 6 } else { 4 };
-        event.protocol = packet.protocol;
+        event.protocol = packet.protocol();
         (event.src_addr, event.dst_addr) = hdr.addrs();
-        if packet.kind == Kind::Ports {
-            event.src_port = packet.src_port;
-            event.dst_port = packet.dst_port;
-            event.tcp_flags = packet.tcp_flags;
+        if packet.kind() == Kind::Ports {
+            event.src_port = packet.src_port();
+            event.dst_port = packet.dst_port();
+            event.tcp_flags = packet.tcp_flags();
         }
     }
     entry.write(event);

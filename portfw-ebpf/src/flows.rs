@@ -6,8 +6,11 @@
 //! addresses and both ports (for ICMP echo, the identifier).
 
 use aya_ebpf::{
-    bindings::{BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple},
-    helpers::{bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp},
+    bindings::{
+        BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+    },
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_sk_release, bpf_skc_lookup_tcp},
     programs::XdpContext,
 };
 use portfw_common::{
@@ -18,32 +21,74 @@ use portfw_common::{
 use crate::{
     headers::tcp_flag,
     judge::port_entry,
-    maps::{PFW_COUNTERS, PFW_FLOWS, bump},
-    parse::{IcmpSays, IpHdr, Kind, Packet},
+    maps::{PFW_CLOCK, PFW_COUNTERS, PFW_FLOWS, bump},
+    parse::{Frame, IcmpSays, IpHdr, Kind, Packet, icmp_about},
 };
 
 /// The flow-table key of a packet: `outbound` packets have our side as their source.
 #[inline(always)]
 fn flow_key(hdr: IpHdr, protocol: u8, outbound: bool, src_port: u16, dst_port: u16) -> FlowKey {
-    let mut key = FlowKey {
-        protocol,
-        ..FlowKey::default()
-    };
-    key.family = if hdr.is_v6() { 6 } else { 4 };
-    let (src, dst) = hdr.addrs();
-    (key.local, key.remote) = if outbound { (src, dst) } else { (dst, src) };
-    (key.local_port, key.remote_port) = if outbound {
-        (src_port, dst_port)
+    let (src, dst) = hdr.addr_words();
+    let ((local, remote), (local_port, remote_port)) = if outbound {
+        ((src, dst), (src_port, dst_port))
     } else {
-        (dst_port, src_port)
+        ((dst, src), (dst_port, src_port))
     };
-    key
+    let key = KeyWords {
+        family: if hdr.is_v6() { 6 } else { 4 },
+        protocol,
+        local_port,
+        remote_port,
+        pad: 0,
+        local,
+        remote,
+    };
+    // SAFETY: `KeyWords` is `FlowKey` with its addresses as words: the same 40 bytes, every
+    // one of them set.
+    unsafe { core::mem::transmute(key) }
 }
 
+/// [`FlowKey`] with its addresses as words, so the key is built with word stores and no
+/// zero fill (see `IpHdr::addr_words`).
+#[repr(C)]
+struct KeyWords {
+    family: u8,
+    protocol: u8,
+    local_port: u16,
+    remote_port: u16,
+    pad: u16,
+    local: [u32; 4],
+    remote: [u32; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<KeyWords>() == core::mem::size_of::<FlowKey>());
+
+/// [`FlowValue`] with its state and padding as one word, so no zero fill is needed.
+#[repr(C)]
+struct ValueWords {
+    created_ns: u64,
+    seen_ns: u64,
+    ifindex: u32,
+    state: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ValueWords>() == core::mem::size_of::<FlowValue>());
+
 #[inline(always)]
-fn now_ns() -> u64 {
-    // SAFETY: a plain helper call with no arguments.
-    unsafe { bpf_ktime_get_ns() }
+pub fn now_ns() -> u64 {
+    // Tick resolution is plenty for timeouts of seconds. Jiffies cost one load; the
+    // coarse ktime helper, 15 ns of a reply's budget.
+    match PFW_CLOCK.get(0) {
+        Some(clock) if clock.ns_per_jiffy != 0 => {
+            // SAFETY: a plain helper call with no arguments (inlined by the verifier).
+            let jiffies = unsafe { bpf_jiffies64() };
+            jiffies
+                .wrapping_mul(clock.ns_per_jiffy)
+                .wrapping_add(clock.offset_ns)
+        }
+        // SAFETY: a plain helper call with no arguments.
+        _ => unsafe { bpf_ktime_get_coarse_ns() },
+    }
 }
 
 /// Refreshes a flow's timestamp, at most once per [`FLOW_REFRESH_NS`].
@@ -110,17 +155,17 @@ pub fn is_reply(ctx: &XdpContext, packet: &Packet, s: &Settings) -> bool {
     let Some(hdr) = packet.ip() else {
         return false;
     };
-    let tcp = packet.protocol == ipproto::TCP;
+    let tcp = packet.protocol() == ipproto::TCP;
     // A bare SYN opens a connection: it is never a reply, and a SYN flood at a dropped port
     // costs no lookup.
-    if tcp && packet.tcp_flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN {
+    if tcp && packet.tcp_flags() & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN {
         return false;
     }
-    let (src_port, dst_port) = (packet.src_port, packet.dst_port);
-    let key = flow_key(hdr, packet.protocol, false, src_port, dst_port);
+    let (src_port, dst_port) = (packet.src_port(), packet.dst_port());
+    let key = flow_key(hdr, packet.protocol(), false, src_port, dst_port);
     let now = now_ns();
     match live(&key, s, now) {
-        Some(flow) if tcp => tcp_inbound(flow, packet.tcp_flags, now),
+        Some(flow) if tcp => tcp_inbound(flow, packet.tcp_flags(), now),
         Some(flow) => {
             touch(flow, now);
             true
@@ -129,7 +174,7 @@ pub fn is_reply(ctx: &XdpContext, packet: &Packet, s: &Settings) -> bool {
         // `replies: allow`): the kernel's own socket for the exact four-tuple vouches for it.
         // A new SYN never takes this path.
         None => {
-            tcp && packet.tcp_flags & tcp_flag::SYN == 0
+            tcp && packet.tcp_flags() & tcp_flag::SYN == 0
                 && socket_vouches(ctx, hdr, src_port, dst_port)
         }
     }
@@ -138,13 +183,13 @@ pub fn is_reply(ctx: &XdpContext, packet: &Packet, s: &Settings) -> bool {
 /// Whether an ICMP message is about a flow the host opened: an echo reply to our echo
 /// request, or an error quoting a packet of one of our flows. Returns the counter to bump.
 #[inline(always)]
-pub fn is_related(packet: &Packet, s: &Settings) -> Option<u32> {
+pub fn is_related(f: Frame, packet: &Packet, s: &Settings) -> Option<u32> {
     let hdr = packet.ip()?;
-    let about = &packet.about;
+    let about = icmp_about(f, packet);
     let now = now_ns();
     match about.says {
         IcmpSays::EchoReply => {
-            let key = flow_key(hdr, packet.protocol, false, 0, about.echo_id);
+            let key = flow_key(hdr, packet.protocol(), false, 0, about.echo_id);
             let flow = live(&key, s, now)?;
             touch(flow, now);
             Some(counter::ALLOW_REPLY)
@@ -186,33 +231,39 @@ fn state_vouches(state: u32) -> bool {
 /// four-tuple.
 #[inline(always)]
 fn socket_vouches(ctx: &XdpContext, hdr: IpHdr, src_port: u16, dst_port: u16) -> bool {
-    // SAFETY: an all-zero tuple is a valid value of this plain C union.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let (src, dst) = hdr.addrs();
-    // SAFETY: writing the fields of one member of a plain C union, then taking its size.
-    let size = unsafe {
-        if hdr.is_v6() {
-            let t = &mut tuple.__bindgen_anon_1.ipv6;
-            t.saddr = words(src);
-            t.daddr = words(dst);
-            t.sport = src_port.to_be();
-            t.dport = dst_port.to_be();
-            core::mem::size_of_val(t)
-        } else {
-            let t = &mut tuple.__bindgen_anon_1.ipv4;
-            t.saddr = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
-            t.daddr = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
-            t.sport = src_port.to_be();
-            t.dport = dst_port.to_be();
-            core::mem::size_of_val(t)
-        }
+    let (src, dst) = hdr.addr_words();
+    let (sport, dport) = (src_port.to_be(), dst_port.to_be());
+    // The helper reads only `size` bytes, the member for the family, so the tuple is built
+    // member by member rather than zero-filled (see `IpHdr::addr_words`).
+    let mut v4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+        saddr: src[0],
+        daddr: dst[0],
+        sport,
+        dport,
     };
-    // SAFETY: the helper reads `size` bytes of `tuple`; the socket it returns, if any, is
-    // released before this function returns.
+    let mut v6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+        saddr: src,
+        daddr: dst,
+        sport,
+        dport,
+    };
+    let (tuple, size) = if hdr.is_v6() {
+        (
+            (&raw mut v6).cast::<bpf_sock_tuple>(),
+            core::mem::size_of_val(&v6),
+        )
+    } else {
+        (
+            (&raw mut v4).cast::<bpf_sock_tuple>(),
+            core::mem::size_of_val(&v4),
+        )
+    };
+    // SAFETY: the helper reads `size` bytes at `tuple`, all written above; the socket it
+    // returns, if any, is released before this function returns.
     unsafe {
         let sk = bpf_skc_lookup_tcp(
             ctx.ctx.cast(),
-            &mut tuple,
+            tuple,
             size as u32,
             BPF_F_CURRENT_NETNS as u64,
             0,
@@ -224,17 +275,6 @@ fn socket_vouches(ctx: &XdpContext, hdr: IpHdr, src_port: u16, dst_port: u16) ->
         bpf_sk_release(sk.cast());
         vouches
     }
-}
-
-/// An IPv6 address as the four network-order words of `bpf_sock_tuple`.
-#[inline(always)]
-fn words(a: [u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
 }
 
 /// Whether the rules of `generation` may drop a packet arriving at local `port`: the port
@@ -251,23 +291,32 @@ fn rules_may_drop(generation: u32, slot: u32, port: u16) -> bool {
 /// SYN, the first datagram of a UDP, UDP-Lite or SCTP flow, an echo request), or moves and
 /// refreshes the flow it belongs to.
 #[inline(always)]
-pub fn record(packet: &Packet, ifindex: u32, generation: u32) {
+pub fn record(f: Frame, packet: &Packet, ifindex: u32, generation: u32) {
     let Some(hdr) = packet.ip() else {
         return;
     };
-    let (key, flags) = match packet.kind {
+    let (key, flags) = match packet.kind() {
         Kind::Ports => (
-            flow_key(hdr, packet.protocol, true, packet.src_port, packet.dst_port),
-            packet.tcp_flags,
+            flow_key(
+                hdr,
+                packet.protocol(),
+                true,
+                packet.src_port(),
+                packet.dst_port(),
+            ),
+            packet.tcp_flags(),
         ),
-        Kind::Icmp if packet.about.says == IcmpSays::EchoRequest => (
-            flow_key(hdr, packet.protocol, true, packet.about.echo_id, 0),
-            0,
-        ),
+        Kind::Icmp => {
+            let about = icmp_about(f, packet);
+            if about.says != IcmpSays::EchoRequest {
+                return;
+            }
+            (flow_key(hdr, packet.protocol(), true, about.echo_id, 0), 0)
+        }
         _ => return,
     };
     let now = now_ns();
-    let tcp = packet.protocol == ipproto::TCP;
+    let tcp = packet.protocol() == ipproto::TCP;
     let syn = flags & tcp_flag::SYN != 0 && flags & tcp_flag::ACK == 0;
     if let Some(flow) = PFW_FLOWS.get_ptr_mut(&key) {
         // SAFETY: as in `live`.
@@ -291,7 +340,8 @@ pub fn record(packet: &Packet, ifindex: u32, generation: u32) {
     // A flow is worth an entry only where the rules would drop its replies: on a local port
     // the port table drops, or judges by source. Replies to a port the rules allow pass
     // anyway, so a busy server's answers from its open ports fill nothing.
-    if packet.kind == Kind::Ports && !rules_may_drop(generation, packet.slot, packet.src_port) {
+    if packet.kind() == Kind::Ports && !rules_may_drop(generation, packet.slot(), packet.src_port())
+    {
         return;
     }
     // TCP flows start with our SYN. A segment without SYN or RST leaving a port the rules
@@ -307,13 +357,15 @@ pub fn record(packet: &Packet, ifindex: u32, generation: u32) {
     } else {
         return;
     };
-    let flow = FlowValue {
+    let flow = ValueWords {
         created_ns: now,
         seen_ns: now,
         ifindex,
-        state,
-        _pad: [0; 3],
+        state: u32::from(state),
     };
+    // SAFETY: `ValueWords` is `FlowValue` with the state and its padding as one word (the
+    // state is the first byte on this little-endian target): the same 24 bytes, all set.
+    let flow: FlowValue = unsafe { core::mem::transmute(flow) };
     if PFW_FLOWS.insert(&key, &flow, BPF_NOEXIST as u64).is_ok() {
         bump(&PFW_COUNTERS, counter::FLOWS_CREATED);
     }

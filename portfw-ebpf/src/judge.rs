@@ -14,7 +14,7 @@ use portfw_common::{
 use crate::{
     flows,
     maps::{PFW_PORTS, PFW_SETTINGS, PFW_SRC4, PFW_SRC6},
-    parse::{Kind, Packet},
+    parse::{Frame, Kind, Packet},
 };
 
 /// How a packet was judged.
@@ -28,15 +28,35 @@ pub struct Judgement {
     pub counter: u32,
     /// Whether the verdict goes to the event stream.
     pub log: bool,
+    /// Audit mode: a drop lets the packet through as a would-drop.
+    audit: bool,
+}
+
+impl Judgement {
+    /// In audit mode (`enforce: false`) a drop passes as [`action::WOULD_DROP`], under its
+    /// own counter; anything else is unchanged. An allowed packet pays one comparison.
+    #[inline(always)]
+    fn audited(mut self) -> Self {
+        if self.action == action::DROP && self.audit {
+            self.action = action::WOULD_DROP;
+            self.counter = counter::would_drop(self.counter);
+        }
+        self
+    }
 }
 
 /// Judges `packet` against `generation`'s tables. `ctx` is only for the kernel's socket
 /// table, which vouches for TCP connections older than the flow table.
 #[inline(always)]
 pub fn judge(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
-    match packet.kind {
+    decide(ctx, packet, generation).audited()
+}
+
+#[inline(always)]
+fn decide(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
+    match packet.kind() {
         Kind::Ports => {
-            let Some(entry) = port_entry(generation, packet.slot, packet.dst_port) else {
+            let Some(entry) = port_entry(generation, packet.slot(), packet.dst_port()) else {
                 return malformed(settings(generation));
             };
             let judgement = by_port(packet, generation, entry);
@@ -55,26 +75,21 @@ pub fn judge(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
             // messages through a drop default, unless the policy named them.
             let s = settings(generation);
             let v6 = packet.ip().is_some_and(|h| h.is_v6());
-            if !s.icmp_drops(v6, packet.icmp_type, packet.icmp_code) {
-                return by_setting(
-                    action::ALLOW,
-                    s.log,
-                    counter::ICMP_ALLOW,
-                    counter::ICMP_DROP,
-                );
+            if !s.icmp_drops(v6, packet.icmp_type(), packet.icmp_code()) {
+                return by_setting(s, action::ALLOW, counter::ICMP_ALLOW, counter::ICMP_DROP);
             }
             if s.replies == action::ALLOW {
-                if let Some(counter) = flows::is_related(packet, s) {
+                if let Some(counter) = flows::is_related(Frame::new(ctx), packet, s) {
                     return reply(s, counter);
                 }
             }
-            by_setting(action::DROP, s.log, counter::ICMP_ALLOW, counter::ICMP_DROP)
+            by_setting(s, action::DROP, counter::ICMP_ALLOW, counter::ICMP_DROP)
         }
         Kind::Fragment => {
             let s = settings(generation);
             by_setting(
+                s,
                 s.fragments,
-                s.log,
                 counter::FRAGMENT_ALLOW,
                 counter::FRAGMENT_DROP,
             )
@@ -82,15 +97,15 @@ pub fn judge(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
         Kind::OtherIp => {
             let s = settings(generation);
             by_setting(
+                s,
                 s.other_ip,
-                s.log,
                 counter::OTHER_IP_ALLOW,
                 counter::OTHER_IP_DROP,
             )
         }
         Kind::NonIp => {
             let s = settings(generation);
-            by_setting(s.non_ip, s.log, counter::NON_IP_ALLOW, counter::NON_IP_DROP)
+            by_setting(s, s.non_ip, counter::NON_IP_ALLOW, counter::NON_IP_DROP)
         }
         Kind::Malformed | Kind::BadTransport => malformed(settings(generation)),
     }
@@ -131,6 +146,7 @@ fn by_port(packet: &Packet, generation: u32, port: &PortEntry) -> Judgement {
         rule: entry.rule,
         counter,
         log: entry.flags & port_flags::LOG != 0,
+        audit: entry.flags & port_flags::AUDIT != 0,
     }
 }
 
@@ -159,7 +175,8 @@ static NO_SETTINGS: Settings = Settings {
     log: 0,
     icmp_frag_needed: action::ALLOW,
     replies: action::DROP,
-    _pad: [0; 2],
+    audit: 0,
+    _pad: [0; 1],
     icmp4_drop: [0; 32],
     icmp6_drop: [0; 32],
     flow_timeouts: FlowTimeouts {
@@ -184,6 +201,7 @@ fn malformed(s: &Settings) -> Judgement {
         rule: RULE_MALFORMED,
         counter: counter::MALFORMED,
         log: s.log & settings_log::DROP != 0,
+        audit: s.audit != 0,
     }
 }
 
@@ -196,12 +214,13 @@ fn reply(s: &Settings, counter: u32) -> Judgement {
         rule: RULE_REPLY,
         counter,
         log: s.log & settings_log::ALLOW != 0,
+        audit: false,
     }
 }
 
 /// A verdict that comes from a policy setting rather than the port table.
 #[inline(always)]
-fn by_setting(verdict: u8, log_bits: u8, allow_counter: u32, drop_counter: u32) -> Judgement {
+fn by_setting(s: &Settings, verdict: u8, allow_counter: u32, drop_counter: u32) -> Judgement {
     let drop = verdict == action::DROP;
     let (counter, bit) = if drop {
         (drop_counter, settings_log::DROP)
@@ -212,6 +231,7 @@ fn by_setting(verdict: u8, log_bits: u8, allow_counter: u32, drop_counter: u32) 
         action: if drop { action::DROP } else { action::ALLOW },
         rule: RULE_SETTING,
         counter,
-        log: log_bits & bit != 0,
+        log: s.log & bit != 0,
+        audit: s.audit != 0,
     }
 }

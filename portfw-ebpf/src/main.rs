@@ -60,6 +60,14 @@ pub fn portfw_egress_l3(ctx: TcContext) -> i32 {
     record(&ctx, Link::Ip)
 }
 
+/// Samples jiffies for the loader, which calibrates the flow table's clock with it. Never
+/// attached.
+#[xdp]
+pub fn portfw_clock(_ctx: XdpContext) -> u32 {
+    maps::sample_jiffies();
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn filter(ctx: &XdpContext, link: Link) -> u32 {
     let packet = parse(Frame::new(ctx), link);
@@ -93,10 +101,11 @@ fn record(ctx: &TcContext, link: Link) -> i32 {
         if ctx.data_end() - ctx.data() < want as usize {
             let _ = ctx.pull_data(want);
         }
-        let packet = parse(Frame::of_skb(ctx), link);
+        let frame = Frame::of_skb(ctx);
+        let packet = parse(frame, link);
         // SAFETY: reading a field of the program's context.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        flows::record(&packet, ifindex, generation);
+        flows::record(frame, &packet, ifindex, generation);
     }
     TC_ACT_UNSPEC
 }

@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use portfw_common::{
-    BPF_F_MMAPABLE, EVENT_RING_BYTES, Event, FLOWS_DEFAULT_MAX, FlowKey, FlowValue, GENERATIONS,
-    PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS, SOURCE_TRIE_ENTRIES, Settings, SourceKey4,
-    SourceKey6, counter, rule_hit_index,
+    BPF_F_MMAPABLE, Clock, EVENT_RING_BYTES, Event, FLOWS_DEFAULT_MAX, FlowKey, FlowValue,
+    GENERATIONS, PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS, SOURCE_TRIE_ENTRIES, Settings,
+    SourceKey4, SourceKey6, counter, rule_hit_index,
 };
 
 // The generation index, the settings and the port table are memory-mapped by the loader,
@@ -39,6 +39,10 @@ pub static PFW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 #[map(name = "PFW_FLOWS")]
 pub static PFW_FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT_MAX, 0);
+
+/// The flow table's clock, calibrated by the loader (see [`Clock`]).
+#[map(name = "PFW_CLOCK")]
+pub static PFW_CLOCK: Array<Clock> = Array::with_max_entries(1, 0);
 
 /// The source tries, one per generation: the loader builds a fresh trie for each policy and
 /// swaps it into the inactive slot, and the kernel frees the old one once no packet uses it.
@@ -84,3 +88,12 @@ pub fn bump_rule(generation: u32, rule: u32) {
 
 /// Size check: the event record must keep the 8-byte alignment the ring buffer gives.
 const _: () = assert!(core::mem::size_of::<Event>() % 8 == 0);
+
+/// Writes jiffies into the clock's sample, for the loader's calibration.
+#[inline(always)]
+pub fn sample_jiffies() {
+    if let Some(clock) = PFW_CLOCK.get_ptr_mut(0) {
+        // SAFETY: a pointer from a successful lookup; a plain helper call.
+        unsafe { (*clock).sample = aya_ebpf::helpers::bpf_jiffies64() };
+    }
+}

@@ -22,10 +22,10 @@ use aya_obj::programs::XdpAttachType;
 use common::{
     frames::{self, Endpoints},
     host,
-    lab::{Lab, Side},
     policies::{self, TCP_DROPPED},
     report::{Args, Report, median, require_root, thousands},
 };
+use portfw_lab::{Lab, Side};
 
 /// The CPU that runs the event reader, and the one whose program runs write the events.
 const READER_CPU: usize = 0;

@@ -20,7 +20,6 @@ use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use common::{
     frames::{self, Endpoints},
     host,
-    lab::{Lab, Side},
     policies::{self, SOURCE_HIT, SOURCE_MISS, TCP_ALLOWED, TCP_DROPPED, UDP_SOURCE_PORT},
     report::{Args, Report, read_setting, require_root, thousands},
     xdpfilter::XdpFilter,
@@ -31,6 +30,7 @@ use portfw::{
     policy,
 };
 use portfw_common::{PROGRAM_NAME, counter};
+use portfw_lab::{Lab, Side};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

@@ -6,6 +6,8 @@ use portfw_common::{
 };
 use serde::Serialize;
 
+use crate::policy::escape;
+
 /// What decided an event's verdict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -217,10 +219,12 @@ pub fn mono_to_wall_offset() -> i128 {
 }
 
 /// One human line, e.g. `12:00:01.123 eth0 DROP tcp 10.0.0.1:51234 -> 10.0.0.2:8080 rule 3 [SYN]`.
+/// The interface name is escaped: Linux allows control characters in it, and anyone with
+/// CAP_NET_ADMIN in a container can name an interface to rewrite the reader's terminal.
 pub fn human_line(view: &EventView) -> String {
     let decided = match &view.decided_by {
         DecidedBy::Rule(_) => match (&view.rule, &view.rule_name) {
-            (Some(n), Some(name)) => format!("rule {n} ({name})"),
+            (Some(n), Some(name)) => format!("rule {n} ({})", escape(name)),
             (Some(n), None) => format!("rule {n}"),
             _ => "rule ?".into(),
         },
@@ -232,7 +236,7 @@ pub fn human_line(view: &EventView) -> String {
     let mut line = format!(
         "{} {} {} {} {} -> {} {decided}",
         clock(view.time_ns),
-        view.iface,
+        escape(&view.iface),
         view.verdict.to_uppercase(),
         view.protocol,
         endpoint(view.src, view.src_port),
@@ -315,6 +319,24 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('['.to_string().repeat(2).as_str()));
+    }
+
+    #[test]
+    fn interface_names_are_escaped_in_text_and_json() {
+        let name = "ev\u{1b}]0;PWNED\u{7}";
+        let view = decode(&sample(), 0, |_| Some(name.into()), |_| None);
+        let line = human_line(&view);
+        let rest = line.split_once(' ').map(|(_, r)| r).unwrap_or_default();
+        assert!(
+            rest.starts_with("ev\\u{1b}]0;PWNED\\u{7} DROP tcp"),
+            "{line:?}"
+        );
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        let json = serde_json::to_string(&view).unwrap_or_default();
+        assert!(
+            json.contains(r#""iface":"ev\u001b]0;PWNED\u0007""#),
+            "{json}"
+        );
     }
 
     #[test]

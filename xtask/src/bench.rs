@@ -6,19 +6,16 @@
 use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result};
+use portfw_lab::{Lab, PYTHON};
 
 use crate::{
     bench_report::{self, Results},
-    lab::Lab,
     setup,
     util::{self, run_checked, run_stages},
 };
 
 /// The benchmark binaries of portfw-user/benches, in the order they run.
-pub const BENCHES: [&str; 3] = ["kernel", "load", "control"];
-
-/// Where the plots and the raw results of a full run go, next to BENCHMARKS.md.
-pub const DOCS_DIR: &str = "docs/bench";
+pub const BENCHES: [&str; 4] = ["kernel", "load", "control", "flows"];
 
 pub fn run(quick: bool) -> Result<()> {
     util::require_root("bench")?;
@@ -90,12 +87,12 @@ pub fn run(quick: bool) -> Result<()> {
 /// Writes the plots, the combined raw results and the results section of BENCHMARKS.md.
 fn write_full(results: &Results, out_dir: &std::path::Path) -> Result<()> {
     let root = util::workspace_root();
-    let docs: PathBuf = root.join(DOCS_DIR);
+    let docs: PathBuf = root.join(bench_report::DOCS_DIR);
     fs::create_dir_all(&docs).with_context(|| format!("creating {}", docs.display()))?;
     let combined = docs.join("results.json");
     results.write_combined(&combined)?;
     run_checked(
-        Command::new(crate::lab::PYTHON)
+        Command::new(PYTHON)
             .arg(root.join("xtask/bench/plot.py"))
             .arg(&combined)
             .arg(&docs),

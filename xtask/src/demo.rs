@@ -11,9 +11,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use portfw_lab::Lab;
 
 use crate::{
-    lab::Lab,
     setup,
     util::{self, run_checked},
 };
@@ -341,7 +341,7 @@ fn attempt(lab: &Lab, check: &Check, ip: IpAddr) -> Result<(bool, String, String
     });
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("could not start `{}`", util::show(&cmd)))?;
+        .with_context(|| format!("could not start `{}`", portfw_lab::show(&cmd)))?;
     if let Some(input) = stdin
         && let Some(mut pipe) = child.stdin.take()
     {

@@ -4,19 +4,14 @@ mod bench;
 mod bench_report;
 mod demo;
 mod fuzz;
-mod lab;
-#[cfg(test)]
-mod lab_tests;
 mod setup;
 mod tasks;
-mod toolchain;
 mod util;
 
 use std::{ffi::OsString, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-
-use crate::lab::Lab;
+use portfw_lab::{Lab, PYTHON, Side, toolchain};
 
 /// Name of the long-lived lab of `cargo xtask lab up`.
 const MANUAL_LAB: &str = "pfw-lab";
@@ -135,13 +130,13 @@ fn run() -> anyhow::Result<ExitCode> {
 fn lab_up() -> anyhow::Result<()> {
     util::require_root("lab up")?;
     let lab = Lab::persistent(MANUAL_LAB)?;
-    let srv = lab.netns_path(lab::Side::Server);
-    let cli = lab.netns_path(lab::Side::Client);
+    let srv = lab.netns_path(Side::Server);
+    let cli = lab.netns_path(Side::Client);
     println!("lab: {MANUAL_LAB} is up");
-    for side in [lab::Side::Server, lab::Side::Client] {
+    for side in [Side::Server, Side::Client] {
         let (v4, v6) = match side {
-            lab::Side::Server => (lab.server_v4(), lab.server_v6()),
-            lab::Side::Client => (lab.client_v4(), lab.client_v6()),
+            Side::Server => (lab.server_v4(), lab.server_v6()),
+            Side::Client => (lab.client_v4(), lab.client_v6()),
         };
         println!(
             "  {:<6} netns {:<12} iface {:<9} {v4}/24  {v6}/64  {}",
@@ -162,7 +157,7 @@ fn lab_up() -> anyhow::Result<()> {
          Remove it with `cargo xtask lab down`.",
         srv = srv.display(),
         cli = cli.display(),
-        py = lab::PYTHON,
+        py = PYTHON,
         iface = lab.server_iface(),
         v4 = lab.server_v4(),
     );

@@ -7,11 +7,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use portfw_lab::toolchain::{self, LLVM_MAJOR, PINNED_NIGHTLY};
 
-use crate::{
-    toolchain::{self, LLVM_MAJOR, PINNED_NIGHTLY},
-    util::{self, run_checked},
-};
+use crate::util::{self, run_checked};
 
 /// Debian packages for the build (LLVM for bpf-linker) and for the lab and tests.
 const APT_PACKAGES: &[&str] = &[
@@ -47,6 +45,8 @@ const APT_PACKAGES: &[&str] = &[
 const OPTIONAL_APT_PACKAGES: &[&str] = &["bpftool"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// For the dependency audit in .ci/run (`cargo deny check advisories`).
+const CARGO_DENY_VERSION: &str = "0.20.2";
 const BPFFS: &str = "/sys/fs/bpf";
 /// As portfw itself mounts it (`BPFFS_MOUNT_OPTIONS` in portfw-user's loader): a default
 /// bpffs is mode 1777, where any user may plant directories and links for root to trip on.
@@ -62,12 +62,13 @@ pub enum Mode {
 /// Runs every step; in check mode fails at the end if anything is missing.
 pub fn run(mode: Mode) -> Result<()> {
     let mut missing = Vec::new();
-    let steps: [(&str, Step); 6] = [
+    let steps: [(&str, Step); 7] = [
         ("root", step_root),
         ("apt packages", step_apt),
         ("rust components", step_stable_components),
         ("rust nightly", step_nightly),
         ("bpf-linker", step_bpf_linker),
+        ("cargo-deny", step_cargo_deny),
         ("bpffs", step_bpffs),
     ];
     for (name, step) in steps {
@@ -427,6 +428,51 @@ fn bpf_linker_llvm_major() -> Option<u32> {
 
 fn bpf_linker_version() -> Option<String> {
     let out = Command::new("bpf-linker").arg("--version").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// cargo-deny from crates.io, for the dependency audit of .ci/run. Only a warning when it
+/// cannot be installed: the audit is then skipped, and says so, rather than a registry
+/// hiccup failing every build and test.
+fn step_cargo_deny(mode: Mode) -> Result<Status> {
+    if let Some(version) = cargo_deny_version() {
+        return Ok(Status::Ok(version));
+    }
+    if mode == Mode::Check {
+        return Ok(Status::Missing("cargo-deny not found in PATH".to_owned()));
+    }
+    println!(
+        "setup: cargo-deny … installing {CARGO_DENY_VERSION} from crates.io (once; takes \
+         several minutes)"
+    );
+    let installed = run_checked(Command::new(util::cargo()).args([
+        "install",
+        "cargo-deny",
+        "--version",
+        CARGO_DENY_VERSION,
+        "--locked",
+    ]));
+    Ok(match (installed, cargo_deny_version()) {
+        (Ok(()), Some(version)) => Status::Ok(format!("installed {version}")),
+        (Ok(()), None) => Status::Warn(
+            "cargo-deny was installed but `cargo deny --version` does not run; is cargo's bin \
+             directory (~/.cargo/bin) in PATH? The dependency audit will be skipped"
+                .to_owned(),
+        ),
+        (Err(error), _) => Status::Warn(format!(
+            "could not install cargo-deny ({error:#}); the dependency audit will be skipped"
+        )),
+    })
+}
+
+fn cargo_deny_version() -> Option<String> {
+    let out = Command::new("cargo-deny")
+        .arg("--version")
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())

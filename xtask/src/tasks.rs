@@ -2,8 +2,9 @@
 
 use std::{ffi::OsString, process::Command};
 
+use portfw_lab::Lab;
+
 use crate::{
-    lab::Lab,
     setup,
     util::{self, run_checked, run_stages},
 };

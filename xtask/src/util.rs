@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use portfw_lab::show;
 
 /// Runs `cmd` with inherited stdio and fails, naming the command, unless it exits 0.
 pub fn run_checked(cmd: &mut Command) -> Result<()> {
@@ -19,15 +20,6 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
         bail!("`{shown}` failed ({status})");
     }
     Ok(())
-}
-
-/// The command line as a user would type it, for messages.
-pub fn show(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|s| s.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 pub fn is_root() -> bool {

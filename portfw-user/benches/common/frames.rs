@@ -41,6 +41,18 @@ impl Endpoints {
         }
     }
 
+    /// The other direction of the same traffic.
+    pub fn reversed(self) -> Self {
+        Self {
+            src_mac: self.dst_mac,
+            dst_mac: self.src_mac,
+            src4: self.dst4,
+            dst4: self.src4,
+            src6: self.dst6,
+            dst6: self.src6,
+        }
+    }
+
     pub fn with_src4(mut self, src: Ipv4Addr) -> Self {
         self.src4 = src;
         self
@@ -49,12 +61,21 @@ impl Endpoints {
 
 /// A TCP SYN header (20 bytes) with its checksum over `pseudo`.
 fn tcp_syn(src_port: u16, dst_port: u16, pseudo: u32) -> Vec<u8> {
+    tcp_header(src_port, dst_port, TCP_SYN, pseudo)
+}
+
+const TCP_SYN: u8 = 0x02;
+/// TCP flags of a segment in an established connection.
+pub const TCP_ACK: u8 = 0x10;
+
+/// A TCP header (20 bytes) with `flags` and its checksum over `pseudo`.
+fn tcp_header(src_port: u16, dst_port: u16, flags: u8, pseudo: u32) -> Vec<u8> {
     let mut h = vec![0u8; 20];
     h[0..2].copy_from_slice(&src_port.to_be_bytes());
     h[2..4].copy_from_slice(&dst_port.to_be_bytes());
     h[4..8].copy_from_slice(&0x5046_0001u32.to_be_bytes());
     h[12] = 5 << 4;
-    h[13] = 0x02;
+    h[13] = flags;
     h[14..16].copy_from_slice(&64240u16.to_be_bytes());
     let sum = checksum(&h, pseudo);
     h[16..18].copy_from_slice(&sum.to_be_bytes());
@@ -161,6 +182,12 @@ fn pad(mut f: Vec<u8>) -> Vec<u8> {
 /// IPv4 TCP SYN, 60 bytes.
 pub fn tcp4_syn(e: &Endpoints, src_port: u16, dst_port: u16) -> Vec<u8> {
     let l4 = tcp_syn(src_port, dst_port, pseudo4(e, TCP, 20));
+    ipv4(e, &[], TCP, &l4)
+}
+
+/// IPv4 TCP with `flags`, 60 bytes.
+pub fn tcp4(e: &Endpoints, src_port: u16, dst_port: u16, flags: u8) -> Vec<u8> {
+    let l4 = tcp_header(src_port, dst_port, flags, pseudo4(e, TCP, 20));
     ipv4(e, &[], TCP, &l4)
 }
 

@@ -1,13 +1,12 @@
-//! Shared by the benchmark binaries: the packets, the policies, xdp-filter, the namespace lab
-//! and the JSON report that `cargo xtask bench` reads.
+//! Shared by the benchmark binaries: the packets, the policies, xdp-filter and the JSON report
+//! that `cargo xtask bench` reads. The namespace lab is the `portfw-lab` crate.
 
 // Each benchmark binary uses a different part of these modules.
 #![allow(dead_code, reason = "shared by several benchmark binaries")]
 
+pub mod filters;
 pub mod frames;
 pub mod host;
-#[path = "../../../xtask/src/lab.rs"]
-pub mod lab;
 pub mod policies;
 pub mod report;
 pub mod xdpfilter;

@@ -7,6 +7,8 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
+use portfw_lab::Rng;
+
 /// A TCP port every generated policy allows (the first rule).
 pub const TCP_ALLOWED: u16 = 80;
 /// A TCP port every generated policy drops (by a rule, or by the default when the policy
@@ -99,22 +101,6 @@ pub fn blocklist(m: usize) -> String {
     y
 }
 
-/// A small deterministic generator (xorshift64*), so that every run builds the same sets.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn v4_contains(net: u32, len: u32, addr: Ipv4Addr) -> bool {
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     (u32::from(addr) & mask) == net
@@ -124,7 +110,8 @@ fn v4_contains(net: u32, len: u32, addr: Ipv4Addr) -> bool {
 /// some shorter), one in five IPv6. None contains SOURCE_MISS or the lab's 198.18.0.0/15 and
 /// 2001:2::/48; one is SOURCE_HIT's /24.
 pub fn cidrs(m: usize) -> Vec<String> {
-    let mut rng = Rng(0x7066_7762_656e_6368);
+    // A fixed seed, so that every run builds the same sets.
+    let rng = Rng::new(0x7066_7762_656e_6368);
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(m);
     if m == 0 {

@@ -14,8 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::programs::Xdp;
 use aya_obj::programs::XdpAttachType;
-
-use super::lab::{Lab, Side};
+use portfw_lab::{Lab, Side};
 
 /// Where xdp-filter pins its maps and programs; one tree for the whole machine.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/xdp-filter";

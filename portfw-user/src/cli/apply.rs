@@ -1,5 +1,5 @@
 //! `portfw apply`: validate, compile and put a policy in force.
-use std::{fs, process::ExitCode, time::Instant};
+use std::{process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, bail};
 
@@ -13,9 +13,8 @@ use crate::{
 pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let file = args.policy.display().to_string();
-    let bytes = fs::read(&args.policy).with_context(|| format!("cannot read policy {file}"))?;
-    let source = String::from_utf8(bytes.clone())
-        .with_context(|| format!("policy {file} is not valid UTF-8"))?;
+    // A regular file within the size limit, in UTF-8; /dev/zero or a FIFO fail at once.
+    let source = policy::read_source(&args.policy)?;
     let parsed = match policy::parse(&source, &file) {
         Ok(parsed) => parsed,
         Err(diagnostics) => {
@@ -48,7 +47,8 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let outcome = loader::apply(ApplyRequest {
         compiled: &compiled,
         file: &args.policy,
-        source: &bytes,
+        source: source.as_bytes(),
+        set_files: &policy.set_files,
         interfaces: &interfaces,
         mode: args.mode.into(),
     })

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use portfw_common::Event;
+use portfw_common::{Event, GENERATIONS};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -17,14 +17,42 @@ use tokio::{
 use super::{EXIT_OK, EventsArgs};
 use crate::{
     events::{decode, human_line, mono_to_wall_offset},
-    loader::{self, Paths},
+    loader::{self, Paths, State},
 };
 
-/// Rule names of the active policy, re-read when the state file changes (a new apply).
+/// The rule names of each generation's policy, as `apply` recorded them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct NamesByGeneration([Vec<Option<String>>; GENERATIONS as usize]);
+
+impl NamesByGeneration {
+    fn from_state(state: &State) -> Self {
+        Self(std::array::from_fn(|generation| {
+            state
+                .record(generation as u32)
+                .map(|p| p.rules.iter().map(|r| r.name.clone()).collect())
+                .unwrap_or_default()
+        }))
+    }
+
+    /// The name of rule `index` (0-based) of the policy loaded into `generation`.
+    fn get(&self, generation: u8, index: u32) -> Option<String> {
+        self.0
+            .get(usize::from(generation))?
+            .get(index as usize)
+            .cloned()
+            .flatten()
+    }
+}
+
+/// Rule names by generation, re-read when the state file changes (a new apply). An event
+/// names the generation that judged its packet, so events still buffered when a new policy
+/// goes in are labelled from the policy that decided them. Only a generation that was
+/// rewritten twice (two applies) before its events were read is labelled from the newer
+/// policy: the state keeps one record per generation.
 struct RuleNames {
     paths: Paths,
     modified: Option<SystemTime>,
-    names: Vec<Option<String>>,
+    names: NamesByGeneration,
 }
 
 impl RuleNames {
@@ -32,7 +60,7 @@ impl RuleNames {
         let mut names = Self {
             paths,
             modified: None,
-            names: Vec::new(),
+            names: NamesByGeneration::default(),
         };
         names.refresh();
         names
@@ -46,15 +74,15 @@ impl RuleNames {
             return;
         }
         self.modified = modified;
-        self.names = loader::running_policy(&self.paths)
+        self.names = State::read(&self.paths.state)
             .ok()
-            .and_then(|running| running.policy)
-            .map(|p| p.rules.into_iter().map(|r| r.name).collect())
+            .flatten()
+            .map(|state| NamesByGeneration::from_state(&state))
             .unwrap_or_default();
     }
 
-    fn get(&self, index: u32) -> Option<String> {
-        self.names.get(index as usize).cloned().flatten()
+    fn get(&self, generation: u8, index: u32) -> Option<String> {
+        self.names.get(generation, index)
     }
 }
 
@@ -128,7 +156,12 @@ async fn stream(args: EventsArgs) -> anyhow::Result<ExitCode> {
                     let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
                     drop(item);
                     let iface = ifnames.name(event.ifindex);
-                    let view = decode(&event, offset, |_| iface.clone(), |i| rules.get(i));
+                    let view = decode(
+                        &event,
+                        offset,
+                        |_| iface.clone(),
+                        |i| rules.get(event.generation, i),
+                    );
                     let line = if args.json {
                         serde_json::to_string(&view)?
                     } else {
@@ -153,4 +186,60 @@ async fn stream(args: EventsArgs) -> anyhow::Result<ExitCode> {
     }
     let _ = out.flush();
     Ok(ExitCode::from(EXIT_OK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::{PolicyRecord, RuleRecord};
+
+    fn record(names: &[Option<&str>]) -> PolicyRecord {
+        PolicyRecord {
+            file: "/etc/portfw/p.yaml".into(),
+            sha256: String::new(),
+            applied_at: 0,
+            default: "drop".into(),
+            rules: names
+                .iter()
+                .map(|name| RuleRecord {
+                    name: name.map(str::to_owned),
+                    summary: String::new(),
+                    line: 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn each_event_is_named_from_the_generation_that_judged_it() {
+        let state = State {
+            generations: [
+                Some(record(&[Some("ssh"), None, Some("web")])),
+                Some(record(&[Some("dns"), Some("web")])),
+            ],
+            ..State::default()
+        };
+        let names = NamesByGeneration::from_state(&state);
+        assert_eq!(names.get(0, 0).as_deref(), Some("ssh"));
+        assert_eq!(names.get(1, 0).as_deref(), Some("dns"));
+        assert_eq!(names.get(0, 2).as_deref(), Some("web"));
+        assert_eq!(names.get(1, 1).as_deref(), Some("web"));
+        // An unnamed rule, a rule past the end, and a generation that does not exist.
+        assert_eq!(names.get(0, 1), None);
+        assert_eq!(names.get(1, 2), None);
+        assert_eq!(names.get(2, 0), None);
+        assert_eq!(names.get(u8::MAX, 0), None);
+    }
+
+    #[test]
+    fn a_generation_not_on_file_has_no_names() {
+        let state = State {
+            generations: [None, Some(record(&[Some("dns")]))],
+            ..State::default()
+        };
+        let names = NamesByGeneration::from_state(&state);
+        assert_eq!(names.get(0, 0), None);
+        assert_eq!(names.get(1, 0).as_deref(), Some("dns"));
+        assert_eq!(NamesByGeneration::default().get(1, 0), None);
+    }
 }

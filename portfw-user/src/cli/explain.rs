@@ -9,7 +9,7 @@ use super::{EXIT_ERROR, EXIT_OK, ExplainArgs, report_invalid};
 use crate::{
     compile::{self, reference},
     loader,
-    policy::{self, Policy, Protocol},
+    policy::{self, Policy, Protocol, escape},
 };
 
 /// `PORT[/PROTO]`, protocol tcp when absent.
@@ -121,11 +121,16 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             match running.policy.as_ref() {
                 Some(p) => {
                     if let Some(rule) = p.rules.get(verdict.entry.rule as usize) {
-                        println!("  {} (line {}), from the {via}", rule.summary, rule.line);
+                        println!(
+                            "  {} (line {}), from the {via}",
+                            escape(&rule.summary),
+                            rule.line
+                        );
                     }
                     println!(
                         "  running filter: {} (generation {})",
-                        p.file, running.generation
+                        escape(&p.file),
+                        running.generation
                     );
                 }
                 None => bail!("the running filter has no record of its policy"),

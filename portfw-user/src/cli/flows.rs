@@ -5,7 +5,7 @@ use std::{
 };
 
 use super::{EXIT_OK, FlowsArgs};
-use crate::loader;
+use crate::{loader, policy::escape};
 
 pub fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
     let flows = loader::flows()?;
@@ -44,7 +44,8 @@ fn table(out: &mut impl io::Write, flows: &[loader::FlowRecord]) -> io::Result<(
             f.state,
             f.age_s,
             f.expires_in_s,
-            f.iface.as_deref().unwrap_or("-"),
+            // Linux allows control characters in interface names.
+            escape(f.iface.as_deref().unwrap_or("-")),
         )?;
     }
     writeln!(
@@ -53,4 +54,35 @@ fn table(out: &mut impl io::Write, flows: &[loader::FlowRecord]) -> io::Result<(
         flows.len(),
         if flows.len() == 1 { "" } else { "s" }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+
+    #[test]
+    fn interface_names_are_escaped() {
+        let flow = loader::FlowRecord {
+            protocol: "tcp".into(),
+            local: "10.0.0.1:40000".into(),
+            remote: "10.0.0.2:443".into(),
+            local_addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            local_port: Some(40000),
+            remote_addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            remote_port: Some(443),
+            echo_id: None,
+            state: "established",
+            age_s: 1.0,
+            expires_in_s: 2.0,
+            iface: Some("ev\u{1b}[2J\u{7}".into()),
+            ifindex: 9,
+        };
+        let mut out = Vec::new();
+        table(&mut out, &[flow]).unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8(out).unwrap_or_default();
+        assert!(text.contains("  ev\\u{1b}[2J\\u{7}\n"), "{text}");
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+    }
 }

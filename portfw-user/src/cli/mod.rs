@@ -161,13 +161,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
 /// Prints the diagnostics of an invalid policy and returns the exit code for it.
 fn report_invalid(file: &str, diagnostics: &crate::policy::Diagnostics, action: &str) -> ExitCode {
     eprintln!("{diagnostics}");
-    let errors = diagnostics
-        .0
-        .iter()
-        .filter(|d| d.severity == crate::policy::Severity::Error)
-        .count();
+    // Those not shown included: past the first hundred, one line counts the rest.
+    let errors = diagnostics.error_count();
     eprintln!(
-        "portfw: {file}: {errors} error{} found; {action}",
+        "portfw: {}: {errors} error{} found; {action}",
+        crate::policy::escape(file),
         if errors == 1 { "" } else { "s" }
     );
     ExitCode::from(EXIT_ERROR)

@@ -5,7 +5,7 @@ use std::{
 };
 
 use super::{EXIT_ERROR, EXIT_NOT_FILTERED, EXIT_OK, StatusArgs};
-use crate::{events::datetime, loader};
+use crate::{events::datetime, loader, policy::escape};
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let status = loader::status()?;
@@ -25,11 +25,11 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_ERROR));
     }
     if args.check && !status.all_filtered() {
-        let unfiltered: Vec<&str> = status
+        let unfiltered: Vec<String> = status
             .attachments
             .iter()
             .filter(|a| !a.filtered)
-            .map(|a| a.attachment.iface.as_str())
+            .map(|a| escape(&a.attachment.iface).to_string())
             .collect();
         eprintln!(
             "portfw: NOT FILTERED: {}; apply again",
@@ -53,10 +53,12 @@ fn print_text(status: &loader::Status) {
     if status.attachments.is_empty() {
         println!("interfaces: none");
     }
+    // Names and paths are escaped: Linux allows control characters in interface names, and
+    // the policy's file name and rule summaries come from the policy's author.
     for a in &status.attachments {
         println!(
             "interface {} (ifindex {}, {} mode{}){}",
-            a.attachment.iface,
+            escape(&a.attachment.iface),
             a.attachment.ifindex,
             a.attachment.mode,
             match a.attachment.link {
@@ -65,7 +67,7 @@ fn print_text(status: &loader::Status) {
             },
             match &a.problem {
                 None => String::new(),
-                Some(problem) => format!(" NOT FILTERED: {problem}; apply again"),
+                Some(problem) => format!(" NOT FILTERED: {}; apply again", escape(problem)),
             }
         );
     }
@@ -76,7 +78,7 @@ fn print_text(status: &loader::Status) {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            println!("policy {} (sha256 {})", p.file, p.sha256);
+            println!("policy {} (sha256 {})", escape(&p.file), p.sha256);
             println!(
                 "applied {} ({} ago), default {}",
                 datetime(p.applied_at),
@@ -91,8 +93,8 @@ fn print_text(status: &loader::Status) {
                     "{:>5}  {:>12}  {:<16}  {} (line {})",
                     i + 1,
                     status.rule_hits.get(i).copied().unwrap_or(0),
-                    rule.name.as_deref().unwrap_or("-"),
-                    rule.summary,
+                    escape(rule.name.as_deref().unwrap_or("-")),
+                    escape(&rule.summary),
                     rule.line
                 );
             }

@@ -414,7 +414,8 @@ fn settings(policy: &Policy) -> Settings {
         log,
         icmp_frag_needed: policy.icmp_verdict(false, 3, 4).to_kernel(),
         replies: policy.replies.to_kernel(),
-        _pad: [0; 2],
+        audit: 0,
+        _pad: [0; 1],
         icmp4_drop,
         icmp6_drop,
         flow_timeouts: FlowTimeouts {

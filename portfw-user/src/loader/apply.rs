@@ -26,6 +26,9 @@ pub struct ApplyRequest<'a> {
     pub file: &'a Path,
     /// The bytes `compiled` was compiled from; its record shows their SHA-256.
     pub source: &'a [u8],
+    /// The set files read with it ([`crate::policy::Policy::set_files`]), which the
+    /// record's hash covers too.
+    pub set_files: &'a [crate::policy::SetFileRead],
     pub interfaces: &'a [String],
     pub mode: Mode,
 }
@@ -111,7 +114,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
         ifindex(iface)?;
         link_type(iface)?;
     }
-    let record = PolicyRecord::new(req.file, req.source, req.compiled);
+    let record = PolicyRecord::new(req.file, req.source, req.set_files, req.compiled);
     let signals = Signals::catch()?;
     let paths = Paths::current()?;
     paths.check()?;
@@ -257,6 +260,7 @@ fn fresh(
     let generation = loaded.tables.stage(req.compiled)?;
     loaded.tables.switch_to(generation);
     loaded.restore_flows(flows)?;
+    loaded.calibrate_clock()?;
     point("fresh-loaded")?;
     let tmp_paths = Paths {
         pins: tmp_dir.clone(),

@@ -10,8 +10,8 @@ use super::{
     error::LoaderError,
     iface::ifname,
     object::{
-        flow_map_slack, pinned_active, pinned_counters, pinned_flow_map_size, pinned_flows,
-        pinned_settings,
+        flow_map_slack, monotonic_ns, pinned_active, pinned_counters, pinned_flow_map_size,
+        pinned_flows, pinned_settings,
     },
 };
 
@@ -56,15 +56,6 @@ pub struct FlowTableStatus {
     pub created: u64,
     /// Flows the table dropped to make room for new ones (created minus held).
     pub evicted: u64,
-}
-
-/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    // SAFETY: an all-zero timespec is valid and clock_gettime fills it.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn addr(family: u8, bytes: [u8; 16]) -> IpAddr {

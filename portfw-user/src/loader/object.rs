@@ -8,9 +8,9 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use portfw_common::{
-    EGRESS_PROGRAM_NAME, FLOWS_DEFAULT_MAX, FlowKey, FlowValue, GENERATIONS,
-    L3_EGRESS_PROGRAM_NAME, L3_PROGRAM_NAME, MapNames, PROGRAM_NAME, RULE_HIT_SLOTS, counter,
-    flow_map_entries,
+    CLOCK_PROGRAM_NAME, Clock, EGRESS_PROGRAM_NAME, FLOWS_DEFAULT_MAX, FlowKey, FlowValue,
+    GENERATIONS, L3_EGRESS_PROGRAM_NAME, L3_PROGRAM_NAME, MapNames, PROGRAM_NAME, RULE_HIT_SLOTS,
+    counter, flow_map_entries,
 };
 
 use super::{
@@ -25,7 +25,7 @@ use super::{
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portfw"));
 
 /// Maps pinned next to the program, in the order they are pinned.
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 10] = [
     MapNames::ACTIVE,
     MapNames::SETTINGS,
     MapNames::PORTS,
@@ -35,6 +35,7 @@ const PINNED_MAPS: [&str; 9] = [
     MapNames::SOURCES4,
     MapNames::SOURCES6,
     MapNames::FLOWS,
+    MapNames::CLOCK,
 ];
 
 /// A loaded, not yet attached or pinned instance of the program with its tables.
@@ -77,6 +78,10 @@ impl Loaded {
                 "verification and load of {egress_name}"
             )))?;
         }
+        let clock: &mut Xdp = as_program(ebpf.program_mut(CLOCK_PROGRAM_NAME), CLOCK_PROGRAM_NAME)?;
+        clock.load().map_err(program_err(format!(
+            "verification and load of {CLOCK_PROGRAM_NAME}"
+        )))?;
         let tables = Tables::new(
             map_data(&ebpf, MapNames::ACTIVE)?,
             map_data(&ebpf, MapNames::SETTINGS)?,
@@ -113,9 +118,8 @@ impl Loaded {
             repeat: 1,
             ..Default::default()
         };
-        let program: &SchedClassifier =
-            as_program(self.ebpf.program(EGRESS_PROGRAM_NAME), EGRESS_PROGRAM_NAME)?;
-        let result = program
+        let result = self
+            .classifier(EGRESS_PROGRAM_NAME)?
             .test_run(opts)
             .map_err(program_err("test run of the egress program"))?;
         Ok(result.return_value as i32)
@@ -164,6 +168,100 @@ impl Loaded {
             .load()
             .map_err(program_err(format!("verification and load of {name}")))?;
         self.xdp(name)
+    }
+
+    /// The TC program `name` of the object (the egress program, or a benchmark's floor).
+    pub fn classifier(&self, name: &str) -> Result<&SchedClassifier, LoaderError> {
+        as_program(self.ebpf.program(name), name)
+    }
+
+    /// Verifies and loads one more TC program of the embedded object (a benchmark's floor);
+    /// `apply` never calls it.
+    pub fn load_extra_classifier(&mut self, name: &str) -> Result<&SchedClassifier, LoaderError> {
+        let program: &mut SchedClassifier = as_program(self.ebpf.program_mut(name), name)?;
+        program
+            .load()
+            .map_err(program_err(format!("verification and load of {name}")))?;
+        self.classifier(name)
+    }
+
+    /// Map `name`'s size in entries and the bytes the kernel charges for it (`memlock` in
+    /// its fdinfo).
+    pub fn map_memory(&self, name: &'static str) -> Result<(u32, u64), LoaderError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let data = map_data(&self.ebpf, name)?;
+        let entries = data.info().map_err(map_err(name))?.max_entries();
+        let path = format!("/proc/self/fdinfo/{}", data.fd().as_fd().as_raw_fd());
+        let info = std::fs::read_to_string(&path).map_err(io_err(format!("reading {path}")))?;
+        let bytes = info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| LoaderError::Internal(format!("no memlock line in {path}")))?;
+        Ok((entries, bytes))
+    }
+
+    /// Calibrates the flow table's clock ([`Clock`]): times two jiffy edges about 40 ms
+    /// apart against CLOCK_MONOTONIC, which gives the kernel's HZ and the offset that makes
+    /// `jiffies * ns_per_jiffy + offset` read as CLOCK_MONOTONIC. Until this runs the
+    /// programs read the coarse ktime helper instead.
+    pub fn calibrate_clock(&mut self) -> Result<(), LoaderError> {
+        const SPAN_NS: u64 = 40_000_000;
+        const GIVE_UP_NS: u64 = 2_000_000_000;
+        let frame = [0u8; 64];
+        let program = self.xdp(CLOCK_PROGRAM_NAME)?;
+        let data = map_data(&self.ebpf, MapNames::CLOCK)?;
+        let clock = Array::<MapData, Clock>::try_from(Map::Array(reopen(data, MapNames::CLOCK)?))
+            .map_err(map_err(MapNames::CLOCK))?;
+        let jiffies = || -> Result<u64, LoaderError> {
+            program
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    repeat: 1,
+                    ..Default::default()
+                })
+                .map_err(program_err("test run of the clock program"))?;
+            Ok(clock.get(&0, 0).map_err(map_err(MapNames::CLOCK))?.sample)
+        };
+        // The moment jiffies next changes, by CLOCK_MONOTONIC.
+        let edge = |after: u64| -> Result<(u64, u64), LoaderError> {
+            let started = monotonic_ns();
+            let mut last = jiffies()?;
+            loop {
+                let j = jiffies()?;
+                let now = monotonic_ns();
+                if j != last && now >= after {
+                    return Ok((j, now));
+                }
+                last = j;
+                if now - started > GIVE_UP_NS {
+                    return Err(LoaderError::Internal(
+                        "jiffies did not advance in 2 s while calibrating the flow clock".into(),
+                    ));
+                }
+            }
+        };
+        let (j1, t1) = edge(0)?;
+        let (j2, t2) = edge(t1 + SPAN_NS)?;
+        let hz = (j2 - j1) as f64 * 1e9 / (t2 - t1) as f64;
+        // The kernel's HZ is one of a few values; snap to the nearest, so the clock does not
+        // drift by the measurement's error.
+        let hz = [100.0, 250.0, 300.0, 1000.0]
+            .into_iter()
+            .find(|known: &f64| (hz - known).abs() < known * 0.1)
+            .unwrap_or(hz.round());
+        let ns_per_jiffy = (1e9 / hz).round() as u64;
+        let calibrated = Clock {
+            ns_per_jiffy,
+            offset_ns: t2.wrapping_sub(j2.wrapping_mul(ns_per_jiffy)),
+            sample: 0,
+        };
+        let mut clock =
+            Array::<MapData, Clock>::try_from(Map::Array(reopen(data, MapNames::CLOCK)?))
+                .map_err(map_err(MapNames::CLOCK))?;
+        clock
+            .set(0, calibrated, 0)
+            .map_err(map_err(MapNames::CLOCK))
     }
 
     /// The kernel's id of the `portfw` program.
@@ -253,6 +351,15 @@ fn program_names(link: Link) -> (&'static str, &'static str) {
         Link::Ethernet => (PROGRAM_NAME, EGRESS_PROGRAM_NAME),
         Link::Ip => (L3_PROGRAM_NAME, L3_EGRESS_PROGRAM_NAME),
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, which the flow table's clock follows.
+pub(super) fn monotonic_ns() -> u64 {
+    // SAFETY: an all-zero timespec is valid and clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The kernel's possible CPUs, which per-CPU structures are sized by.

@@ -11,14 +11,16 @@ use std::{
 
 use portfw_common::GENERATIONS;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use super::{
     error::LoaderError,
     fsafe::Dir,
     iface::{Link, ifname},
 };
-use crate::compile::{CompiledPolicy, RuleInfo};
+use crate::{
+    compile::{CompiledPolicy, RuleInfo},
+    policy::{self, SetFileRead},
+};
 
 /// The XDP mode an interface was attached in.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -86,6 +88,7 @@ impl From<&RuleInfo> for RuleRecord {
 #[serde(rename_all = "kebab-case")]
 pub struct PolicyRecord {
     pub file: String,
+    /// [`policy::digest`]: of the policy's bytes, and of its set files if it has any.
     pub sha256: String,
     /// Seconds since the Unix epoch.
     pub applied_at: u64,
@@ -94,17 +97,21 @@ pub struct PolicyRecord {
 }
 
 impl PolicyRecord {
-    /// The record of `compiled`, compiled from `source`, the bytes of `file`, applied now.
-    pub fn new(file: &Path, source: &[u8], compiled: &CompiledPolicy) -> Self {
+    /// The record of `compiled`, compiled from `source`, the bytes of `file`, with the set
+    /// files `set_files` ([`policy::Policy::set_files`]), applied now. The hash covers the
+    /// set files too, so a changed block list shows as a changed policy.
+    pub fn new(
+        file: &Path,
+        source: &[u8],
+        set_files: &[SetFileRead],
+        compiled: &CompiledPolicy,
+    ) -> Self {
         Self {
             file: fs::canonicalize(file)
                 .unwrap_or_else(|_| file.to_path_buf())
                 .display()
                 .to_string(),
-            sha256: Sha256::digest(source)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            sha256: policy::digest(source, set_files),
             applied_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -213,7 +220,7 @@ mod tests {
             panic!("the test policy must compile");
         };
         // The hash is of the bytes given, whatever they compiled to: here, of no bytes.
-        let record = PolicyRecord::new(Path::new("no/such/p.yaml"), b"", &compiled);
+        let record = PolicyRecord::new(Path::new("no/such/p.yaml"), b"", &[], &compiled);
         assert_eq!(record.file, "no/such/p.yaml");
         assert_eq!(
             record.sha256,
@@ -229,6 +236,41 @@ mod tests {
             })
         );
         assert_eq!(record.rules.len(), 2);
+    }
+
+    #[test]
+    fn the_hash_covers_the_set_files() {
+        let dir = std::env::temp_dir().join(format!("portfw-state-hash-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let yaml = "default: drop\nsets:\n  bl: {file: block.txt}\nrules:\n  - drop: any\n    \
+                    from: $bl\n";
+        let policy_path = dir.join("p.yaml");
+        std::fs::write(&policy_path, yaml).expect("write policy");
+        let record_with = |block: &str| {
+            std::fs::write(dir.join("block.txt"), block).expect("write set file");
+            let parsed = policy::load(&policy_path).unwrap_or_else(|e| panic!("{e}"));
+            let compiled = compile::compile(&parsed.policy).unwrap_or_else(|e| panic!("{e}"));
+            let record = PolicyRecord::new(
+                &policy_path,
+                yaml.as_bytes(),
+                &parsed.policy.set_files,
+                &compiled,
+            );
+            (parsed.policy.set_files, record.sha256)
+        };
+        let (files, first) = record_with("192.0.2.0/24\n");
+        let (_, again) = record_with("192.0.2.0/24\n");
+        let (_, changed) = record_with("192.0.2.0/24\n198.51.100.7\n");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, "block.txt");
+        assert_eq!(first, again, "the same files hash the same");
+        assert_ne!(first, changed, "a changed set file changes the hash");
+        // Not the policy's bytes alone, which is what a policy without set files hashes to.
+        let plain = policy::digest(yaml.as_bytes(), &[]);
+        assert_ne!(first, plain);
+        assert_eq!(plain.len(), 64);
     }
 
     #[test]

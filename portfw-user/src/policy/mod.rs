@@ -15,6 +15,7 @@ use thiserror::Error;
 pub mod cidr;
 pub mod diag;
 pub mod duration;
+mod file;
 pub mod icmp;
 pub mod ports;
 mod quickhash;
@@ -24,8 +25,9 @@ mod validate;
 mod yaml;
 
 pub use cidr::{Cidr, CidrError};
-pub use diag::{Diagnostic, Diagnostics, Location, Severity};
+pub use diag::{Diagnostic, Diagnostics, Location, Severity, escape};
 pub use duration::{DurationError, MAX_DURATION, format_duration, parse_duration};
+pub use file::{POLICY_MAX_BYTES, SET_FILE_MAX_BYTES};
 pub use icmp::{IcmpMatch, IcmpPolicy};
 
 /// The most addresses and CIDRs a policy may hold: every set's entries once, plus, for each
@@ -226,6 +228,41 @@ pub struct Policy {
     pub sets: Vec<AddressSet>,
     /// First match wins.
     pub rules: Vec<Rule>,
+    /// The set files read, in the order read, with what was read from each: the policy's
+    /// hash ([`digest`]) covers them.
+    pub set_files: Vec<SetFileRead>,
+}
+
+/// A set file as a policy was read with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetFileRead {
+    /// As written in the policy (relative to the policy's directory, or absolute), so that
+    /// the hash does not depend on where portfw was run from.
+    pub path: String,
+    /// The SHA-256 of the bytes read.
+    pub sha256: [u8; 32],
+}
+
+/// The SHA-256 `portfw status` shows for a policy, in hex: of the policy's bytes alone when
+/// it names no set file (so it matches `sha256sum`), otherwise of the policy's bytes followed,
+/// for each set file in the order read, by a NUL, its path as written, a NUL and the SHA-256
+/// of its bytes. Editing a set file changes it, as applying the policy again would change
+/// what the filter does.
+pub fn digest(source: &[u8], set_files: &[SetFileRead]) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(source);
+    for set_file in set_files {
+        hasher.update([0u8]);
+        hasher.update(set_file.path.as_bytes());
+        hasher.update([0u8]);
+        hasher.update(set_file.sha256);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Policy {
@@ -294,11 +331,15 @@ pub struct Parsed {
 }
 
 /// Parses and validates a policy. `file` labels diagnostics, and set files named in the
-/// policy are read relative to its directory.
+/// policy are read relative to its directory; each must be a regular file of at most
+/// [`SET_FILE_MAX_BYTES`].
 ///
-/// On failure the error holds every error found, in file order.
+/// On failure the error holds every error found, in file order (past
+/// [`diag::ERRORS_SHOWN`], a count of the rest).
 pub fn parse(source: &str, file: &str) -> Result<Parsed, Diagnostics> {
-    parse_with(source, file, &|path| std::fs::read_to_string(path))
+    parse_with(source, file, &|path| {
+        file::read_text(path, file::Kind::SetFile)
+    })
 }
 
 /// [`parse`], reading set files with `read_file`. The path it is given is the set file's path
@@ -313,7 +354,7 @@ pub fn parse_with(
 
 #[derive(Debug, Error)]
 pub enum LoadError {
-    #[error("cannot read policy {path}")]
+    #[error("cannot read policy {}", escape(&path.display().to_string()))]
     Read {
         path: PathBuf,
         #[source]
@@ -323,12 +364,18 @@ pub enum LoadError {
     Invalid(Diagnostics),
 }
 
-/// Reads and parses the policy at `path`; diagnostics name the path as given.
-pub fn load(path: &Path) -> Result<Parsed, LoadError> {
-    let source = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+/// Reads the policy file at `path`: a regular file of at most [`POLICY_MAX_BYTES`], in
+/// UTF-8. Anything else is refused before it is read, so `/dev/zero` or a FIFO fail at once.
+pub fn read_source(path: &Path) -> Result<String, LoadError> {
+    file::read_text(path, file::Kind::Policy).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    })
+}
+
+/// Reads and parses the policy at `path`; diagnostics name the path as given.
+pub fn load(path: &Path) -> Result<Parsed, LoadError> {
+    let source = read_source(path)?;
     parse(&source, &path.display().to_string()).map_err(LoadError::Invalid)
 }
 

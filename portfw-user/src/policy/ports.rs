@@ -181,6 +181,11 @@ fn parse_port(digits: &str) -> Result<u16, SpecError> {
 
 /// "; did you mean `x`?" for a near miss among the known names, else nothing.
 fn suggestion(name: &str) -> String {
+    // No known name is within reach of a long one (a near miss differs in at most a quarter
+    // of its characters), and the edit distance of a megabyte-long name would take minutes.
+    if name.len() > 64 {
+        return String::new();
+    }
     let lower = name.to_ascii_lowercase();
     if lower != name && services::all_names().any(|n| n == lower) {
         return format!("; names are lowercase: `{lower}`");

@@ -4,8 +4,10 @@
 //! thousands of lines, so this reads them line by line without building a YAML tree.
 
 use super::{
+    MAX_CIDRS,
     cidr::Cidr,
-    diag::{Location, Severity},
+    diag::{Location, Severity, Snippet},
+    quickhash::QuickSet,
 };
 
 /// Problems kept per set file; a file that is not a set file at all would otherwise produce
@@ -15,7 +17,8 @@ pub(super) const PROBLEMS_SHOWN: usize = 20;
 /// What a set file holds, and what is wrong with it.
 #[derive(Debug, Default)]
 pub(super) struct SetFile {
-    /// In file order, duplicates included.
+    /// In file order, each once. Reading stops past [`MAX_CIDRS`] of them, which no policy
+    /// may hold, so memory stays bounded whatever the file's length.
     pub cidrs: Vec<Cidr>,
     /// The first [`PROBLEMS_SHOWN`] problems, in file order.
     pub problems: Vec<LineProblem>,
@@ -29,12 +32,17 @@ pub(super) struct LineProblem {
     pub location: Location,
     pub severity: Severity,
     pub message: String,
-    /// The line as written, for the snippet under the message.
-    pub line: String,
+    /// The line as written (or a window of it), for the snippet under the message.
+    pub snippet: Snippet,
 }
 
 pub(super) fn read(text: &str) -> SetFile {
+    read_at_most(text, MAX_CIDRS)
+}
+
+fn read_at_most(text: &str, most: usize) -> SetFile {
     let mut file = SetFile::default();
+    let mut seen = QuickSet::default();
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (index, raw) in text.lines().enumerate() {
         let content = raw.find('#').map_or(raw, |hash| &raw[..hash]);
@@ -53,7 +61,17 @@ pub(super) fn read(text: &str) -> SetFile {
                         let message = host_bits_message(word, &cidr);
                         file.problem(index, column(word), Severity::Warning, message, raw);
                     }
-                    file.cidrs.push(cidr);
+                    if seen.insert(cidr) {
+                        file.cidrs.push(cidr);
+                    }
+                    if file.cidrs.len() > most {
+                        let message = format!(
+                            "the set file holds more than {most} different addresses and \
+                             CIDRs, the most a policy may hold; reading stopped here"
+                        );
+                        file.problem(index, column(word), Severity::Error, message, raw);
+                        break;
+                    }
                 }
                 Err(error) => {
                     file.problem(index, column(word), Severity::Error, error.to_string(), raw);
@@ -104,7 +122,7 @@ impl SetFile {
             location: Location::new(index + 1, column),
             severity,
             message,
-            line: line.trim_end_matches('\r').to_owned(),
+            snippet: Snippet::new(line, column),
         });
     }
 }
@@ -116,8 +134,11 @@ mod tests {
     use super::*;
 
     fn problems(text: &str) -> Vec<String> {
-        read(text)
-            .problems
+        problems_of(&read(text))
+    }
+
+    fn problems_of(file: &SetFile) -> Vec<String> {
+        file.problems
             .iter()
             .map(|p| {
                 let tag = if p.severity == Severity::Warning {
@@ -157,15 +178,15 @@ mod tests {
             ]
         );
         let file = read(text);
-        assert_eq!(file.problems[1].line, "10.0.0.1/8");
+        assert_eq!(file.problems[1].snippet.text, "10.0.0.1/8");
         assert!(file.has_errors());
-        // The host-bit warning still adds the normalised prefix.
+        // The host-bit warning still adds the normalised prefix, once.
         assert!(
             file.cidrs
                 .iter()
                 .filter(|c| c.to_string() == "10.0.0.0/8")
                 .count()
-                == 2
+                == 1
         );
     }
 
@@ -197,6 +218,32 @@ mod tests {
             (0, 1)
         );
         assert!(!warnings_only.has_errors());
+    }
+
+    #[test]
+    fn duplicates_count_once_and_reading_stops_past_the_limit() {
+        let file = read_at_most("10.0.0.1\n10.0.0.1\n10.0.0.2\n10.0.0.1/32\n", 2);
+        assert_eq!(file.cidrs.len(), 2);
+        assert!(!file.has_errors());
+        let text = "10.0.0.1\n10.0.0.2\n10.0.0.3\n10.0.0.4\nnot-an-address\n";
+        let file = read_at_most(text, 2);
+        assert_eq!(file.cidrs.len(), 3);
+        assert_eq!(
+            problems_of(&file),
+            [
+                "3:1: the set file holds more than 2 different addresses and CIDRs, the most a \
+              policy may hold; reading stopped here"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_line_keeps_a_short_snippet() {
+        let line = format!("{} 10.0.0.1", "x".repeat(1_000_000));
+        let file = read(&line);
+        assert_eq!(file.problems.len(), 2);
+        assert!(file.problems.iter().all(|p| p.snippet.text.len() <= 100));
+        assert_eq!(file.problems[1].location, Location::new(1, 1_000_002));
     }
 
     #[test]

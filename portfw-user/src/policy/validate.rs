@@ -10,6 +10,7 @@ use portfw_common::MAX_RULES;
 
 use super::{
     Action, Flows, IcmpMatch, IcmpPolicy, LogMode, Parsed, Policy, PortRange, Protocol, Rule,
+    SetFileRead,
     diag::{Diagnostics, Location, Reporter},
     icmp,
     ports::{self, SpecForm},
@@ -58,6 +59,7 @@ pub(super) fn parse(
                 dir: dir.to_owned(),
                 read_file,
                 sets: sources::Sets::default(),
+                set_files: Vec::new(),
             };
             Some(validator.policy(&root, file))
         }
@@ -86,10 +88,26 @@ struct Validator<'r, 's, 'f> {
     dir: PathBuf,
     read_file: ReadFile<'f>,
     sets: sources::Sets,
+    /// The set files read so far, for the policy's hash.
+    set_files: Vec<SetFileRead>,
 }
 
-/// A rule's port specs as written, for messages.
-type Written = Vec<String>;
+/// Items of a list as written, for messages: the first [`ITEMS_QUOTED`] and how many there
+/// are, so that a list of a million ports costs no string per port.
+#[derive(Clone, Debug, Default)]
+struct Written {
+    first: Vec<String>,
+    count: usize,
+}
+
+impl Written {
+    fn push(&mut self, text: &str) {
+        if self.first.len() < ITEMS_QUOTED {
+            self.first.push(text.to_owned());
+        }
+        self.count += 1;
+    }
+}
 
 impl Validator<'_, '_, '_> {
     /// Checks the whole document. The policy returned is only meaningful when no error was
@@ -109,6 +127,7 @@ impl Validator<'_, '_, '_> {
             flows: Flows::DEFAULT,
             sets: Vec::new(),
             rules: Vec::new(),
+            set_files: Vec::new(),
         };
         let mut written = Vec::new();
         let Value::Mapping(entries) = &root.value else {
@@ -171,6 +190,7 @@ impl Validator<'_, '_, '_> {
         }
         policy.other_ip = other_ip.unwrap_or(policy.default);
         policy.sets = self.finish_sets();
+        policy.set_files = std::mem::take(&mut self.set_files);
         (policy, written)
     }
 
@@ -288,11 +308,16 @@ impl Validator<'_, '_, '_> {
 
     /// Reports that `node` is not what `expected` says, unless it was already reported.
     fn invalid(&mut self, node: &Node, expected: impl std::fmt::Display) {
+        self.invalid_with(node, || expected);
+    }
+
+    /// [`Validator::invalid`], saying what was expected only if the error is reported: one
+    /// per item of a long list would otherwise cost a message each.
+    fn invalid_with<D: std::fmt::Display>(&mut self, node: &Node, expected: impl FnOnce() -> D) {
         if !matches!(node.value, Value::Invalid) {
-            self.reporter.error(
-                node.location,
-                format!("{expected}, found {}", node.describe()),
-            );
+            self.reporter.error_with(node.location, || {
+                format!("{}, found {}", expected(), node.describe())
+            });
         }
     }
 
@@ -448,7 +473,7 @@ impl Validator<'_, '_, '_> {
         if !ok {
             return None;
         }
-        let mut summary = format!("{action} {}", specs.join(", "));
+        let mut summary = format!("{action} {}", entry_text(&entry.value));
         let (from, from_text) = match from {
             Some(sources) => {
                 summary.push_str(" from ");
@@ -525,7 +550,7 @@ impl Validator<'_, '_, '_> {
             return None;
         }
         let mut ranges = Vec::new();
-        let mut written = Vec::with_capacity(items.len());
+        let mut written = Written::default();
         let mut ok = true;
         for item in items {
             let text = match &item.value {
@@ -537,17 +562,17 @@ impl Validator<'_, '_, '_> {
                 _ => None,
             };
             let Some(text) = text else {
-                self.invalid(
-                    item,
-                    format!("`{key}` in rule {number} expects a port spec"),
-                );
+                self.invalid_with(item, || {
+                    format!("`{key}` in rule {number} expects a port spec")
+                });
                 ok = false;
                 continue;
             };
             let spec = match ports::parse_spec(text) {
                 Ok(spec) => spec,
                 Err(error) => {
-                    self.reporter.error(item.location, error.to_string());
+                    self.reporter
+                        .error_with(item.location, || error.to_string());
                     ok = false;
                     continue;
                 }
@@ -565,7 +590,7 @@ impl Validator<'_, '_, '_> {
                 low: spec.low,
                 high: spec.high,
             }));
-            written.push(text.to_owned());
+            written.push(text);
         }
         ok.then_some((ranges, written))
     }
@@ -598,17 +623,31 @@ fn interface_name_problem(name: &str) -> Option<String> {
 }
 
 /// Up to [`ITEMS_QUOTED`] items joined with ", ", then "...".
-fn quote_items(items: &[String]) -> String {
-    let mut quoted = items
-        .iter()
-        .take(ITEMS_QUOTED)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if items.len() > ITEMS_QUOTED {
+fn quote_items(items: &Written) -> String {
+    let mut quoted = items.first.join(", ");
+    if items.count > ITEMS_QUOTED {
         quoted.push_str(", ...");
     }
     quoted
+}
+
+/// The text of an `allow:` or `drop:` value for a rule's summary: its items as written,
+/// joined with ", " (the value was checked to be a scalar or a list of scalars).
+fn entry_text(value: &Node) -> String {
+    let items = match &value.value {
+        Value::Sequence(items) => items.as_slice(),
+        _ => std::slice::from_ref(value),
+    };
+    let mut text = String::new();
+    for item in items {
+        if let Value::Scalar(s) = &item.value {
+            if !text.is_empty() {
+                text.push_str(", ");
+            }
+            text.push_str(&s.text);
+        }
+    }
+    text
 }
 
 #[cfg(test)]

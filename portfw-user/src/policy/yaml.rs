@@ -17,6 +17,13 @@ use super::diag::{Location, Reporter};
 /// Nesting deeper than this is refused, so hostile input cannot exhaust the stack.
 const MAX_DEPTH: usize = 64;
 
+/// The most values (scalars, lists, mappings, keys included) a policy file may hold. Each
+/// takes about a hundred bytes in the tree, so this bounds the parser's memory (about
+/// 100 MiB) and time whatever the file holds, e.g. a flow list of millions of ports. It is
+/// far above what the other limits let a policy use: 16,384 rules take a few values each,
+/// and long address lists belong in set files, which are not YAML.
+pub(crate) const MAX_NODES: usize = 1 << 20;
+
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Node {
     pub location: Location,
@@ -154,19 +161,45 @@ pub(crate) fn parse(source: &str, reporter: &mut Reporter<'_>) -> Tree {
     let mut builder = Builder {
         parser: Parser::new_from_str(source),
         reporter,
+        nodes: 0,
     };
     match builder.document() {
         Ok(tree) => tree,
-        Err(error) => {
+        Err(Stop::Syntax(error)) => {
             builder.syntax_error(&error);
             Tree::Broken
         }
+        Err(Stop::TooMany(at)) => {
+            builder.reporter.error(
+                at,
+                format!(
+                    "the policy holds more than {MAX_NODES} YAML values; reading stopped here. \
+                     Put long address lists in set files (`{{file: PATH}}`)"
+                ),
+            );
+            Tree::Broken
+        }
+    }
+}
+
+/// Why reading stopped before the end of the document.
+enum Stop {
+    Syntax(ScanError),
+    /// Past [`MAX_NODES`], at this value.
+    TooMany(Location),
+}
+
+impl From<ScanError> for Stop {
+    fn from(error: ScanError) -> Self {
+        Stop::Syntax(error)
     }
 }
 
 struct Builder<'r, 's, T> {
     parser: Parser<T>,
     reporter: &'r mut Reporter<'s>,
+    /// Values read so far, against [`MAX_NODES`].
+    nodes: usize,
 }
 
 impl<T: Iterator<Item = char>> Builder<'_, '_, T> {
@@ -186,12 +219,25 @@ impl<T: Iterator<Item = char>> Builder<'_, '_, T> {
         self.reporter.error(at, message);
     }
 
-    fn next(&mut self) -> Result<(Event, Mark), ScanError> {
+    fn next(&mut self) -> Result<(Event, Mark), Stop> {
         let (event, marker) = self.parser.next_token()?;
-        Ok((event, marker.into()))
+        let mark = Mark::from(marker);
+        if matches!(
+            event,
+            Event::Scalar(..)
+                | Event::SequenceStart(..)
+                | Event::MappingStart(..)
+                | Event::Alias(_)
+        ) {
+            self.nodes += 1;
+            if self.nodes > MAX_NODES {
+                return Err(Stop::TooMany(mark.location));
+            }
+        }
+        Ok((event, mark))
     }
 
-    fn document(&mut self) -> Result<Tree, ScanError> {
+    fn document(&mut self) -> Result<Tree, Stop> {
         loop {
             let (event, mark) = self.next()?;
             match event {
@@ -227,7 +273,7 @@ impl<T: Iterator<Item = char>> Builder<'_, '_, T> {
     }
 
     /// Builds the node that `event` starts. `None` only for the null root document.
-    fn node(&mut self, event: Event, mark: Mark, depth: usize) -> Result<Option<Node>, ScanError> {
+    fn node(&mut self, event: Event, mark: Mark, depth: usize) -> Result<Option<Node>, Stop> {
         if depth > MAX_DEPTH {
             self.reporter.error(
                 mark.location,
@@ -274,6 +320,8 @@ impl<T: Iterator<Item = char>> Builder<'_, '_, T> {
                         items.push(item);
                     }
                 }
+                // A long list's spare capacity would otherwise stay until the tree goes.
+                items.shrink_to_fit();
                 Node {
                     location: mark.location,
                     value: Value::Sequence(items),
@@ -293,7 +341,7 @@ impl<T: Iterator<Item = char>> Builder<'_, '_, T> {
         Ok(Some(node))
     }
 
-    fn mapping(&mut self, start: Mark, depth: usize) -> Result<Node, ScanError> {
+    fn mapping(&mut self, start: Mark, depth: usize) -> Result<Node, Stop> {
         let mut entries: Vec<Entry> = Vec::new();
         let mut first_line: HashMap<String, usize> = HashMap::new();
         // A block mapping's start event is marked after its first key; the key is where a
@@ -340,7 +388,7 @@ impl<T: Iterator<Item = char>> Builder<'_, '_, T> {
     }
 
     /// Reads a mapping key, which must be a string.
-    fn key(&mut self, event: Event, mark: Mark, depth: usize) -> Result<Option<String>, ScanError> {
+    fn key(&mut self, event: Event, mark: Mark, depth: usize) -> Result<Option<String>, Stop> {
         let Some(node) = self.node(event, mark, depth + 1)? else {
             return Ok(None);
         };
@@ -384,7 +432,7 @@ impl<T: Iterator<Item = char>> Builder<'_, '_, T> {
     }
 
     /// Consumes the rest of the node `event` starts, without building it.
-    fn skip(&mut self, event: Event) -> Result<(), ScanError> {
+    fn skip(&mut self, event: Event) -> Result<(), Stop> {
         let mut open = match event {
             Event::SequenceStart(..) | Event::MappingStart(..) => 1usize,
             _ => 0,

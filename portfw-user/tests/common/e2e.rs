@@ -1,9 +1,6 @@
 //! Helpers for end-to-end tests: the namespace lab, policy files, and running `portfw`
 //! inside the lab's server namespace.
-#![allow(dead_code)]
-
-#[path = "../../../xtask/src/lab.rs"]
-pub mod lab;
+#![allow(dead_code, reason = "each test crate uses a different part")]
 
 use std::{
     fs,
@@ -14,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use lab::{Lab, Probe, Proto, Side};
+// The tests name the lab through this module, as `e2e::lab::…`.
+#[allow(unused_imports, reason = "not every test crate names the lab")]
+pub use portfw_lab as lab;
+use portfw_lab::{Lab, Probe, Proto, Side};
 
 pub const PORTFW: &str = env!("CARGO_BIN_EXE_portfw");
 /// How long a probe waits before calling a port silent: drops look like this.

@@ -49,7 +49,8 @@ pub(super) fn shadowed_rules(policy: &Policy, written: &[Written], reporter: &mu
         let own = groups.rule_group[index];
         groups.candidates(index, own, &mut candidates);
         if !candidates.is_empty() && groups.cover(rule, &candidates) {
-            let specs = written.get(index).map(Vec::as_slice).unwrap_or_default();
+            let none = Written::default();
+            let specs = written.get(index).unwrap_or(&none);
             let message = groups.warning(index, rule, specs, &candidates, policy);
             reporter.warning(rule.location, message);
         }
@@ -268,7 +269,7 @@ impl<'p> Groups<'p> {
         &self,
         index: usize,
         rule: &Rule,
-        specs: &[String],
+        specs: &Written,
         candidates: &[usize],
         policy: &Policy,
     ) -> String {
@@ -369,9 +370,9 @@ fn family(cidr: &Cidr) -> usize {
 
 /// "rule 3 (`drop: 80`)", "rule 3 `web` (`allow: [http, https]`)", or with a source
 /// "rule 4 (`drop: ssh`, `from: $guests`)".
-fn rule_label(index: usize, rule: &Rule, specs: &[String]) -> String {
+fn rule_label(index: usize, rule: &Rule, specs: &Written) -> String {
     let quoted = quote_items(specs);
-    let value = if specs.len() == 1 {
+    let value = if specs.count == 1 {
         quoted
     } else {
         format!("[{quoted}]")

@@ -2,9 +2,11 @@
 
 use std::{collections::HashMap, net::Ipv6Addr};
 
-use super::{Validator, quote_items};
+use sha2::{Digest as _, Sha256};
+
+use super::{Validator, Written, quote_items};
 use crate::policy::{
-    AddressSet, Cidr, MAX_CIDRS,
+    AddressSet, Cidr, MAX_CIDRS, SetFileRead,
     diag::{Diagnostic, Location, Severity},
     ports::edit_distance,
     quickhash::QuickSet,
@@ -148,8 +150,8 @@ impl Validator<'_, '_, '_> {
         };
         let mut cidrs = Vec::with_capacity(items.len());
         let mut broken = false;
+        let expected = format!("set `{name}` expects an address or a CIDR");
         for item in items {
-            let expected = format!("set `{name}` expects an address or a CIDR");
             let Some(text) = self.address_text(item, &expected) else {
                 broken = true;
                 continue;
@@ -235,16 +237,22 @@ impl Validator<'_, '_, '_> {
                 return (Vec::new(), Some(written.to_owned()), true);
             }
         };
+        self.set_files.push(SetFileRead {
+            path: written.to_owned(),
+            sha256: Sha256::digest(text.as_bytes()).into(),
+        });
         let contents = setfile::read(&text);
+        drop(text);
         let broken = !ok || contents.has_errors();
         for problem in contents.problems {
-            let diagnostic = Diagnostic::with_line(
-                Some(&problem.line),
-                &shown,
-                problem.location,
-                problem.severity,
-                problem.message,
-            );
+            let diagnostic = Diagnostic {
+                file: shown.clone(),
+                location: problem.location,
+                severity: problem.severity,
+                message: problem.message,
+                snippet: Some(problem.snippet),
+                count: 1,
+            };
             self.reporter.push_elsewhere(at, diagnostic);
         }
         let plural = |n: usize| if n == 1 { "" } else { "s" };
@@ -292,7 +300,7 @@ impl Validator<'_, '_, '_> {
             "`from` in rule {number} expects a set reference (`$name`), an address or a CIDR"
         );
         let mut sources = Vec::with_capacity(items.len());
-        let mut written = Vec::with_capacity(items.len());
+        let mut written = Written::default();
         let mut empty_sets: Vec<(Location, usize)> = Vec::new();
         let mut count = 0usize;
         let mut ok = true;
@@ -301,7 +309,7 @@ impl Validator<'_, '_, '_> {
                 ok = false;
                 continue;
             };
-            written.push(text.to_owned());
+            written.push(text);
             if let Some(name) = text.strip_prefix('$') {
                 let Some(index) = self.set_reference(name, item.location) else {
                     ok = false;
@@ -350,7 +358,7 @@ impl Validator<'_, '_, '_> {
         }
         let text = match &value.value {
             Value::Sequence(_) => format!("[{}]", quote_items(&written)),
-            _ => written.concat(),
+            _ => written.first.concat(),
         };
         Some(Sources {
             cidrs: self.expand(&sources),
@@ -459,12 +467,13 @@ impl Validator<'_, '_, '_> {
             Ok((cidr, host_bits)) => {
                 if host_bits {
                     self.reporter
-                        .warning(item.location, setfile::host_bits_message(text, &cidr));
+                        .warning_with(item.location, || setfile::host_bits_message(text, &cidr));
                 }
                 Some(cidr)
             }
             Err(error) => {
-                self.reporter.error(item.location, error.to_string());
+                self.reporter
+                    .error_with(item.location, || error.to_string());
                 None
             }
         }

@@ -3,7 +3,12 @@
 
 use std::time::Instant;
 
-use super::{super::shadow::shadowed_rules, range, warnings};
+use portfw_lab::Rng;
+
+use super::{
+    super::{Written, shadow::shadowed_rules},
+    range, warnings,
+};
 use crate::policy::{
     Action, Cidr, Flows, Location, LogMode, Policy,
     Protocol::{self, Tcp, Udp},
@@ -132,24 +137,7 @@ rules:
     );
 }
 
-/// A tiny deterministic generator, so failures reproduce.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn random_cidr(rng: &mut SplitMix64) -> Cidr {
+fn random_cidr(rng: &Rng) -> Cidr {
     // A small space so that containment happens often: 10.0.0.0/29 and 2001:db8::/125.
     let (text, max) = if rng.below(3) == 0 {
         (format!("2001:db8::{}", rng.below(8)), 128)
@@ -161,7 +149,7 @@ fn random_cidr(rng: &mut SplitMix64) -> Cidr {
     Cidr::new(addr, len).unwrap_or_else(|| panic!("{text}/{len}"))
 }
 
-fn random_policy(rng: &mut SplitMix64, count: usize) -> Policy {
+fn random_policy(rng: &Rng, count: usize) -> Policy {
     let rules = (0..count)
         .map(|index| {
             let ports = (0..1 + rng.below(2))
@@ -204,13 +192,14 @@ fn random_policy(rng: &mut SplitMix64, count: usize) -> Policy {
         replies: Action::Allow,
         flows: Flows::DEFAULT,
         sets: Vec::new(),
+        set_files: Vec::new(),
         rules,
     }
 }
 
 /// The rule the warning is about, by line (rule `i` sits at line `i + 1`).
 fn warned(policy: &Policy) -> Vec<usize> {
-    let written = vec![Vec::new(); policy.rules.len()];
+    let written = vec![Written::default(); policy.rules.len()];
     let mut reporter = Reporter::new("", "r.yaml");
     shadowed_rules(policy, &written, &mut reporter);
     let (_, warnings) = reporter.finish();
@@ -248,11 +237,11 @@ fn shadowed_by_definition(policy: &Policy) -> Vec<usize> {
 
 #[test]
 fn agrees_with_the_definition_on_random_policies() {
-    let mut rng = SplitMix64(7);
+    let rng = Rng::new(7);
     let mut seen = 0;
     for _ in 0..2_000 {
         let count = 1 + rng.below(12) as usize;
-        let policy = random_policy(&mut rng, count);
+        let policy = random_policy(&rng, count);
         let expected = shadowed_by_definition(&policy);
         seen += expected.len();
         assert_eq!(warned(&policy), expected, "{:#?}", policy.rules);
@@ -275,7 +264,7 @@ fn timed(label: &str, policy: &Policy) -> usize {
 
 #[test]
 fn ten_thousand_rules_check_quickly() {
-    let base = random_policy(&mut SplitMix64(1), 0);
+    let base = random_policy(&Rng::new(1), 0);
     let with_rules = |rules: Vec<Rule>| Policy {
         rules,
         ..base.clone()

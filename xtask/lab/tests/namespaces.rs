@@ -1,25 +1,55 @@
-//! Tests of the lab itself and its python helpers, in real namespaces (root only).
+//! Tests of the lab itself and its python helpers, in real namespaces (root only, as CI runs them).
 
-use std::{fs, net::IpAddr, path::Path, process::Command, time::Duration};
+use std::{
+    fs,
+    net::IpAddr,
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    process::{Child, Command, ExitStatus},
+    thread,
+    time::{Duration, Instant},
+};
 
-use crate::lab::{Lab, NETNS_DIR, PYTHON, Probe, Proto, Side, script};
+use portfw_lab::{Lab, NETNS_DIR, PYTHON, Probe, Proto, Side, script};
 
 const SHORT: Duration = Duration::from_millis(700);
 
-/// These tests build namespaces, which needs root: fail loudly rather than pass vacuously.
-fn root_or_skip(test: &str) -> bool {
-    assert!(
-        crate::util::is_root(),
-        "{test}: needs root (network namespaces); run `cargo xtask test` as root"
-    );
-    true
+/// Waits until process `pid` has entered the network namespace of inode `netns`: nsenter
+/// joins it only after it started, and a teardown before that would find nothing to kill.
+fn wait_in_netns(pid: u32, netns: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+        != Some(netns)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} never entered netns {netns}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How `child` ended, killing it if it has not within `timeout`: a process the teardown
+/// missed must fail the test, not hang it.
+fn ended_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
 fn probes_see_answers_refusals_and_drops_on_both_families() {
-    if !root_or_skip("probes") {
-        return;
-    }
     let mut lab = Lab::new("xtp").expect("lab");
     lab.start_responder(&[8080], &[5001]).expect("responder");
     for ip in [IpAddr::from(lab.server_v4()), IpAddr::from(lab.server_v6())] {
@@ -71,9 +101,6 @@ fn probes_see_answers_refusals_and_drops_on_both_families() {
 
 #[test]
 fn labs_are_distinct_and_teardown_removes_everything() {
-    if !root_or_skip("teardown") {
-        return;
-    }
     let mut a = Lab::new("xtt").expect("lab a");
     let b = Lab::new("xtt").expect("lab b");
     assert_ne!(a.server_ns(), b.server_ns());
@@ -86,7 +113,8 @@ fn labs_are_distinct_and_teardown_removes_everything() {
     let pins = a.pin_dir();
     fs::create_dir_all(pins.join("links")).expect("mkdir in bpffs");
     a.spawn_server(["sleep", "600"]).expect("spawn");
-    let stray = a.server(["sleep", "600"]).spawn().expect("stray process");
+    let mut stray = a.server(["sleep", "600"]).spawn().expect("stray process");
+    wait_in_netns(stray.id(), a.server_netns_inode());
     let names = [a.server_ns().to_owned(), a.client_ns().to_owned()];
     drop(a);
     for name in &names {
@@ -96,17 +124,16 @@ fn labs_are_distinct_and_teardown_removes_everything() {
         );
     }
     assert!(!pins.exists(), "{} still exists", pins.display());
-    let mut stray = stray;
-    let status = stray.wait().expect("wait stray");
-    assert!(!status.success(), "stray process was not killed");
+    let status = ended_within(&mut stray, Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "stray process was not killed: {status:?}"
+    );
     b.close().expect("close b");
 }
 
 #[test]
 fn vlan_tagged_frames_are_sent_and_captured_with_their_tags() {
-    if !root_or_skip("vlan") {
-        return;
-    }
     let mut lab = Lab::new("xtv").expect("lab");
     let out = std::env::temp_dir().join(format!("pfw-vlan-{}.json", std::process::id()));
     let sniffer = lab
@@ -135,21 +162,22 @@ fn vlan_tagged_frames_are_sent_and_captured_with_their_tags() {
 }
 
 #[test]
-fn creator_pid_parses_lab_names() {
-    assert_eq!(crate::lab::creator_pid("pfw-demo-123-4-srv"), Some(123));
-    assert_eq!(crate::lab::creator_pid("pfw-a-b-77-0-cli"), Some(77));
-    assert_eq!(crate::lab::creator_pid("pfw-lab-srv"), None);
-    assert_eq!(crate::lab::creator_pid("pfw-x-1-srv"), None);
-}
-
-#[test]
-fn responder_and_probe_scripts_compile() {
+fn the_helper_scripts_compile() {
     let out = Command::new(PYTHON)
         .args([
             "-c",
             "import sys\nfor f in sys.argv[1:]: compile(open(f).read(), f, 'exec')",
         ])
-        .args(["responder.py", "probe.py", "vlan_probe.py"].map(script))
+        .args(
+            [
+                "responder.py",
+                "probe.py",
+                "vlan_probe.py",
+                "craft.py",
+                "udp_blast.py",
+            ]
+            .map(script),
+        )
         .output()
         .expect("python3");
     assert!(
@@ -161,9 +189,6 @@ fn responder_and_probe_scripts_compile() {
 
 #[test]
 fn teardown_runs_when_a_test_panics() {
-    if !root_or_skip("panic") {
-        return;
-    }
     let (tx, rx) = std::sync::mpsc::channel();
     let outcome = std::thread::spawn(move || {
         let lab = Lab::new("xtpanic").expect("lab");
@@ -181,9 +206,6 @@ fn teardown_runs_when_a_test_panics() {
 
 #[test]
 fn stale_namespaces_of_dead_processes_are_removed() {
-    if !root_or_skip("stale") {
-        return;
-    }
     // pid_max is at most 2^22, so this pid never runs.
     let dead = "pfw-xtstale-4999999-0-srv";
     let ours = format!("pfw-xtstale-{}-0-cli", std::process::id());

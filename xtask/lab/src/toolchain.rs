@@ -1,11 +1,5 @@
-//! Picks the nightly toolchain that builds the eBPF crate; std only, so a build script can include it.
-
-// `portfw-user/build.rs` may use it with
-// `#[path = "../xtask/src/toolchain.rs"] mod toolchain;` and pass
-// `toolchain::ebpf_toolchain()` to aya-build.
-
-// A build script that includes this uses only part of it.
-#![allow(dead_code, reason = "also included by build scripts")]
+//! Picks the nightly toolchain that builds the eBPF crate: for `cargo xtask setup`, which
+//! installs it, and for portfw-user's build script, which builds with it. std only.
 
 use std::process::Command;
 
@@ -78,4 +72,21 @@ pub fn is_plain_nightly(listed: &str) -> bool {
         || listed
             .strip_prefix("nightly-")
             .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PINNED_NIGHTLY, is_pinned, is_plain_nightly};
+
+    #[test]
+    fn listed_names_are_told_apart() {
+        let host = "x86_64-unknown-linux-gnu";
+        assert!(is_pinned(PINNED_NIGHTLY));
+        assert!(is_pinned(&format!("{PINNED_NIGHTLY}-{host}")));
+        assert!(!is_pinned(&format!("{PINNED_NIGHTLY}0-{host}")));
+        assert!(is_plain_nightly("nightly"));
+        assert!(is_plain_nightly(&format!("nightly-{host}")));
+        assert!(!is_plain_nightly(&format!("{PINNED_NIGHTLY}-{host}")));
+        assert!(!is_plain_nightly(&format!("stable-{host}")));
+    }
 }
