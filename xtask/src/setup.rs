@@ -58,6 +58,9 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Validates deploy/kubernetes/ offline: it ships the schemas of each Kubernetes release.
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 const BPFFS: &str = "/sys/fs/bpf";
+/// As portfw itself mounts it (`BPFFS_MOUNT_OPTIONS` in portfw-user's loader): a default
+/// bpffs is mode 1777, where any user may plant directories and links for root to trip on.
+const BPFFS_OPTIONS: &str = "mode=0700";
 
 /// Whether to install what is missing or only report it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -517,10 +520,10 @@ fn step_bpffs(mode: Mode) -> Result<Status> {
     if !util::is_root() {
         bail!("need root to mount the bpf filesystem at {BPFFS}");
     }
-    println!("setup: bpffs … mounting at {BPFFS}");
+    println!("setup: bpffs … mounting at {BPFFS} ({BPFFS_OPTIONS})");
     fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
-    run_checked(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
-    Ok(Status::Ok(format!("mounted {BPFFS}")))
+    run_checked(Command::new("mount").args(["-t", "bpf", "-o", BPFFS_OPTIONS, "bpf", BPFFS]))?;
+    Ok(Status::Ok(format!("mounted {BPFFS} ({BPFFS_OPTIONS})")))
 }
 
 fn step_cargo_deb(mode: Mode) -> Result<Status> {

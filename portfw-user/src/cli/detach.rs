@@ -6,11 +6,17 @@ use crate::loader;
 
 pub fn run(args: DetachArgs) -> anyhow::Result<ExitCode> {
     let only = (!args.ifaces.is_empty()).then_some(args.ifaces.as_slice());
-    let removed = loader::detach(only)?;
-    if removed.is_empty() {
+    let outcome = loader::detach(only)?;
+    for dir in &outcome.half_built {
+        println!(
+            "portfw: removed the half-built filter an interrupted apply left in {}",
+            dir.display()
+        );
+    }
+    if !outcome.detached.is_empty() {
+        println!("portfw: detached from {}", outcome.detached.join(", "));
+    } else if outcome.half_built.is_empty() {
         println!("portfw: filter removed (it was attached to no interface)");
-    } else {
-        println!("portfw: detached from {}", removed.join(", "));
     }
     Ok(ExitCode::from(EXIT_OK))
 }

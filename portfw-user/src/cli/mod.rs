@@ -18,6 +18,8 @@ use crate::loader;
 pub const EXIT_OK: u8 = 0;
 /// Exit code when a policy is invalid, or any other error.
 pub const EXIT_ERROR: u8 = 1;
+/// Exit code of `status --check` when an interface on record is not really filtered.
+pub const EXIT_NOT_FILTERED: u8 = 2;
 
 /// portfw: an XDP firewall that filters by port at line rate.
 ///
@@ -111,6 +113,10 @@ pub struct StatusArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// For monitoring: exit with status 2 unless every interface on record is really
+    /// filtered (both its links attached to it, as the kernel reports them).
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]

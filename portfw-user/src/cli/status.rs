@@ -4,15 +4,43 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use super::{EXIT_OK, StatusArgs};
+use super::{EXIT_ERROR, EXIT_NOT_FILTERED, EXIT_OK, StatusArgs};
 use crate::{events::datetime, loader, policy::escape};
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let status = loader::status()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(ExitCode::from(EXIT_OK));
+    } else {
+        print_text(&status);
     }
+    for dir in &status.half_built {
+        eprintln!(
+            "portfw: an interrupted apply left a half-built filter in {}; run `portfw detach` \
+             or apply again",
+            dir.display()
+        );
+    }
+    if !status.half_built.is_empty() {
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    if args.check && !status.all_filtered() {
+        let unfiltered: Vec<String> = status
+            .attachments
+            .iter()
+            .filter(|a| !a.filtered)
+            .map(|a| escape(&a.attachment.iface).to_string())
+            .collect();
+        eprintln!(
+            "portfw: NOT FILTERED: {}; apply again",
+            unfiltered.join(", ")
+        );
+        return Ok(ExitCode::from(EXIT_NOT_FILTERED));
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+fn print_text(status: &loader::Status) {
     println!(
         "portfw filter in network namespace {} (pins {})",
         status.netns,
@@ -37,10 +65,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 loader::Link::Ethernet => "",
                 loader::Link::Ip => ", frames start at the IP header",
             },
-            if a.live {
-                ""
-            } else {
-                " GONE: the interface no longer exists"
+            match &a.problem {
+                None => String::new(),
+                Some(problem) => format!(" NOT FILTERED: {}; apply again", escape(problem)),
             }
         );
     }
@@ -91,7 +118,6 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     for (name, value) in &status.counters {
         println!("  {name:<16} {value}");
     }
-    Ok(ExitCode::from(EXIT_OK))
 }
 
 fn ago(secs: u64) -> String {

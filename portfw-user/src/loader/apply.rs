@@ -1,21 +1,21 @@
 //! Changing the running filter: the `apply` transaction (a fresh load, or an in-place table
 //! update), attaching to interfaces, `detach`, and removing pins.
-use std::{
-    fs, io,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use aya::programs::{SchedClassifier, Xdp};
 use aya_obj::programs::XdpAttachType;
 use portfw_common::ABI_VERSION;
 
 use super::{
-    attach::{Mode, Programs, attach_interface, unpin_link},
-    bpffs::{EGRESS_LINK_PREFIX, LINK_PREFIX, PIN_ROOT, Paths, ensure_mounted},
-    error::{LoaderError, io_err, program_err},
+    attach::{Mode, Programs, attach_interface, detach_pinned_link, unpin_link},
+    bpffs::{EGRESS_LINK_PREFIX, LINK_PREFIX, Paths, create_pin_root, ensure_mounted, pin_root},
+    error::{LoaderError, program_err},
+    fsafe::Dir,
+    health::{belongs_here, is_leftover, leftover_candidates, problem, temp_pins},
     iface::{Link, ifindex, link_type},
+    interrupt::Signals,
     object::{Loaded, flow_map_size, open_tables, pinned_flow_map_size, pinned_flows},
-    state::{Attachment, PolicyRecord, State},
+    state::{AttachMode, Attachment, PolicyRecord, State},
 };
 use crate::compile::CompiledPolicy;
 
@@ -47,70 +47,66 @@ pub struct ApplyOutcome {
     pub notes: Vec<String>,
 }
 
-/// Removes a half-built pin directory unless disarmed, so a failed fresh apply leaves
-/// nothing attached or pinned behind.
-struct TempPins(Option<PathBuf>);
+/// Removes a half-built pin directory (by its name in the pin root) unless disarmed, so a
+/// failed fresh apply leaves nothing attached or pinned behind.
+struct TempPins(Option<String>);
 
 impl Drop for TempPins {
     fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
-            let _ = remove_pins(&dir);
+        if let Some(name) = self.0.take()
+            && let Ok(Some(root)) = pin_root()
+        {
+            let _ = remove_pins(&root, &name);
         }
     }
 }
 
-/// Unpins everything under `dir` (links first, so the program stops judging packets before
-/// its maps go) and removes the directory.
-fn remove_pins(dir: &Path) -> Result<(), LoaderError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(io_err(format!("reading {}", dir.display()))(source)),
-    };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort_by_key(|p| {
-        !p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(LINK_PREFIX) || n.starts_with(EGRESS_LINK_PREFIX))
-    });
-    for path in paths {
-        fs::remove_file(&path).map_err(io_err(format!("unpinning {}", path.display())))?;
-    }
-    fs::remove_dir(dir).map_err(io_err(format!("removing {}", dir.display())))
+/// Link pins go first, so the program stops judging packets before its maps go.
+fn is_link_pin(name: &str) -> bool {
+    name.starts_with(LINK_PREFIX) || name.starts_with(EGRESS_LINK_PREFIX)
 }
 
-/// Removes the temporary pin directories of applies in this namespace that were killed
-/// before they could finish: their links may still hold a half-set-up program on an
-/// interface. Best effort: a failure here must not stop the apply that found it.
-fn remove_abandoned_temp_pins(paths: &Paths) {
-    let prefix = format!("tmp-{}-", paths.netns);
-    let Ok(entries) = fs::read_dir(PIN_ROOT) else {
-        return;
+/// Unpins everything in the pin directory `name` of the pin root (links first) and removes
+/// the directory, never following a link: a link or a directory that is not root's, in
+/// the pin directory's place or in it, is refused.
+fn remove_pins(root: &Dir, name: &str) -> Result<(), LoaderError> {
+    root.remove_pins(name, is_link_pin, detach_pinned_link)
+}
+
+/// Removes the temporary pin directories of fresh applies in this namespace that were killed
+/// before they could finish, and returns them: their links may still hold a half-set-up
+/// program on an interface. Under the namespace's lock no apply of it can be building one,
+/// but a directory whose builder still runs is left alone all the same. A directory portfw
+/// must not touch stops the caller; any other failure here does not.
+fn remove_abandoned_temp_pins(paths: &Paths) -> Result<Vec<PathBuf>, LoaderError> {
+    let Some(root) = pin_root()? else {
+        return Ok(Vec::new());
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|pid| pid.parse::<i32>().ok())
-        else {
+    let mut removed = Vec::new();
+    for (name, alive) in temp_pins(&root, paths)? {
+        if alive {
             continue;
-        };
-        // SAFETY: signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive {
-            let _ = remove_pins(&entry.path());
+        }
+        match remove_pins(&root, &name) {
+            Ok(()) => removed.push(root.path().join(&name)),
+            Err(e @ LoaderError::Unsafe { .. }) => return Err(e),
+            Err(_) => {}
         }
     }
+    Ok(removed)
 }
 
 /// Compiles nothing, validates nothing: puts an already compiled policy in force.
 ///
 /// When a compatible filter is already loaded in this namespace, the new policy is written
-/// into the inactive table generation and switched to atomically; interfaces are then
-/// attached or detached to match the request. Otherwise a fresh program is loaded, filled,
-/// pinned under a temporary name, attached, and moved into place.
+/// into the inactive table generation, interfaces it lacks are attached, the generation is
+/// switched to atomically, and interfaces no longer wanted are detached. Otherwise a fresh
+/// program is loaded, filled, pinned under a temporary name, attached, and moved into place.
+///
+/// SIGINT, SIGTERM and SIGHUP roll either back until the switch (or the move into place);
+/// the error is then [`LoaderError::Interrupted`] and nothing was changed. A fresh apply
+/// that had to remove an older, incompatible filter first cannot go back to it: it finishes
+/// instead, and says so in a note.
 pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     // Resolve every interface first: a typo, or a device portfw cannot parse, must not
     // leave anything half-changed.
@@ -119,11 +115,30 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
         link_type(iface)?;
     }
     let record = PolicyRecord::new(req.file, req.source, req.set_files, req.compiled);
-    ensure_mounted()?;
+    let signals = Signals::catch()?;
     let paths = Paths::current()?;
-    let _lock = paths.lock()?;
-    remove_abandoned_temp_pins(&paths);
+    paths.check()?;
+    // The lock lives in /run/portfw, not on bpffs: take it before mounting anything.
+    let _lock = paths.lock_unless(|| signals.check("lock"))?;
+    ensure_mounted()?;
+    paths.check()?;
+    let mut notes: Vec<String> = remove_abandoned_temp_pins(&paths)?
+        .iter()
+        .map(|dir| {
+            format!(
+                "removed the half-built filter an interrupted apply left in {}",
+                dir.display()
+            )
+        })
+        .collect();
+    notes.extend(reclaim_dead_namespaces(&paths));
+    signals.check("prepared")?;
     let state = State::read(&paths.state)?;
+    // Records of a deleted namespace whose inode this one reuses describe nothing here.
+    let ours = match &state {
+        Some(state) => belongs_here(&paths, state)?,
+        None => false,
+    };
     let loaded = [Link::Ethernet, Link::Ip]
         .iter()
         .all(|&link| paths.prog_for(link).exists() && paths.egress_prog_for(link).exists());
@@ -133,17 +148,20 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     } else {
         None
     };
-    match state {
+    let mut outcome = match state {
         Some(state)
-            if loaded && state.abi == ABI_VERSION && pinned_entries == Some(flow_entries) =>
+            if ours
+                && loaded
+                && state.abi == ABI_VERSION
+                && pinned_entries == Some(flow_entries) =>
         {
-            update(&paths, state, req, record)
+            update(&paths, state, req, record, &signals)?
         }
         previous => {
-            let mut notes = Vec::new();
             // The flow table cannot be resized in place: carry its flows over to the new one.
             let mut carried = Vec::new();
             if let (Some(old), Some(state)) = (pinned_entries, &previous)
+                && ours
                 && state.abi == ABI_VERSION
             {
                 carried = pinned_flows(&paths).unwrap_or_default();
@@ -152,8 +170,13 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
                      {} flows carried over",
                     carried.len()
                 ));
-            }
-            if loaded && notes.is_empty() {
+            } else if previous.is_some() && !ours {
+                notes.push(format!(
+                    "removed the filter records that a deleted network namespace left in {} \
+                     (this namespace reuses its inode); they filtered nothing here",
+                    paths.pins.display()
+                ));
+            } else if loaded {
                 notes.push(format!(
                     "replaced an incompatible or incomplete portfw filter found in {}",
                     paths.pins.display()
@@ -161,40 +184,90 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
             }
             // Pins without a record, or a record without pins (left by a namespace that was
             // deleted, whose inode this one reuses): start clean.
-            if paths.prog().exists() || previous.is_some() || paths.pins.exists() {
-                remove_pins(&paths.pins)?;
+            let replacing = paths.prog().exists() || previous.is_some() || paths.pins.exists();
+            if replacing {
+                if let Some(root) = pin_root()? {
+                    remove_pins(&root, &paths.pins_name())?;
+                }
                 State::remove(&paths.state)?;
             }
-            let mut outcome = fresh(&paths, req, record, &carried)?;
-            outcome.notes.extend(notes);
-            Ok(outcome)
+            fresh(&paths, req, record, &carried, &signals, replacing && ours)?
         }
-    }
+    };
+    notes.append(&mut outcome.notes);
+    outcome.notes = notes;
+    Ok(outcome)
 }
 
+/// Removes the pins and state that dead namespaces left behind (each holds megabytes of
+/// tables), under each one's lock, and says what it removed. Best effort: a leftover that
+/// cannot be removed now is tried again by the next apply.
+fn reclaim_dead_namespaces(paths: &Paths) -> Vec<String> {
+    let Ok(Some(root)) = pin_root() else {
+        return Vec::new();
+    };
+    let Ok(candidates) = leftover_candidates(&root, paths) else {
+        return Vec::new();
+    };
+    let mut notes = Vec::new();
+    for (name, inode) in candidates {
+        let other = Paths::for_netns(inode, 0);
+        // Held by a writer: that namespace is alive after all, or being cleaned up.
+        let Ok(Some(_lock)) = other.try_lock() else {
+            continue;
+        };
+        if !is_leftover(&root, &name) || remove_pins(&root, &name).is_err() {
+            continue;
+        }
+        if !name.starts_with("tmp-") {
+            let _ = State::remove(&other.state);
+        }
+        notes.push(format!(
+            "reclaimed {}, left by deleted network namespace {inode}: its interfaces are gone",
+            root.path().join(&name).display()
+        ));
+    }
+    notes
+}
+
+/// Loads, fills, pins (under a temporary name), attaches and moves into place a new filter.
+/// `replacing` says an older filter of this namespace was just removed: an interruption then
+/// cannot give it back, and the apply finishes rather than leave none.
 fn fresh(
     paths: &Paths,
     req: ApplyRequest<'_>,
     record: PolicyRecord,
     flows: &[(portfw_common::FlowKey, portfw_common::FlowValue)],
+    signals: &Signals,
+    replacing: bool,
 ) -> Result<ApplyOutcome, LoaderError> {
-    fs::create_dir_all(PIN_ROOT).map_err(io_err(format!("creating {PIN_ROOT}")))?;
-    let tmp_dir = Path::new(PIN_ROOT).join(format!("tmp-{}-{}", paths.netns, std::process::id()));
-    let _ = remove_pins(&tmp_dir);
-    fs::create_dir(&tmp_dir).map_err(io_err(format!("creating {}", tmp_dir.display())))?;
+    let point = |name: &'static str| {
+        if replacing {
+            signals.pause(name);
+            Ok(())
+        } else {
+            signals.check(name)
+        }
+    };
+    let root = create_pin_root()?;
     // bpffs reserves names with dots, hence no hidden ".tmp" name.
-    let mut guard = TempPins(Some(tmp_dir.clone()));
+    let tmp_name = format!("tmp-{}-{}", paths.netns, std::process::id());
+    remove_pins(&root, &tmp_name)?;
+    let tmp_dir = root.create_sub(&tmp_name)?.path().to_path_buf();
+    let mut guard = TempPins(Some(tmp_name.clone()));
 
     let mut loaded = Loaded::load_sized(req.compiled.flows_max)?;
     let generation = loaded.tables.stage(req.compiled)?;
     loaded.tables.switch_to(generation);
     loaded.restore_flows(flows)?;
     loaded.calibrate_clock()?;
+    point("fresh-loaded")?;
     let tmp_paths = Paths {
         pins: tmp_dir.clone(),
         ..paths.clone()
     };
     loaded.pin_all(&tmp_paths)?;
+    point("fresh-pinned")?;
 
     let program_id = loaded.program_id()?;
     let mut attachments = Vec::new();
@@ -208,21 +281,29 @@ fn fresh(
             &tmp_paths.link(iface),
             &tmp_paths.egress_link(iface),
         )?);
+        point("fresh-attaching")?;
     }
+    point("fresh-attached")?;
     let mut state = State {
         abi: ABI_VERSION,
+        netns_cookie: Some(paths.cookie),
         program_id,
         attachments: attachments.clone(),
         generations: Default::default(),
     };
     state.generations[generation as usize] = Some(record.clone());
     state.write(&paths.state)?;
-    fs::rename(&tmp_dir, &paths.pins).map_err(io_err(format!(
-        "moving {} to {}",
-        tmp_dir.display(),
-        paths.pins.display()
-    )))?;
+    // Past rolling back: the record is on file, the rename is all that is left.
+    signals.pause("fresh-recorded");
+    root.rename(&tmp_name, &paths.pins_name())?;
     guard.0 = None;
+    let mut notes = Vec::new();
+    if let Some(signal) = signals.caught() {
+        notes.push(format!(
+            "interrupted by {signal} after the previous filter was removed: finished putting \
+             the new one in place rather than leave none"
+        ));
+    }
     Ok(ApplyOutcome {
         fresh: true,
         generation,
@@ -230,80 +311,143 @@ fn fresh(
         policy: record,
         attachments,
         detached: Vec::new(),
-        notes: Vec::new(),
+        notes,
     })
 }
 
+/// Attaches the pinned programs of the filter at `paths` to `iface`, pinning its links
+/// beside them.
+fn attach_pinned(paths: &Paths, iface: &str, mode: Mode) -> Result<Attachment, LoaderError> {
+    let link = link_type(iface)?;
+    let prog = paths.prog_for(link);
+    let mut xdp = Xdp::from_pin(&prog, XdpAttachType::Interface)
+        .map_err(program_err(format!("reopening {}", prog.display())))?;
+    let prog = paths.egress_prog_for(link);
+    let mut egress = SchedClassifier::from_pin(&prog)
+        .map_err(program_err(format!("reopening {}", prog.display())))?;
+    let programs = Programs {
+        xdp: &mut xdp,
+        egress: &mut egress,
+    };
+    attach_interface(
+        programs,
+        iface,
+        link,
+        mode,
+        &paths.link(iface),
+        &paths.egress_link(iface),
+    )
+}
+
+/// Detaches both links of `iface` in the filter at `paths`.
+fn unpin_links(paths: &Paths, iface: &str) -> Result<(), LoaderError> {
+    unpin_link(&paths.link(iface))?;
+    unpin_link(&paths.egress_link(iface))
+}
+
+/// Detaches the links pinned for interfaces `state` does not list: an update killed after it
+/// attached them and before it recorded them.
+fn remove_orphan_links(paths: &Paths, state: &State) -> Result<(), LoaderError> {
+    let Some(pins) = Dir::open(&paths.pins)? else {
+        return Ok(());
+    };
+    for name in pins.entries()? {
+        let Some(iface) = name
+            .strip_prefix(EGRESS_LINK_PREFIX)
+            .or_else(|| name.strip_prefix(LINK_PREFIX))
+        else {
+            continue;
+        };
+        if !state.attachments.iter().any(|a| a.iface == iface) {
+            unpin_link(&pins.path().join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts a policy into the inactive generation of the filter at `paths`, attaches the
+/// interfaces it lacks, switches, and detaches the interfaces no longer wanted. Until the
+/// switch, an error or an interruption undoes the attaching and leaves everything as it was.
 fn update(
     paths: &Paths,
     mut state: State,
     req: ApplyRequest<'_>,
     record: PolicyRecord,
+    signals: &Signals,
 ) -> Result<ApplyOutcome, LoaderError> {
+    remove_orphan_links(paths, &state)?;
     let mut tables = open_tables(paths)?;
     let generation = tables.stage(req.compiled)?;
-    // Record the new generation before switching: whichever generation is active, its
-    // description is on file.
-    state.generations[generation as usize] = Some(record.clone());
-    state.write(&paths.state)?;
-    tables.switch_to(generation);
+    signals.check("update-staged")?;
 
-    // Interfaces: keep live links that are still wanted, drop the rest, attach new ones.
-    let mut attachments = Vec::new();
-    let mut detached = Vec::new();
+    // The interfaces on record: kept (wanted, in an accepted mode, and both links really
+    // attached to them), to attach again (wanted, but not so), and no longer wanted.
+    let pins = Dir::open(&paths.pins)?;
+    let (mut kept, mut again, mut unwanted) = (Vec::new(), Vec::new(), Vec::new());
     for old in std::mem::take(&mut state.attachments) {
-        let wanted = req.interfaces.contains(&old.iface);
-        if wanted
-            && req.mode.accepts(old.mode)
-            && old.is_live()
-            && paths.link(&old.iface).exists()
-            && paths.egress_link(&old.iface).exists()
-        {
-            attachments.push(old);
+        if !req.interfaces.contains(&old.iface) {
+            unwanted.push(old);
         } else {
-            unpin_link(&paths.link(&old.iface))?;
-            unpin_link(&paths.egress_link(&old.iface))?;
-            if !wanted {
-                detached.push(old.iface);
+            let filtering = problem(pins.as_ref(), &old).is_none();
+            if filtering && req.mode.accepts(old.mode) {
+                kept.push(old);
+            } else {
+                again.push((old, filtering));
             }
         }
     }
-    let missing: Vec<&String> = req
-        .interfaces
-        .iter()
-        .filter(|iface| !attachments.iter().any(|a| &a.iface == *iface))
-        .collect();
-    if !missing.is_empty() {
-        for iface in missing {
-            let link = link_type(iface)?;
-            let prog = paths.prog_for(link);
-            let mut xdp = Xdp::from_pin(&prog, XdpAttachType::Interface)
-                .map_err(program_err(format!("reopening {}", prog.display())))?;
-            let prog = paths.egress_prog_for(link);
-            let mut egress = SchedClassifier::from_pin(&prog)
-                .map_err(program_err(format!("reopening {}", prog.display())))?;
-            let programs = Programs {
-                xdp: &mut xdp,
-                egress: &mut egress,
-            };
-            let attachment = attach_interface(
-                programs,
-                iface,
-                link,
-                req.mode,
-                &paths.link(iface),
-                &paths.egress_link(iface),
-            );
-            match attachment {
-                Ok(a) => attachments.push(a),
-                Err(e) => {
-                    state.attachments = attachments;
-                    state.write(&paths.state)?;
-                    return Err(e);
-                }
+    let mut added: Vec<Attachment> = Vec::new();
+    let attached = (|| {
+        for iface in req.interfaces {
+            if kept.iter().any(|a| &a.iface == iface) {
+                continue;
+            }
+            // A dead link, or one in the other mode: it has to go before the new one.
+            if again.iter().any(|(a, _)| &a.iface == iface) {
+                unpin_links(paths, iface)?;
+            }
+            added.push(attach_pinned(paths, iface, req.mode)?);
+        }
+        signals.check("update-attached")?;
+        // Record the new generation before switching: whichever generation is active, its
+        // description is on file, and so is every interface attached.
+        state.generations[generation as usize] = Some(record.clone());
+        state.netns_cookie = Some(paths.cookie);
+        state.attachments = kept
+            .iter()
+            .chain(&added)
+            .chain(&unwanted)
+            .cloned()
+            .collect();
+        state.write(&paths.state)
+    })();
+    if let Err(e) = attached {
+        // Back to how it was: what this update attached goes, and an interface it moved to
+        // another mode goes back to the one it had (one whose links were dead stays so, as
+        // it was).
+        for a in &added {
+            let _ = unpin_links(paths, &a.iface);
+        }
+        for (old, filtering) in &again {
+            if *filtering && !paths.link(&old.iface).exists() {
+                let back = match old.mode {
+                    AttachMode::Native => Mode::Native,
+                    AttachMode::Generic => Mode::Generic,
+                };
+                let _ = attach_pinned(paths, &old.iface, back);
             }
         }
+        return Err(e);
     }
+    tables.switch_to(generation);
+    signals.pause("update-switched");
+
+    let mut detached = Vec::new();
+    for old in unwanted {
+        unpin_links(paths, &old.iface)?;
+        detached.push(old.iface);
+    }
+    let attachments: Vec<Attachment> = kept.into_iter().chain(added).collect();
     state.attachments = attachments.clone();
     state.write(&paths.state)?;
     Ok(ApplyOutcome {
@@ -317,17 +461,39 @@ fn update(
     })
 }
 
-/// Removes the filter from `ifaces`, or from every interface and entirely when `None`.
-/// Returns the interfaces it was removed from. Naming an interface the filter is not on
+/// What one `detach` did.
+#[derive(Debug)]
+pub struct DetachOutcome {
+    /// The interfaces the filter was removed from.
+    pub detached: Vec<String>,
+    /// Half-built filters of interrupted applies that were removed.
+    pub half_built: Vec<PathBuf>,
+}
+
+/// Removes the filter from `ifaces`, or from every interface and entirely when `None`, and
+/// any half-built filter an interrupted apply left. Naming an interface the filter is not on
 /// changes nothing and fails with [`LoaderError::NotAttached`].
-pub fn detach(ifaces: Option<&[String]>) -> Result<Vec<String>, LoaderError> {
+pub fn detach(ifaces: Option<&[String]>) -> Result<DetachOutcome, LoaderError> {
     let paths = Paths::current()?;
+    paths.check()?;
     let _lock = paths.lock()?;
     let state = State::read(&paths.state)?;
+    let half_built = remove_abandoned_temp_pins(&paths)?;
     if !paths.pins.exists() && state.is_none() {
-        return Err(LoaderError::NotLoaded(paths.pins));
+        if half_built.is_empty() {
+            return Err(LoaderError::NotLoaded(paths.pins));
+        }
+        return Ok(DetachOutcome {
+            detached: Vec::new(),
+            half_built,
+        });
     }
-    let mut state = state.unwrap_or_default();
+    // The records of a deleted namespace whose inode this one reuses: nothing of them is
+    // attached here, and all of them go.
+    let mut state = match state {
+        Some(state) if belongs_here(&paths, &state)? => state,
+        _ => State::default(),
+    };
     let all: Vec<String> = state.attachments.iter().map(|a| a.iface.clone()).collect();
     let removing: Vec<String> = match ifaces {
         None => all.clone(),
@@ -346,15 +512,19 @@ pub fn detach(ifaces: Option<&[String]>) -> Result<Vec<String>, LoaderError> {
         }
     };
     for iface in &removing {
-        unpin_link(&paths.link(iface))?;
-        unpin_link(&paths.egress_link(iface))?;
+        unpin_links(&paths, iface)?;
     }
     state.attachments.retain(|a| !removing.contains(&a.iface));
     if state.attachments.is_empty() {
-        remove_pins(&paths.pins)?;
+        if let Some(root) = pin_root()? {
+            remove_pins(&root, &paths.pins_name())?;
+        }
         State::remove(&paths.state)?;
     } else {
         state.write(&paths.state)?;
     }
-    Ok(removing)
+    Ok(DetachOutcome {
+        detached: removing,
+        half_built,
+    })
 }

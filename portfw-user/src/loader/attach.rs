@@ -1,17 +1,17 @@
 //! Attaching to interfaces: the XDP program on the way in and the TC egress program on the
 //! way out, each through a `bpf_link` pinned beside the program, so the filter outlives the
 //! command; and removing such a link.
-use std::{io, path::Path};
+use std::{io, os::fd::AsFd as _, path::Path};
 
 use aya::programs::{
-    LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
-    links::{FdLink, PinnedLink},
-    tc::TcAttachOptions,
-    xdp::XdpLink,
+    LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink,
+    tc::TcAttachOptions, xdp::XdpLink,
 };
 
 use super::{
+    bpfsys,
     error::{LoaderError, io_err, program_err},
+    fsafe::Dir,
     iface::{Link, ifindex},
     state::{AttachMode, Attachment},
 };
@@ -173,18 +173,31 @@ fn attach_xdp(
     })
 }
 
-/// Detaches the program of the link pinned at `path` (if any) and removes the pin.
-pub(super) fn unpin_link(path: &Path) -> Result<(), LoaderError> {
-    if !path.exists() {
-        return Ok(());
+/// Detaches the link pinned as `name` in `dir` now, best effort: removing its pin only drops
+/// a reference, which bpffs lets go of a grace period later, and attaching again before then
+/// would find the old link still there.
+pub(super) fn detach_pinned_link(dir: &Dir, name: &str) {
+    if let Ok(Some(fd)) = dir.open_pin(name) {
+        let _ = bpfsys::link_detach(fd.as_fd());
     }
-    let link = PinnedLink::from_pin(path)
-        .map_err(io::Error::other)
-        .map_err(io_err(format!("opening pinned link {}", path.display())))?;
-    // Dropping the last reference detaches the program from the interface.
-    drop(
-        link.unpin()
-            .map_err(io_err(format!("unpinning {}", path.display())))?,
-    );
-    Ok(())
+}
+
+/// Detaches the link pinned at `path` (if any) and removes the pin. The pin's directory is
+/// checked and the pin opened and removed relative to it, so a link planted in its place is
+/// refused, never followed.
+pub(super) fn unpin_link(path: &Path) -> Result<(), LoaderError> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(LoaderError::Internal(format!(
+            "link pin {} has no directory",
+            path.display()
+        )));
+    };
+    let Some(dir) = Dir::open(dir)? else {
+        return Ok(());
+    };
+    if let Some(fd) = dir.open_pin(name)? {
+        bpfsys::link_detach(fd.as_fd())
+            .map_err(io_err(format!("detaching the link {}", path.display())))?;
+    }
+    dir.remove_file(name)
 }

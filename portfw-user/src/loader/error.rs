@@ -53,8 +53,29 @@ pub enum LoaderError {
          keeps the host's /sys/fs/bpf"
     )]
     BpffsPrivate,
+    #[error(
+        "refusing {path}: it {problem}. portfw keeps its pins and state only in directories \
+         that root owns and no one else can write, and never follows a link there; find out \
+         who made it, and remove it if it is not portfw's"
+    )]
+    Unsafe { path: PathBuf, problem: String },
     #[error("no portfw filter is loaded in this network namespace (nothing under {0})")]
     NotLoaded(PathBuf),
+    #[error(
+        "no portfw filter is loaded in this network namespace: the records under {0} were left \
+         by a deleted namespace whose inode this one reuses, and filter nothing here (`portfw \
+         apply` replaces them, `portfw detach` removes them)"
+    )]
+    Foreign(PathBuf),
+    #[error(
+        "an interrupted apply left a half-built filter in {0}; run `portfw detach` or apply \
+         again"
+    )]
+    HalfBuilt(PathBuf),
+    #[error("no filter is in force yet: an apply (pid {pid}) is building one in {dir}")]
+    Building { dir: PathBuf, pid: i32 },
+    #[error("interrupted by {signal}; rolled back, nothing was changed")]
+    Interrupted { signal: &'static str },
     #[error("portfw is not attached to `{iface}` (attached: {attached}); nothing was changed")]
     NotAttached { iface: String, attached: String },
     #[error("state file {path} is unreadable: {message}")]

@@ -1,28 +1,38 @@
 //! The loader: owns the kernel objects. Loads the XDP program, pins it per network namespace,
 //! attaches it to interfaces, writes compiled policies into its tables, and detaches it.
 //!
-//! One module per concern, layered so that none imports a module above it: `error`; then
-//! `bpffs` (where pins live), `iface`, `state` (what apply recorded) and `tables` (the
-//! memory-mapped policy tables); then `object` (the kernel object and its maps), `attach`
-//! (links to interfaces) and `flows` (reading the flow table); then `apply` (changing the filter) and `query` (asking it), which
-//! do not import each other.
+//! One module per concern, layered so that none imports a module above it: `error`,
+//! `bpfsys` (bpf(2) commands aya lacks), `fsafe` (portfw's directories, used without
+//! following links) and `interrupt` (signals during an apply); then `bpffs` (where pins live), `iface`, `state` (what apply recorded)
+//! and `tables` (the memory-mapped policy tables); then `object` (the kernel object and its
+//! maps), `attach` (links to interfaces), `health` (whether the records are this namespace's
+//! and its links really attached) and `flows` (reading the flow table); then `apply`
+//! (changing the filter) and `query` (asking it), which do not import each other.
 mod apply;
 mod attach;
 mod bpffs;
+mod bpfsys;
 mod error;
 mod flows;
+mod fsafe;
+mod health;
 mod iface;
+mod interrupt;
 mod object;
 mod query;
 mod state;
 mod tables;
 
-pub use apply::{ApplyOutcome, ApplyRequest, apply, detach};
+pub use apply::{ApplyOutcome, ApplyRequest, DetachOutcome, apply, detach};
 pub use attach::Mode;
-pub use bpffs::{BPFFS, PIN_ROOT, Paths, STATE_ROOT, ensure_mounted, netns_inode};
+pub use bpffs::{
+    BPFFS, BPFFS_MOUNT_OPTIONS, PIN_ROOT, Paths, STATE_ROOT, ensure_mounted, netns_cookie,
+    netns_inode,
+};
 pub use error::LoaderError;
 pub use flows::{FlowRecord, FlowTableStatus};
 pub use iface::{Link, ifname};
+pub use interrupt::PAUSE_ENV;
 pub use object::{Loaded, open_tables};
 pub use query::{
     AttachmentStatus, RunningPolicy, RunningVerdict, Status, explain_running, flows, open_events,

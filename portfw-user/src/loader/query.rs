@@ -7,9 +7,11 @@ use aya::maps::{MapData, RingBuf};
 use portfw_common::{PortEntry, action, counter};
 
 use super::{
-    bpffs::Paths,
+    bpffs::{Paths, pin_root},
     error::LoaderError,
     flows::{FlowRecord, FlowTableStatus, live_flows, table_status},
+    fsafe::Dir,
+    health::{belongs_here, problem, temp_pins},
     object::{open_tables, pinned_active, pinned_counters, pinned_events, pinned_settings},
     state::{Attachment, PolicyRecord, State},
 };
@@ -25,9 +27,14 @@ pub struct RunningPolicy {
 
 /// The state file of the filter pinned at `paths`; [`LoaderError::NotLoaded`] without one.
 fn loaded_state(paths: &Paths) -> Result<State, LoaderError> {
-    State::read(&paths.state)?
+    paths.check()?;
+    let state = State::read(&paths.state)?
         .filter(|_| paths.prog().exists())
-        .ok_or_else(|| LoaderError::NotLoaded(paths.pins.clone()))
+        .ok_or_else(|| LoaderError::NotLoaded(paths.pins.clone()))?;
+    if !belongs_here(paths, &state)? {
+        return Err(LoaderError::Foreign(paths.pins.clone()));
+    }
+    Ok(state)
 }
 
 /// The active generation and its record in `state`.
@@ -58,6 +65,15 @@ pub struct Status {
     pub rule_hits: Vec<u64>,
     /// The flow table of replies to the host's own connections.
     pub flows: FlowTableStatus,
+    /// Half-built filters that interrupted applies left (their links may still be attached).
+    pub half_built: Vec<PathBuf>,
+}
+
+impl Status {
+    /// Every interface on record is really filtered, and no half-built filter is left over.
+    pub fn all_filtered(&self) -> bool {
+        self.half_built.is_empty() && self.attachments.iter().all(|a| a.filtered)
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -66,15 +82,60 @@ pub struct AttachmentStatus {
     pub attachment: Attachment,
     /// The interface still exists under its name.
     pub live: bool,
+    /// Both links are attached to the interface, as the kernel reports them: the filter
+    /// judges its traffic.
+    pub filtered: bool,
+    /// Why it is not filtered, when it is not.
+    pub problem: Option<String>,
+}
+
+/// The temporary pin directories of fresh applies in this namespace.
+#[derive(Default)]
+struct TempFilters {
+    /// Half-built filters whose apply is gone.
+    abandoned: Vec<PathBuf>,
+    /// One being built now, with its builder's pid.
+    building: Option<(PathBuf, i32)>,
+}
+
+fn temp_filters(paths: &Paths) -> Result<TempFilters, LoaderError> {
+    let Some(root) = pin_root()? else {
+        return Ok(TempFilters::default());
+    };
+    let mut found = TempFilters::default();
+    for (name, alive) in temp_pins(&root, paths)? {
+        let dir = root.path().join(&name);
+        if alive {
+            let pid = name.rsplit('-').next().and_then(|p| p.parse().ok());
+            found.building = pid.map(|pid| (dir, pid));
+        } else {
+            found.abandoned.push(dir);
+        }
+    }
+    Ok(found)
 }
 
 pub fn status() -> Result<Status, LoaderError> {
     let paths = Paths::current()?;
-    let state = loaded_state(&paths)?;
+    paths.check()?;
+    let TempFilters {
+        abandoned: half_built,
+        building,
+    } = temp_filters(&paths)?;
+    let state = match (loaded_state(&paths), half_built.first(), building) {
+        (Err(LoaderError::NotLoaded(_)), Some(dir), _) => {
+            return Err(LoaderError::HalfBuilt(dir.clone()));
+        }
+        (Err(LoaderError::NotLoaded(_)), None, Some((dir, pid))) => {
+            return Err(LoaderError::Building { dir, pid });
+        }
+        (result, _, _) => result?,
+    };
     let running = running_in(&paths, &state)?;
     let rules = running.policy.as_ref().map_or(0, |p| p.rules.len());
     let rule_hits = open_tables(&paths)?.rule_hits(rules);
     let counters = pinned_counters(&paths)?;
+    let pins = Dir::open(&paths.pins)?;
     Ok(Status {
         netns: paths.netns,
         pins: paths.pins.clone(),
@@ -83,9 +144,14 @@ pub fn status() -> Result<Status, LoaderError> {
         attachments: state
             .attachments
             .iter()
-            .map(|a| AttachmentStatus {
-                live: a.is_live(),
-                attachment: a.clone(),
+            .map(|a| {
+                let problem = problem(pins.as_ref(), a);
+                AttachmentStatus {
+                    live: a.is_live(),
+                    filtered: problem.is_none(),
+                    problem,
+                    attachment: a.clone(),
+                }
             })
             .collect(),
         policy: running.policy,
@@ -97,6 +163,7 @@ pub fn status() -> Result<Status, LoaderError> {
             .collect(),
         rule_hits,
         flows: table_status(&paths)?,
+        half_built,
     })
 }
 
@@ -138,8 +205,6 @@ pub fn explain_running(
 /// The pinned event ring buffer, and the paths to ask [`running_policy`] with.
 pub fn open_events() -> Result<(RingBuf<MapData>, Paths), LoaderError> {
     let paths = Paths::current()?;
-    if !paths.prog().exists() {
-        return Err(LoaderError::NotLoaded(paths.pins));
-    }
+    loaded_state(&paths)?;
     Ok((pinned_events(&paths)?, paths))
 }

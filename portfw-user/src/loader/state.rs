@@ -4,7 +4,7 @@
 //! record per generation, so whichever generation is active, its description is on file,
 //! even if an apply was killed half-way.
 use std::{
-    fmt, fs, io,
+    fmt, fs,
     path::Path,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -13,7 +13,8 @@ use portfw_common::GENERATIONS;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    error::{LoaderError, io_err},
+    error::LoaderError,
+    fsafe::Dir,
     iface::{Link, ifname},
 };
 use crate::{
@@ -125,49 +126,72 @@ impl PolicyRecord {
 #[serde(rename_all = "kebab-case")]
 pub struct State {
     pub abi: u32,
+    /// The cookie of the network namespace the filter belongs to (`SO_NETNS_COOKIE`): the
+    /// inode that names the files is reused once a namespace is gone, the cookie is not.
+    /// Absent from files written before it was recorded.
+    #[serde(default)]
+    pub netns_cookie: Option<u64>,
     pub program_id: u32,
     pub attachments: Vec<Attachment>,
     /// The record of each table generation, indexed by generation.
     pub generations: [Option<PolicyRecord>; GENERATIONS as usize],
 }
 
+/// The directory of `path` (checked, and created when `create`) and the file's name in it.
+fn dir_and_name(path: &Path, create: bool) -> Result<(Option<Dir>, String), LoaderError> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(LoaderError::Internal(format!(
+            "state file {} has no directory",
+            path.display()
+        )));
+    };
+    let dir = if create {
+        Some(Dir::create(dir)?)
+    } else {
+        Dir::open(dir)?
+    };
+    Ok((dir, name.to_string()))
+}
+
 impl State {
+    /// Reads the state file at `path`, refusing a link or a directory anyone but root could
+    /// have put it in.
     pub fn read(path: &Path) -> Result<Option<Self>, LoaderError> {
-        match fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| LoaderError::State {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(format!("reading {}", path.display()))(e)),
+        let (Some(dir), name) = dir_and_name(path, false)? else {
+            return Ok(None);
+        };
+        match dir.read(&name)? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| LoaderError::State {
+                        path: path.to_path_buf(),
+                        message: e.to_string(),
+                    })
+            }
+            None => Ok(None),
         }
     }
 
-    /// Writes via a temporary file and a rename, so a reader never sees half a file.
+    /// Writes via a new temporary file and a rename, so a reader never sees half a file.
     pub fn write(&self, path: &Path) -> Result<(), LoaderError> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        }
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let json = serde_json::to_vec_pretty(self).map_err(|e| LoaderError::State {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        fs::write(&tmp, json).map_err(io_err(format!("writing {}", tmp.display())))?;
-        fs::rename(&tmp, path).map_err(io_err(format!(
-            "renaming {} to {}",
-            tmp.display(),
-            path.display()
-        )))
+        let (Some(dir), name) = dir_and_name(path, true)? else {
+            return Err(LoaderError::Internal(format!(
+                "{} vanished",
+                path.display()
+            )));
+        };
+        dir.write_atomic(&name, &json)
     }
 
     pub fn remove(path: &Path) -> Result<(), LoaderError> {
-        match fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
+        match dir_and_name(path, false)? {
+            (Some(dir), name) => dir.remove_file(&name),
+            (None, _) => Ok(()),
         }
     }
 
