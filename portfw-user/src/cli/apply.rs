@@ -65,10 +65,15 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         .map(|a| format!("{} ({})", a.iface, a.mode))
         .collect();
     println!(
-        "portfw: applied {file} (sha256 {sha_short}…): {} rule{}, default {}, on {}",
+        "portfw: applied {file} (sha256 {sha_short}…): {} rule{}, default {}{}, on {}",
         compiled.rules.len(),
         if compiled.rules.len() == 1 { "" } else { "s" },
         policy.default,
+        if policy.enforce {
+            ""
+        } else {
+            ", AUDIT MODE (enforce: false: nothing is dropped)"
+        },
         ifaces.join(", "),
     );
     if !outcome.detached.is_empty() {

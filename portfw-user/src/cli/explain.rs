@@ -3,7 +3,7 @@
 use std::{net::IpAddr, process::ExitCode};
 
 use anyhow::{Context as _, bail};
-use portfw_common::{PortEntry, RULE_DEFAULT, action};
+use portfw_common::{PortEntry, RULE_DEFAULT, action, port_flags};
 
 use super::{EXIT_ERROR, EXIT_OK, ExplainArgs, report_invalid};
 use crate::{
@@ -44,10 +44,10 @@ fn verdict_line(
     entry: &PortEntry,
     rule_name: impl Fn(u32) -> Option<String>,
 ) -> String {
-    let verdict = if entry.action == action::DROP {
-        "drop"
-    } else {
-        "allow"
+    let verdict = match (entry.action, entry.flags & port_flags::AUDIT != 0) {
+        (action::DROP, true) => "would-drop (audit mode: passes)",
+        (action::DROP, false) => "drop",
+        _ => "allow",
     };
     let by = if entry.rule == RULE_DEFAULT {
         "the default".to_string()

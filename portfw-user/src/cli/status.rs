@@ -22,6 +22,11 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         "program id {}, policy generation {}",
         status.program_id, status.generation
     );
+    if status.audit {
+        println!(
+            "enforce: false: AUDIT MODE, nothing is dropped; would-drops are counted and logged"
+        );
+    }
     if status.attachments.is_empty() {
         println!("interfaces: none");
     }

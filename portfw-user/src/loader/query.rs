@@ -58,6 +58,8 @@ pub struct Status {
     pub rule_hits: Vec<u64>,
     /// The flow table of replies to the host's own connections.
     pub flows: FlowTableStatus,
+    /// The running policy is in audit mode (`enforce: false`): its drops pass as would-drops.
+    pub audit: bool,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -97,6 +99,7 @@ pub fn status() -> Result<Status, LoaderError> {
             .collect(),
         rule_hits,
         flows: table_status(&paths)?,
+        audit: pinned_settings(&paths, running.generation)?.audit != 0,
     })
 }
 

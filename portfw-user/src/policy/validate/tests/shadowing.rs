@@ -187,6 +187,7 @@ fn random_policy(rng: &Rng, count: usize) -> Policy {
         other_ip: Action::Drop,
         non_ip: Action::Allow,
         replies: Action::Allow,
+        enforce: true,
         flows: Flows::DEFAULT,
         sets: Vec::new(),
         rules,
