@@ -1,14 +1,16 @@
 //! `portfw apply`: validate, compile and put a policy in force.
 use std::{fs, process::ExitCode, time::Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
-use super::{ApplyArgs, EXIT_OK, report_invalid};
+use super::{ApplyArgs, EXIT_OK, EXIT_USAGE, report_invalid, report_unfit};
 use crate::{
     compile,
     loader::{self, ApplyRequest},
     policy,
 };
+
+const UNCHANGED: &str = "nothing was changed, the running filter (if any) keeps its policy";
 
 pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
@@ -18,13 +20,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("policy {file} is not valid UTF-8"))?;
     let parsed = match policy::parse(&source, &file) {
         Ok(parsed) => parsed,
-        Err(diagnostics) => {
-            return Ok(report_invalid(
-                &file,
-                &diagnostics,
-                "nothing was changed, the running filter (if any) keeps its policy",
-            ));
-        }
+        Err(diagnostics) => return Ok(report_invalid(&file, &diagnostics, UNCHANGED)),
     };
     for warning in &parsed.warnings {
         eprintln!("{warning}");
@@ -36,13 +32,16 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         args.ifaces.clone()
     };
     if interfaces.is_empty() {
-        bail!(
-            "no interface to filter: name one with --iface, or list them under `interfaces:` in {file}"
+        eprintln!(
+            "portfw: error: no interface to filter: name one with --iface, or list them under \
+             `interfaces:` in {file}"
         );
+        return Ok(ExitCode::from(EXIT_USAGE));
     }
-    let compiled = compile::compile(&policy).with_context(|| {
-        format!("{file} is valid but does not fit the kernel tables; nothing was changed")
-    })?;
+    let compiled = match compile::compile(&policy) {
+        Ok(compiled) => compiled,
+        Err(e) => return Ok(report_unfit(&file, &e, UNCHANGED)),
+    };
     let compiled_at = started.elapsed();
 
     let outcome = loader::apply(ApplyRequest {

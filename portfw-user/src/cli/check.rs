@@ -1,7 +1,7 @@
 //! `portfw check`: validate a policy and print what it compiles to.
 use std::process::ExitCode;
 
-use super::{CheckArgs, EXIT_ERROR, EXIT_OK, report_invalid};
+use super::{CheckArgs, EXIT_INVALID, EXIT_OK, report_invalid, report_unfit};
 use crate::{compile, policy};
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -22,10 +22,12 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             parsed.warnings.len(),
             if parsed.warnings.len() == 1 { "" } else { "s" }
         );
-        return Ok(ExitCode::from(EXIT_ERROR));
+        return Ok(ExitCode::from(EXIT_INVALID));
     }
-    let compiled = compile::compile(&parsed.policy)
-        .map_err(|e| anyhow::anyhow!("{file} is valid but does not fit the kernel tables: {e}"))?;
+    let compiled = match compile::compile(&parsed.policy) {
+        Ok(compiled) => compiled,
+        Err(e) => return Ok(report_unfit(&file, &e, "the policy is invalid")),
+    };
     println!("{}", compile::summary(&parsed.policy, &compiled).trim_end());
     Ok(ExitCode::from(EXIT_OK))
 }

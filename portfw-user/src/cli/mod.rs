@@ -3,6 +3,7 @@ mod apply;
 mod check;
 mod detach;
 mod events;
+mod examples;
 mod explain;
 mod flows;
 mod status;
@@ -15,8 +16,16 @@ use crate::loader;
 
 /// Exit code of a successful run.
 pub const EXIT_OK: u8 = 0;
-/// Exit code when a policy is invalid, or any other error.
+/// Exit code of an error running the command: the kernel refused, a file could not be read,
+/// no filter is loaded, ...
 pub const EXIT_ERROR: u8 = 1;
+/// Exit code of a usage error: clap's own, for arguments it cannot parse.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code of an invalid policy: errors in the file, warnings under `check --strict`, or a
+/// valid policy too big for the kernel's tables. The same as a usage error, since both mean
+/// the input was wrong rather than the system, so CI can tell "bad policy" (2) from "could
+/// not run" (1).
+pub const EXIT_INVALID: u8 = 2;
 
 /// portfw: an XDP firewall that filters by port at line rate.
 ///
@@ -26,7 +35,7 @@ pub const EXIT_ERROR: u8 = 1;
 /// a network namespace: run portfw inside the namespace it should filter (with
 /// `nsenter --net=/run/netns/NAME`, which keeps /sys/fs/bpf visible).
 #[derive(Debug, Parser)]
-#[command(name = "portfw", version, about, long_about)]
+#[command(name = "portfw", version, about, long_about, after_help = examples::PORTFW)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -35,19 +44,26 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate and compile POLICY, then put it in force (replacing any running policy).
+    #[command(after_help = examples::APPLY)]
     Apply(ApplyArgs),
     /// Validate POLICY and print what it does, without touching the kernel.
+    #[command(after_help = examples::CHECK)]
     Check(CheckArgs),
     /// Show the running filter: interfaces, mode, program, policy, and counters.
+    #[command(after_help = examples::STATUS)]
     Status(StatusArgs),
     /// Remove the filter from some or all interfaces, with its pins.
+    #[command(after_help = examples::DETACH)]
     Detach(DetachArgs),
     /// Stream drop and allow events from the running filter until interrupted.
+    #[command(after_help = examples::EVENTS)]
     Events(EventsArgs),
     /// Say which rule decides a packet, and why: from POLICY, or from the running filter.
+    #[command(after_help = examples::EXPLAIN)]
     Explain(ExplainArgs),
     /// List the flows the host opened that the filter tracks, as `conntrack -L` does: their
     /// replies pass under `replies: allow` even where the rules drop.
+    #[command(after_help = examples::FLOWS)]
     Flows(FlowsArgs),
 }
 
@@ -164,5 +180,56 @@ fn report_invalid(file: &str, diagnostics: &crate::policy::Diagnostics, action: 
         "portfw: {file}: {errors} error{} found; {action}",
         if errors == 1 { "" } else { "s" }
     );
-    ExitCode::from(EXIT_ERROR)
+    ExitCode::from(EXIT_INVALID)
+}
+
+/// Prints why a valid policy does not fit the kernel's tables and returns the exit code for
+/// an invalid policy.
+fn report_unfit(file: &str, error: &crate::compile::CompileError, action: &str) -> ExitCode {
+    eprintln!("portfw: {file} is valid but does not fit the kernel tables: {error}; {action}");
+    ExitCode::from(EXIT_INVALID)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::{Cli, EXIT_USAGE};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_exit_with_exit_usage() {
+        for args in [
+            &["portfw", "no-such-command"][..],
+            &["portfw", "apply"],
+            &["portfw", "apply", "p.yaml", "--mode", "fast"],
+        ] {
+            let err = Cli::try_parse_from(args).err();
+            assert_eq!(
+                err.map(|e| e.exit_code()),
+                Some(i32::from(EXIT_USAGE)),
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_command_shows_examples_in_its_help() {
+        let mut cli = Cli::command();
+        for sub in cli.get_subcommands_mut() {
+            if sub.is_hide_set() {
+                continue;
+            }
+            let help = sub.render_help().to_string();
+            assert!(
+                help.contains("Examples:\n  portfw "),
+                "`portfw {} --help` has no examples:\n{help}",
+                sub.get_name()
+            );
+        }
+    }
 }
