@@ -50,6 +50,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         source: &bytes,
         interfaces: &interfaces,
         mode: args.mode.into(),
+        trial: None,
     })
     .with_context(|| format!("applying {file} failed"))?;
     let sha = &outcome.policy.sha256;

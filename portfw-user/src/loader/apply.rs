@@ -16,6 +16,7 @@ use super::{
     iface::{Link, ifindex, link_type},
     object::{Loaded, flow_map_size, open_tables, pinned_flow_map_size, pinned_flows},
     state::{Attachment, PolicyRecord, State},
+    trial::{self, TrialError, TrialRequest},
 };
 use crate::compile::CompiledPolicy;
 
@@ -28,6 +29,9 @@ pub struct ApplyRequest<'a> {
     pub source: &'a [u8],
     pub interfaces: &'a [String],
     pub mode: Mode,
+    /// `apply --try`: put the policy in force on trial, to be rolled back at the deadline
+    /// unless confirmed.
+    pub trial: Option<TrialRequest>,
 }
 
 /// What one `apply` did.
@@ -121,6 +125,9 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     let _lock = paths.lock()?;
     remove_abandoned_temp_pins(&paths);
     let state = State::read(&paths.state)?;
+    // A pending trial's rollback target is the inactive generation, which this apply would
+    // overwrite: refused until the trial is confirmed or rolled back.
+    let state = trial::settle(&paths, state)?;
     let loaded = [Link::Ethernet, Link::Ip]
         .iter()
         .all(|&link| paths.prog_for(link).exists() && paths.egress_prog_for(link).exists());
@@ -137,6 +144,22 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
             update(&paths, state, req, record)
         }
         previous => {
+            if req.trial.is_some() && loaded {
+                return Err(TrialError::NeedsReload {
+                    reason: match (&previous, pinned_entries) {
+                        (Some(state), _) if state.abi != ABI_VERSION => format!(
+                            "the running filter was loaded by another portfw (kernel ABI {}, \
+                             this one is {ABI_VERSION})",
+                            state.abi
+                        ),
+                        (Some(_), Some(old)) if old != flow_entries => {
+                            "its `flows: max` resizes the flow table".to_string()
+                        }
+                        _ => "the running filter is incomplete".to_string(),
+                    },
+                }
+                .into());
+            }
             let mut notes = Vec::new();
             // The flow table cannot be resized in place: carry its flows over to the new one.
             let mut carried = Vec::new();
@@ -210,6 +233,7 @@ fn fresh(
         program_id,
         attachments: attachments.clone(),
         generations: Default::default(),
+        trial: req.trial.as_ref().map(|t| t.record(generation, None, &[])),
     };
     state.generations[generation as usize] = Some(record.clone());
     state.write(&paths.state)?;
@@ -239,8 +263,11 @@ fn update(
     let mut tables = open_tables(paths)?;
     let generation = tables.stage(req.compiled)?;
     // Record the new generation before switching: whichever generation is active, its
-    // description is on file.
+    // description is on file. So is a trial, before its policy is in force.
     state.generations[generation as usize] = Some(record.clone());
+    if let Some(t) = &req.trial {
+        state.trial = Some(t.record(generation, Some(tables.active()), &state.attachments));
+    }
     state.write(&paths.state)?;
     tables.switch_to(generation);
 
@@ -319,9 +346,17 @@ fn update(
 pub fn detach(ifaces: Option<&[String]>) -> Result<Vec<String>, LoaderError> {
     let paths = Paths::current()?;
     let _lock = paths.lock()?;
+    detach_locked(&paths, ifaces)
+}
+
+/// [`detach`], with the namespace's lock already held (a trial's rollback holds it).
+pub(super) fn detach_locked(
+    paths: &Paths,
+    ifaces: Option<&[String]>,
+) -> Result<Vec<String>, LoaderError> {
     let state = State::read(&paths.state)?;
     if !paths.pins.exists() && state.is_none() {
-        return Err(LoaderError::NotLoaded(paths.pins));
+        return Err(LoaderError::NotLoaded(paths.pins.clone()));
     }
     let mut state = state.unwrap_or_default();
     let all: Vec<String> = state.attachments.iter().map(|a| a.iface.clone()).collect();

@@ -5,7 +5,9 @@
 //! `bpffs` (where pins live), `iface`, `state` (what apply recorded) and `tables` (the
 //! memory-mapped policy tables); then `object` (the kernel object and its maps), `attach`
 //! (links to interfaces) and `flows` (reading the flow table); then `apply` (changing the filter) and `query` (asking it), which
-//! do not import each other.
+//! do not import each other. Beside `apply`: `reattach` (the pinned programs onto an interface
+//! again) and `trial` (`apply --try`'s rollback, which `apply` consults first and which
+//! undoes a fresh load with `apply`'s own detach).
 mod apply;
 mod attach;
 mod bpffs;
@@ -14,8 +16,10 @@ mod flows;
 mod iface;
 mod object;
 mod query;
+mod reattach;
 mod state;
 mod tables;
+mod trial;
 
 pub use apply::{ApplyOutcome, ApplyRequest, apply, detach};
 pub use attach::Mode;
@@ -25,8 +29,12 @@ pub use flows::{FlowRecord, FlowTableStatus};
 pub use iface::{Link, ifname};
 pub use object::{Loaded, open_tables};
 pub use query::{
-    AttachmentStatus, RunningPolicy, RunningVerdict, Status, explain_running, flows, open_events,
-    running_policy, status,
+    AttachmentStatus, RunningPolicy, RunningVerdict, Status, TrialStatus, explain_running, flows,
+    open_events, running_policy, status,
 };
-pub use state::{AttachMode, Attachment, PolicyRecord, RuleRecord, State};
+pub use reattach::reattach;
+pub use state::{AttachMode, Attachment, PolicyRecord, RuleRecord, State, Trial};
 pub use tables::Tables;
+pub use trial::{
+    Confirmed, RolledBack, TrialError, TrialRequest, confirm, roll_back_due, trial_recorded,
+};

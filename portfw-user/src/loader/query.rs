@@ -11,7 +11,7 @@ use super::{
     error::LoaderError,
     flows::{FlowRecord, FlowTableStatus, live_flows, table_status},
     object::{open_tables, pinned_active, pinned_counters, pinned_events, pinned_settings},
-    state::{Attachment, PolicyRecord, State},
+    state::{Attachment, PolicyRecord, State, Trial},
 };
 
 /// The policy the running filter enforces.
@@ -60,6 +60,8 @@ pub struct Status {
     pub flows: FlowTableStatus,
     /// The running policy is in audit mode (`enforce: false`): its drops pass as would-drops.
     pub audit: bool,
+    /// A policy on trial (`apply --try`), rolled back at its deadline unless confirmed.
+    pub trial: Option<TrialStatus>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -68,6 +70,50 @@ pub struct AttachmentStatus {
     pub attachment: Attachment,
     /// The interface still exists under its name.
     pub live: bool,
+}
+
+/// A pending trial, as `portfw status` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct TrialStatus {
+    pub id: String,
+    /// The policy on trial.
+    pub file: String,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    /// Seconds since the Unix epoch.
+    pub deadline: u64,
+    /// Seconds until the rollback; 0 once it is due.
+    pub seconds_left: u64,
+    /// The generation the rollback switches back to; `null`: the rollback removes the
+    /// filter, which the trial loaded.
+    pub rollback_to: Option<u32>,
+    /// The file of the policy the rollback returns to.
+    pub rollback_file: Option<String>,
+    pub watchdog: Option<u32>,
+    /// The watchdog process still waits for the deadline. When it is gone, the agent or the
+    /// next `portfw apply` or `portfw confirm` performs an overdue rollback.
+    pub watchdog_alive: bool,
+}
+
+impl TrialStatus {
+    fn new(state: &State, trial: &Trial, now: u64) -> Self {
+        Self {
+            id: trial.id.clone(),
+            file: state
+                .record(trial.generation)
+                .map_or_else(String::new, |r| r.file.clone()),
+            started_at: trial.started_at,
+            deadline: trial.deadline,
+            seconds_left: trial.deadline.saturating_sub(now),
+            rollback_to: trial.rollback_to,
+            rollback_file: trial
+                .rollback_to
+                .and_then(|g| state.record(g))
+                .map(|r| r.file.clone()),
+            watchdog: trial.watchdog,
+            watchdog_alive: trial.watchdog_alive(),
+        }
+    }
 }
 
 pub fn status() -> Result<Status, LoaderError> {
@@ -100,6 +146,13 @@ pub fn status() -> Result<Status, LoaderError> {
         rule_hits,
         flows: table_status(&paths)?,
         audit: pinned_settings(&paths, running.generation)?.audit != 0,
+        trial: state.trial.as_ref().map(|t| {
+            // Rounded up, so that a trial of N seconds never shows more than N left.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs_f64().ceil() as u64);
+            TrialStatus::new(&state, t, now)
+        }),
     })
 }
 
