@@ -1,12 +1,13 @@
-//! `portfw apply`: validate, compile and put a policy in force.
+//! `portfw apply`: validate, compile and put a policy in force, on trial with `--try`.
 use std::{fs, process::ExitCode, time::Instant};
 
 use anyhow::Context as _;
 
-use super::{ApplyArgs, EXIT_OK, EXIT_USAGE, report_invalid, report_unfit};
+use super::{ApplyArgs, EXIT_OK, EXIT_USAGE, report_invalid, report_unfit, watchdog};
 use crate::{
     compile,
-    loader::{self, ApplyRequest},
+    events::datetime,
+    loader::{self, ApplyRequest, TrialRequest},
     policy,
 };
 
@@ -44,15 +45,29 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     };
     let compiled_at = started.elapsed();
 
+    // The watchdog starts first, so that no moment exists when the trial is in force and
+    // nothing waits for its deadline; it acts only once the trial is on file.
+    let trial = match args.try_secs {
+        Some(secs) => Some(watchdog::start(secs)?),
+        None => None,
+    };
     let outcome = loader::apply(ApplyRequest {
         compiled: &compiled,
         file: &args.policy,
         source: &bytes,
         interfaces: &interfaces,
         mode: args.mode.into(),
-        trial: None,
-    })
-    .with_context(|| format!("applying {file} failed"))?;
+        trial: trial.clone(),
+    });
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            if let Some(trial) = &trial {
+                watchdog::abandon(trial);
+            }
+            return Err(e).with_context(|| format!("applying {file} failed"));
+        }
+    };
     let sha = &outcome.policy.sha256;
     let sha_short = sha.get(..12).unwrap_or(sha);
 
@@ -87,5 +102,33 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         compiled_at.as_secs_f64() * 1e3,
         started.elapsed().as_secs_f64() * 1e3,
     );
+    if let (Some(trial), Some(secs)) = (&trial, args.try_secs) {
+        print_trial(trial, secs, &outcome)?;
+    }
     Ok(ExitCode::from(EXIT_OK))
+}
+
+fn print_trial(
+    trial: &TrialRequest,
+    secs: u64,
+    outcome: &loader::ApplyOutcome,
+) -> anyhow::Result<()> {
+    let rollback = if outcome.fresh {
+        "the filter is removed (there was none before)".to_string()
+    } else {
+        format!(
+            "the previous policy (generation {}) is switched back in",
+            outcome.generation ^ 1
+        )
+    };
+    let netns = loader::netns_inode()?;
+    println!(
+        "portfw: ON TRIAL for {secs} s: at {} {rollback}, unless confirmed before then.",
+        datetime(trial.deadline)
+    );
+    println!(
+        "portfw: to keep this policy, run `portfw confirm` from any shell in this network \
+         namespace (inode {netns}); `portfw status` shows the time left."
+    );
+    Ok(())
 }

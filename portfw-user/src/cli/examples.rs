@@ -3,7 +3,8 @@
 pub const PORTFW: &str = "\
 Examples:
   portfw check /etc/portfw/policy.yaml
-  portfw apply /etc/portfw/policy.yaml --iface eth0
+  portfw apply /etc/portfw/policy.yaml --iface eth0 --try 120
+  portfw confirm
   portfw status
   nsenter --net=/run/netns/web portfw status --json
 
@@ -13,8 +14,21 @@ pub const APPLY: &str = "\
 Examples:
   portfw apply /etc/portfw/policy.yaml
   portfw apply policy.yaml --iface eth0 --iface eth1 --mode native
+  portfw apply new.yaml --try 120     # rolled back in 2 minutes unless `portfw confirm`
+
+With --try, a second apply is refused until the trial is confirmed or rolled back: the
+previous policy, which the rollback returns to, is kept in the generation a new apply writes.
 
 Exit status: 0 applied; 1 it could not be applied (nothing changed); 2 the policy is invalid.";
+
+pub const CONFIRM: &str = "\
+Examples:
+  portfw apply new.yaml --try 60     # then, from a new SSH session that still gets in:
+  portfw confirm
+  nsenter --net=/run/netns/web portfw confirm
+
+Exit status: 0 confirmed; 1 no trial was pending, or it had already expired (and was rolled
+back).";
 
 pub const CHECK: &str = "\
 Examples:
@@ -27,7 +41,7 @@ also when it has warnings).";
 pub const STATUS: &str = "\
 Examples:
   portfw status
-  portfw status --json | jq '.counters'
+  portfw status --json | jq '.trial'
   nsenter --net=/run/netns/web portfw status";
 
 pub const DETACH: &str = "\

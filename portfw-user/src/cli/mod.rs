@@ -1,12 +1,14 @@
 //! The `portfw` command line: argument definitions and dispatch to one module per subcommand.
 mod apply;
 mod check;
+mod confirm;
 mod detach;
 mod events;
 mod examples;
 mod explain;
 mod flows;
 mod status;
+mod watchdog;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -17,7 +19,7 @@ use crate::loader;
 /// Exit code of a successful run.
 pub const EXIT_OK: u8 = 0;
 /// Exit code of an error running the command: the kernel refused, a file could not be read,
-/// no filter is loaded, ...
+/// no filter is loaded, a trial is pending, ...
 pub const EXIT_ERROR: u8 = 1;
 /// Exit code of a usage error: clap's own, for arguments it cannot parse.
 pub const EXIT_USAGE: u8 = 2;
@@ -46,10 +48,13 @@ pub enum Command {
     /// Validate and compile POLICY, then put it in force (replacing any running policy).
     #[command(after_help = examples::APPLY)]
     Apply(ApplyArgs),
+    /// Keep the policy on trial (`apply --try`), so that it is not rolled back.
+    #[command(after_help = examples::CONFIRM)]
+    Confirm,
     /// Validate POLICY and print what it does, without touching the kernel.
     #[command(after_help = examples::CHECK)]
     Check(CheckArgs),
-    /// Show the running filter: interfaces, mode, program, policy, and counters.
+    /// Show the running filter: interfaces, mode, program, policy, a pending trial, counters.
     #[command(after_help = examples::STATUS)]
     Status(StatusArgs),
     /// Remove the filter from some or all interfaces, with its pins.
@@ -65,6 +70,23 @@ pub enum Command {
     /// replies pass under `replies: allow` even where the rules drop.
     #[command(after_help = examples::FLOWS)]
     Flows(FlowsArgs),
+    /// The watchdog `apply --try` leaves behind: waits for the deadline, then rolls the trial
+    /// back unless it was confirmed. Not for people.
+    #[command(name = "__rollback-at", hide = true)]
+    RollbackAt(RollbackAtArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackAtArgs {
+    /// The trial to roll back.
+    #[arg(long)]
+    pub id: String,
+    /// Seconds since the Unix epoch.
+    #[arg(long)]
+    pub deadline: u64,
+    /// The network namespace (inode) the trial belongs to.
+    #[arg(long)]
+    pub netns: u64,
 }
 
 #[derive(Debug, Args)]
@@ -85,7 +107,15 @@ pub struct ApplyArgs {
     /// (native where the driver supports it, otherwise generic).
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
+    /// Put POLICY in force on trial: unless `portfw confirm` is run (from any shell in this
+    /// network namespace) within SECONDS, the previous policy comes back, or the filter is
+    /// removed if there was none. The rollback happens even if this terminal goes away.
+    #[arg(long = "try", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=MAX_TRY_SECONDS))]
+    pub try_secs: Option<u64>,
 }
+
+/// The longest trial `--try` accepts: a day.
+pub const MAX_TRY_SECONDS: u64 = 86_400;
 
 /// `--mode`: how to attach, as the command line spells it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -159,6 +189,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Apply(args) => apply::run(args),
+        Command::Confirm => confirm::run(),
+        Command::RollbackAt(args) => watchdog::run(args),
         Command::Check(args) => check::run(args),
         Command::Status(args) => status::run(args),
         Command::Detach(args) => detach::run(args),
@@ -206,7 +238,8 @@ mod tests {
         for args in [
             &["portfw", "no-such-command"][..],
             &["portfw", "apply"],
-            &["portfw", "apply", "p.yaml", "--mode", "fast"],
+            &["portfw", "apply", "p.yaml", "--try", "0"],
+            &["portfw", "apply", "p.yaml", "--try", "soon"],
         ] {
             let err = Cli::try_parse_from(args).err();
             assert_eq!(
