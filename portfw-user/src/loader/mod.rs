@@ -17,6 +17,7 @@ mod iface;
 mod object;
 mod query;
 mod reattach;
+mod scrape;
 mod state;
 mod tables;
 mod trial;
@@ -33,6 +34,7 @@ pub use query::{
     open_events, running_policy, status,
 };
 pub use reattach::reattach;
+pub use scrape::StatusCache;
 pub use state::{AttachMode, Attachment, PolicyRecord, RuleRecord, State, Trial};
 pub use tables::Tables;
 pub use trial::{

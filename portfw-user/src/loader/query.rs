@@ -24,7 +24,7 @@ pub struct RunningPolicy {
 }
 
 /// The state file of the filter pinned at `paths`; [`LoaderError::NotLoaded`] without one.
-fn loaded_state(paths: &Paths) -> Result<State, LoaderError> {
+pub(super) fn loaded_state(paths: &Paths) -> Result<State, LoaderError> {
     State::read(&paths.state)?
         .filter(|_| paths.prog().exists())
         .ok_or_else(|| LoaderError::NotLoaded(paths.pins.clone()))
@@ -62,14 +62,6 @@ pub struct Status {
     pub audit: bool,
     /// A policy on trial (`apply --try`), rolled back at its deadline unless confirmed.
     pub trial: Option<TrialStatus>,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct AttachmentStatus {
-    #[serde(flatten)]
-    pub attachment: Attachment,
-    /// The interface still exists under its name.
-    pub live: bool,
 }
 
 /// A pending trial, as `portfw status` shows it.
@@ -116,13 +108,26 @@ impl TrialStatus {
     }
 }
 
+#[derive(Debug, serde::Serialize)]
+pub struct AttachmentStatus {
+    #[serde(flatten)]
+    pub attachment: Attachment,
+    /// The interface still exists under its name.
+    pub live: bool,
+}
+
 pub fn status() -> Result<Status, LoaderError> {
     let paths = Paths::current()?;
     let state = loaded_state(&paths)?;
-    let running = running_in(&paths, &state)?;
+    status_of(&paths, &state)
+}
+
+/// [`status`], with the state file already read (the agent keeps it between scrapes).
+pub(super) fn status_of(paths: &Paths, state: &State) -> Result<Status, LoaderError> {
+    let running = running_in(paths, state)?;
     let rules = running.policy.as_ref().map_or(0, |p| p.rules.len());
-    let rule_hits = open_tables(&paths)?.rule_hits(rules);
-    let counters = pinned_counters(&paths)?;
+    let rule_hits = open_tables(paths)?.rule_hits(rules);
+    let counters = pinned_counters(paths)?;
     Ok(Status {
         netns: paths.netns,
         pins: paths.pins.clone(),
@@ -144,14 +149,14 @@ pub fn status() -> Result<Status, LoaderError> {
             .map(|(name, v)| (name.to_string(), v))
             .collect(),
         rule_hits,
-        flows: table_status(&paths)?,
-        audit: pinned_settings(&paths, running.generation)?.audit != 0,
+        flows: table_status(paths)?,
+        audit: pinned_settings(paths, running.generation)?.audit != 0,
         trial: state.trial.as_ref().map(|t| {
             // Rounded up, so that a trial of N seconds never shows more than N left.
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs_f64().ceil() as u64);
-            TrialStatus::new(&state, t, now)
+            TrialStatus::new(state, t, now)
         }),
     })
 }
