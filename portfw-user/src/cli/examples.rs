@@ -64,3 +64,13 @@ pub const FLOWS: &str = "\
 Examples:
   portfw flows
   portfw flows --json | jq length";
+
+pub const AGENT: &str = "\
+Examples:
+  portfw agent --policy /etc/portfw/policy.yaml --metrics-listen 127.0.0.1:9713
+  portfw agent --policy /etc/portfw/policy.yaml --iface eth0 --metrics-listen [::]:9713
+  portfw agent --metrics-listen 127.0.0.1:9713    # metrics for a filter applied by hand
+  curl -s http://127.0.0.1:9713/metrics | grep portfw_packets_total
+
+It logs one line per event to stderr (`level=... msg=\"...\" key=value`), re-reads the policy
+on SIGHUP, and exits on SIGTERM or SIGINT leaving the filter in force.";

@@ -1,4 +1,5 @@
 //! The `portfw` command line: argument definitions and dispatch to one module per subcommand.
+mod agent;
 mod apply;
 mod check;
 mod confirm;
@@ -10,7 +11,7 @@ mod flows;
 mod status;
 mod watchdog;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -70,10 +71,32 @@ pub enum Command {
     /// replies pass under `replies: allow` even where the rules drop.
     #[command(after_help = examples::FLOWS)]
     Flows(FlowsArgs),
+    /// Keep a policy file in force in this network namespace: apply it, re-apply it when it
+    /// changes or an interface comes back, and serve Prometheus metrics. Runs until SIGTERM,
+    /// which leaves the filter in force.
+    #[command(after_help = examples::AGENT)]
+    Agent(AgentArgs),
     /// The watchdog `apply --try` leaves behind: waits for the deadline, then rolls the trial
     /// back unless it was confirmed. Not for people.
     #[command(name = "__rollback-at", hide = true)]
     RollbackAt(RollbackAtArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Policy file (YAML) to keep in force: applied at start and again whenever it changes.
+    /// Without it, the agent keeps the running filter on its interfaces and serves metrics.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Interface to filter; repeat for several. Overrides the policy's `interfaces:` list.
+    #[arg(long = "iface", short = 'i', value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+    /// XDP attach mode, as for `apply`.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics and readiness at /ready.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +213,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Apply(args) => apply::run(args),
         Command::Confirm => confirm::run(),
+        Command::Agent(args) => agent::run(args),
         Command::RollbackAt(args) => watchdog::run(args),
         Command::Check(args) => check::run(args),
         Command::Status(args) => status::run(args),
