@@ -95,7 +95,8 @@ pub struct AgentArgs {
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics and readiness at /ready.
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// `:PORT` listens on every IPv4 address; a host name is resolved.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = agent::parse_listen)]
     pub metrics_listen: Option<SocketAddr>,
 }
 
