@@ -40,6 +40,8 @@ pub struct EventView {
     pub time_ns: u64,
     pub iface: String,
     pub ifindex: u32,
+    /// `allow`, `drop`, or `would-drop`: a drop that audit mode (`enforce: false`) let
+    /// through.
     pub verdict: &'static str,
     pub decided_by: DecidedBy,
     /// 1-based rule number, when a rule decided.
@@ -64,6 +66,15 @@ const TCP_FLAG_NAMES: [(u8, &str); 8] = [
     (0x40, "ECE"),
     (0x80, "CWR"),
 ];
+
+/// The name of an event's verdict ([`action`] value).
+pub fn verdict_name(verdict: u8) -> &'static str {
+    match verdict {
+        action::DROP => "drop",
+        action::WOULD_DROP => "would-drop",
+        _ => "allow",
+    }
+}
 
 pub fn protocol_name(protocol: u8) -> String {
     match protocol {
@@ -128,11 +139,7 @@ pub fn decode(
         time_ns,
         iface: ifname(event.ifindex).unwrap_or_else(|| format!("if{}", event.ifindex)),
         ifindex: event.ifindex,
-        verdict: if event.verdict == action::DROP {
-            "drop"
-        } else {
-            "allow"
-        },
+        verdict: verdict_name(event.verdict),
         decided_by,
         rule,
         rule_name,
@@ -218,9 +225,10 @@ pub fn mono_to_wall_offset() -> i128 {
     read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
 }
 
-/// One human line, e.g. `12:00:01.123 eth0 DROP tcp 10.0.0.1:51234 -> 10.0.0.2:8080 rule 3 [SYN]`.
-/// The interface name is escaped: Linux allows control characters in it, and anyone with
-/// CAP_NET_ADMIN in a container can name an interface to rewrite the reader's terminal.
+/// One human line, e.g. `12:00:01.123 eth0 DROP tcp 10.0.0.1:51234 -> 10.0.0.2:8080 rule 3 [SYN]`;
+/// in audit mode the verdict reads `WOULD-DROP`. The interface name is escaped: Linux allows
+/// control characters in it, and anyone with CAP_NET_ADMIN in a container can name an
+/// interface to rewrite the reader's terminal.
 pub fn human_line(view: &EventView) -> String {
     let decided = match &view.decided_by {
         DecidedBy::Rule(_) => match (&view.rule, &view.rule_name) {
@@ -337,6 +345,24 @@ mod tests {
             json.contains(r#""iface":"ev\u001b]0;PWNED\u0007""#),
             "{json}"
         );
+    }
+
+    #[test]
+    fn would_drops_say_so_in_text_and_json() {
+        let mut e = sample();
+        e.verdict = action::WOULD_DROP;
+        let view = decode(&e, 0, |_| Some("eth0".into()), |_| None);
+        assert_eq!(
+            serde_json::to_value(&view).unwrap_or_default()["verdict"],
+            "would-drop"
+        );
+        assert!(
+            human_line(&view).contains("eth0 WOULD-DROP tcp 10.0.0.1:51234"),
+            "{}",
+            human_line(&view)
+        );
+        assert_eq!(verdict_name(action::ALLOW), "allow");
+        assert_eq!(verdict_name(action::DROP), "drop");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::{
     process::ExitCode,
 };
 
-use super::{CheckArgs, EXIT_ERROR, EXIT_OK, report_invalid};
+use super::{CheckArgs, EXIT_INVALID, EXIT_OK, report_invalid, report_unfit};
 use crate::{
     compile,
     policy::{self, Diagnostic, escape},
@@ -32,14 +32,12 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             escape(&file),
             if warnings == 1 { "" } else { "s" }
         );
-        return Ok(ExitCode::from(EXIT_ERROR));
+        return Ok(ExitCode::from(EXIT_INVALID));
     }
-    let compiled = compile::compile(&parsed.policy).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is valid but does not fit the kernel tables: {e}",
-            escape(&file)
-        )
-    })?;
+    let compiled = match compile::compile(&parsed.policy) {
+        Ok(compiled) => compiled,
+        Err(e) => return Ok(report_unfit(&file, &e, "the policy is invalid")),
+    };
     let summary = compile::summary(&parsed.policy, &compiled);
     let mut out = io::stdout().lock();
     match write_report(&mut out, &parsed.warnings, &summary).and_then(|()| out.flush()) {

@@ -3,9 +3,9 @@
 use std::{net::IpAddr, process::ExitCode};
 
 use anyhow::{Context as _, bail};
-use portfw_common::{PortEntry, RULE_DEFAULT, action};
+use portfw_common::{PortEntry, RULE_DEFAULT, action, port_flags};
 
-use super::{EXIT_ERROR, EXIT_OK, ExplainArgs, report_invalid};
+use super::{EXIT_ERROR, EXIT_OK, ExplainArgs, report_invalid, report_unfit};
 use crate::{
     compile::{self, reference},
     loader,
@@ -44,10 +44,10 @@ fn verdict_line(
     entry: &PortEntry,
     rule_name: impl Fn(u32) -> Option<String>,
 ) -> String {
-    let verdict = if entry.action == action::DROP {
-        "drop"
-    } else {
-        "allow"
+    let verdict = match (entry.action, entry.flags & port_flags::AUDIT != 0) {
+        (action::DROP, true) => "would-drop (audit mode: passes)",
+        (action::DROP, false) => "drop",
+        _ => "allow",
     };
     let by = if entry.rule == RULE_DEFAULT {
         "the default".to_string()
@@ -74,8 +74,10 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
                 Err(err) => return Err(err.into()),
             };
             let policy = parsed.policy;
-            let compiled = compile::compile(&policy)
-                .map_err(|e| anyhow::anyhow!("{file} does not fit the kernel tables: {e}"))?;
+            let compiled = match compile::compile(&policy) {
+                Ok(compiled) => compiled,
+                Err(e) => return Ok(report_unfit(&file, &e, "the policy is invalid")),
+            };
             let from_tables = compiled.lookup(protocol, port, source);
             let decision = reference::evaluate(&policy, protocol, port, source);
             let name = |rule: u32| policy.rules.get(rule as usize).and_then(|r| r.name.clone());

@@ -50,6 +50,14 @@ fn print_text(status: &loader::Status) {
         "program id {}, policy generation {}",
         status.program_id, status.generation
     );
+    if status.audit {
+        println!(
+            "enforce: false: AUDIT MODE, nothing is dropped; would-drops are counted and logged"
+        );
+    }
+    if let Some(t) = &status.trial {
+        print_trial(t);
+    }
     if status.attachments.is_empty() {
         println!("interfaces: none");
     }
@@ -117,6 +125,35 @@ fn print_text(status: &loader::Status) {
     println!("counters (packets since load):");
     for (name, value) in &status.counters {
         println!("  {name:<16} {value}");
+    }
+}
+
+fn print_trial(t: &loader::TrialStatus) {
+    let rollback = match (t.rollback_to, &t.rollback_file) {
+        (None, _) => "the filter is removed (there was none before the trial)".to_string(),
+        (Some(g), Some(file)) => format!("generation {g} ({file}) is switched back in"),
+        (Some(g), None) => format!("generation {g} is switched back in"),
+    };
+    if t.seconds_left > 0 {
+        println!(
+            "TRIAL: {} is on trial until {} ({} left); then {rollback}, unless `portfw confirm` \
+             is run before",
+            t.file,
+            datetime(t.deadline),
+            ago(t.seconds_left)
+        );
+    } else {
+        println!(
+            "TRIAL OVERDUE: the trial of {} expired at {}; its rollback ({rollback}) is due{}",
+            t.file,
+            datetime(t.deadline),
+            if t.watchdog_alive {
+                ""
+            } else {
+                ": the watchdog is gone, so the agent or the next `portfw apply` or \
+                 `portfw confirm` performs it"
+            }
+        );
     }
 }
 

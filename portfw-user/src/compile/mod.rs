@@ -241,7 +241,14 @@ pub fn compile_with(policy: &Policy, limits: Limits) -> Result<CompiledPolicy, C
     }
 
     let groups = groups.into_lists();
-    let (sources4, sources6) = sources::compile(policy, &groups);
+    let (mut sources4, mut sources6) = sources::compile(policy, &groups);
+    if !policy.enforce {
+        // Audit mode: every drop the tables hold passes as a would-drop. The flag rides on
+        // the entry the kernel already reads, so enforcing costs nothing extra per packet.
+        ports.iter_mut().for_each(audit);
+        sources4.iter_mut().for_each(|e| audit(&mut e.verdict));
+        sources6.iter_mut().for_each(|e| audit(&mut e.verdict));
+    }
     for (family, entries) in [("IPv4", sources4.len()), ("IPv6", sources6.len())] {
         if entries > limits.source_entries as usize {
             return Err(CompileError::TooManySourceEntries {
@@ -271,6 +278,13 @@ pub fn compile_with(policy: &Policy, limits: Limits) -> Result<CompiledPolicy, C
         sources4,
         sources6,
     })
+}
+
+/// Marks a drop as audited (`enforce: false`): the kernel passes it as a would-drop.
+fn audit(entry: &mut PortEntry) {
+    if entry.action == Action::Drop.to_kernel() {
+        entry.flags |= port_flags::AUDIT;
+    }
 }
 
 /// Ports `low..=high` of one protocol that the same rules name.
@@ -414,7 +428,8 @@ fn settings(policy: &Policy) -> Settings {
         log,
         icmp_frag_needed: policy.icmp_verdict(false, 3, 4).to_kernel(),
         replies: policy.replies.to_kernel(),
-        audit: 0,
+        // Drops decided by settings (and malformed packets) pass in audit mode too.
+        audit: u8::from(!policy.enforce),
         _pad: [0; 1],
         icmp4_drop,
         icmp6_drop,

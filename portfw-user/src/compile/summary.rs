@@ -23,6 +23,13 @@ pub fn summary(policy: &Policy, compiled: &CompiledPolicy) -> String {
         "{}: {rules}, first match wins; default {}, log {}",
         policy.file, policy.default, policy.log
     );
+    if !policy.enforce {
+        let _ = writeln!(
+            out,
+            "enforce: false: AUDIT MODE, nothing is dropped: what is listed as drop below passes \
+             as a would-drop, counted (would_drop_*) and logged (verdict would-drop)"
+        );
+    }
     let interfaces = if policy.interfaces.is_empty() {
         "(none listed)".to_owned()
     } else {

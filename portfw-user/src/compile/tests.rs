@@ -552,3 +552,73 @@ fn summary_names_source_rules_before_the_verdict() {
         "{text}"
     );
 }
+
+#[test]
+fn audit_mode_marks_every_drop_and_nothing_else() {
+    let source = "\
+default: drop
+enforce: false
+rules:
+  - drop: 22
+    from: 203.0.113.0/24
+  - allow: 22
+  - allow: 80/tcp
+    from: 198.51.100.0/24
+  - drop: 8000-8999/tcp
+";
+    let audited = compile(&parsed(source)).expect("compile");
+    assert_eq!(audited.settings.audit, 1);
+    let drops = audited
+        .ports
+        .iter()
+        .chain(audited.sources4.iter().map(|e| &e.verdict))
+        .filter(|e| e.action == action::DROP)
+        .count();
+    assert!(drops > 0);
+    for entry in audited
+        .ports
+        .iter()
+        .chain(audited.sources4.iter().map(|e| &e.verdict))
+    {
+        let marked = entry.flags & port_flags::AUDIT != 0;
+        assert_eq!(marked, entry.action == action::DROP, "{entry:?}");
+    }
+    // The same policy enforced compiles to the same tables without the marks.
+    let enforced =
+        compile(&parsed(&source.replace("enforce: false", "enforce: true"))).expect("compile");
+    assert_eq!(enforced.settings.audit, 0);
+    let unmark = |e: &PortEntry| PortEntry {
+        flags: e.flags & !port_flags::AUDIT,
+        ..*e
+    };
+    assert!(
+        enforced
+            .ports
+            .iter()
+            .chain(enforced.sources4.iter().map(|e| &e.verdict))
+            .all(|e| e.flags & port_flags::AUDIT == 0)
+    );
+    assert_eq!(
+        audited.ports.iter().map(unmark).collect::<Vec<_>>(),
+        enforced.ports
+    );
+    assert_eq!(
+        compile(&parsed("default: drop\n")).expect("compile"),
+        compile(&parsed("default: drop\nenforce: true\n")).expect("compile"),
+    );
+}
+
+#[test]
+fn the_summary_says_audit_mode() {
+    let audited = parsed("default: drop\nenforce: false\nrules:\n  - allow: 22\n");
+    let text = summary(&audited, &compile(&audited).expect("compile"));
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("enforce: false: AUDIT MODE, nothing is dropped")),
+        "{text}"
+    );
+    let enforced = parsed("default: drop\nrules:\n  - allow: 22\n");
+    let text = summary(&enforced, &compile(&enforced).expect("compile"));
+    assert!(!text.contains("enforce"), "{text}");
+}

@@ -16,6 +16,7 @@ use super::{
     interrupt::Signals,
     object::{Loaded, flow_map_size, open_tables, pinned_flow_map_size, pinned_flows},
     state::{AttachMode, Attachment, PolicyRecord, State},
+    trial::{self, TrialError, TrialRequest},
 };
 use crate::compile::CompiledPolicy;
 
@@ -31,6 +32,9 @@ pub struct ApplyRequest<'a> {
     pub set_files: &'a [crate::policy::SetFileRead],
     pub interfaces: &'a [String],
     pub mode: Mode,
+    /// `apply --try`: put the policy in force on trial, to be rolled back at the deadline
+    /// unless confirmed.
+    pub trial: Option<TrialRequest>,
 }
 
 /// What one `apply` did.
@@ -139,6 +143,13 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
         Some(state) => belongs_here(&paths, state)?,
         None => false,
     };
+    // A pending trial's rollback target is the inactive generation, which this apply would
+    // overwrite: refused until the trial is confirmed or rolled back.
+    let state = if ours {
+        trial::settle(&paths, state)?
+    } else {
+        state
+    };
     let loaded = [Link::Ethernet, Link::Ip]
         .iter()
         .all(|&link| paths.prog_for(link).exists() && paths.egress_prog_for(link).exists());
@@ -158,6 +169,22 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
             update(&paths, state, req, record, &signals)?
         }
         previous => {
+            if req.trial.is_some() && loaded {
+                return Err(TrialError::NeedsReload {
+                    reason: match (&previous, pinned_entries) {
+                        (Some(state), _) if state.abi != ABI_VERSION => format!(
+                            "the running filter was loaded by another portfw (kernel ABI {}, \
+                             this one is {ABI_VERSION})",
+                            state.abi
+                        ),
+                        (Some(_), Some(old)) if old != flow_entries => {
+                            "its `flows: max` resizes the flow table".to_string()
+                        }
+                        _ => "the running filter is incomplete".to_string(),
+                    },
+                }
+                .into());
+            }
             // The flow table cannot be resized in place: carry its flows over to the new one.
             let mut carried = Vec::new();
             if let (Some(old), Some(state)) = (pinned_entries, &previous)
@@ -290,6 +317,7 @@ fn fresh(
         program_id,
         attachments: attachments.clone(),
         generations: Default::default(),
+        trial: req.trial.as_ref().map(|t| t.record(generation, None, &[])),
     };
     state.generations[generation as usize] = Some(record.clone());
     state.write(&paths.state)?;
@@ -379,6 +407,8 @@ fn update(
     let mut tables = open_tables(paths)?;
     let generation = tables.stage(req.compiled)?;
     signals.check("update-staged")?;
+    // What a trial's rollback puts back: the interfaces as they are before it.
+    let before = state.attachments.clone();
 
     // The interfaces on record: kept (wanted, in an accepted mode, and both links really
     // attached to them), to attach again (wanted, but not so), and no longer wanted.
@@ -410,8 +440,12 @@ fn update(
         }
         signals.check("update-attached")?;
         // Record the new generation before switching: whichever generation is active, its
-        // description is on file, and so is every interface attached.
+        // description is on file, and so is every interface attached. So is a trial, before
+        // its policy is in force.
         state.generations[generation as usize] = Some(record.clone());
+        if let Some(t) = &req.trial {
+            state.trial = Some(t.record(generation, Some(tables.active()), &before));
+        }
         state.netns_cookie = Some(paths.cookie);
         state.attachments = kept
             .iter()
@@ -477,11 +511,19 @@ pub fn detach(ifaces: Option<&[String]>) -> Result<DetachOutcome, LoaderError> {
     let paths = Paths::current()?;
     paths.check()?;
     let _lock = paths.lock()?;
+    detach_locked(&paths, ifaces)
+}
+
+/// [`detach`], with the namespace's lock already held (a trial's rollback holds it).
+pub(super) fn detach_locked(
+    paths: &Paths,
+    ifaces: Option<&[String]>,
+) -> Result<DetachOutcome, LoaderError> {
     let state = State::read(&paths.state)?;
-    let half_built = remove_abandoned_temp_pins(&paths)?;
+    let half_built = remove_abandoned_temp_pins(paths)?;
     if !paths.pins.exists() && state.is_none() {
         if half_built.is_empty() {
-            return Err(LoaderError::NotLoaded(paths.pins));
+            return Err(LoaderError::NotLoaded(paths.pins.clone()));
         }
         return Ok(DetachOutcome {
             detached: Vec::new(),
@@ -491,7 +533,7 @@ pub fn detach(ifaces: Option<&[String]>) -> Result<DetachOutcome, LoaderError> {
     // The records of a deleted namespace whose inode this one reuses: nothing of them is
     // attached here, and all of them go.
     let mut state = match state {
-        Some(state) if belongs_here(&paths, &state)? => state,
+        Some(state) if belongs_here(paths, &state)? => state,
         _ => State::default(),
     };
     let all: Vec<String> = state.attachments.iter().map(|a| a.iface.clone()).collect();
@@ -512,7 +554,7 @@ pub fn detach(ifaces: Option<&[String]>) -> Result<DetachOutcome, LoaderError> {
         }
     };
     for iface in &removing {
-        unpin_links(&paths, iface)?;
+        unpin_links(paths, iface)?;
     }
     state.attachments.retain(|a| !removing.contains(&a.iface));
     if state.attachments.is_empty() {

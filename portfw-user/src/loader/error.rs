@@ -78,6 +78,9 @@ pub enum LoaderError {
     Interrupted { signal: &'static str },
     #[error("portfw is not attached to `{iface}` (attached: {attached}); nothing was changed")]
     NotAttached { iface: String, attached: String },
+    /// `apply --try`, `confirm`, and applying while a trial is pending.
+    #[error(transparent)]
+    Trial(#[from] super::trial::TrialError),
     #[error("state file {path} is unreadable: {message}")]
     State { path: PathBuf, message: String },
     #[error(

@@ -3,11 +3,14 @@
 //!
 //! One module per concern, layered so that none imports a module above it: `error`,
 //! `bpfsys` (bpf(2) commands aya lacks), `fsafe` (portfw's directories, used without
-//! following links) and `interrupt` (signals during an apply); then `bpffs` (where pins live), `iface`, `state` (what apply recorded)
-//! and `tables` (the memory-mapped policy tables); then `object` (the kernel object and its
-//! maps), `attach` (links to interfaces), `health` (whether the records are this namespace's
-//! and its links really attached) and `flows` (reading the flow table); then `apply`
-//! (changing the filter) and `query` (asking it), which do not import each other.
+//! following links) and `interrupt` (signals during an apply); then `bpffs` (where pins
+//! live), `iface`, `state` (what apply recorded) and `tables` (the memory-mapped policy
+//! tables); then `object` (the kernel object and its maps), `attach` (links to interfaces),
+//! `health` (whether the records are this namespace's and its links really attached) and
+//! `flows` (reading the flow table); then `apply` (changing the filter) and `query` (asking
+//! it), which do not import each other. Beside `apply`: `reattach` (the pinned programs onto
+//! an interface again) and `trial` (`apply --try`'s rollback, which `apply` consults first
+//! and which undoes a fresh load with `apply`'s own detach).
 mod apply;
 mod attach;
 mod bpffs;
@@ -20,8 +23,11 @@ mod iface;
 mod interrupt;
 mod object;
 mod query;
+mod reattach;
+mod scrape;
 mod state;
 mod tables;
+mod trial;
 
 pub use apply::{ApplyOutcome, ApplyRequest, DetachOutcome, apply, detach};
 pub use attach::Mode;
@@ -35,8 +41,13 @@ pub use iface::{Link, ifname};
 pub use interrupt::PAUSE_ENV;
 pub use object::{Loaded, open_tables};
 pub use query::{
-    AttachmentStatus, RunningPolicy, RunningVerdict, Status, explain_running, flows, open_events,
-    running_policy, status,
+    AttachmentStatus, RunningPolicy, RunningVerdict, Status, TrialStatus, explain_running, flows,
+    open_events, running_policy, status,
 };
-pub use state::{AttachMode, Attachment, PolicyRecord, RuleRecord, State};
+pub use reattach::reattach;
+pub use scrape::StatusCache;
+pub use state::{AttachMode, Attachment, PolicyRecord, RuleRecord, State, Trial};
 pub use tables::Tables;
+pub use trial::{
+    Confirmed, RolledBack, TrialError, TrialRequest, confirm, roll_back_due, trial_recorded,
+};

@@ -13,7 +13,7 @@ use super::{
     fsafe::Dir,
     health::{belongs_here, problem, temp_pins},
     object::{open_tables, pinned_active, pinned_counters, pinned_events, pinned_settings},
-    state::{Attachment, PolicyRecord, State},
+    state::{Attachment, PolicyRecord, State, Trial},
 };
 
 /// The policy the running filter enforces.
@@ -26,7 +26,7 @@ pub struct RunningPolicy {
 }
 
 /// The state file of the filter pinned at `paths`; [`LoaderError::NotLoaded`] without one.
-fn loaded_state(paths: &Paths) -> Result<State, LoaderError> {
+pub(super) fn loaded_state(paths: &Paths) -> Result<State, LoaderError> {
     paths.check()?;
     let state = State::read(&paths.state)?
         .filter(|_| paths.prog().exists())
@@ -67,12 +67,60 @@ pub struct Status {
     pub flows: FlowTableStatus,
     /// Half-built filters that interrupted applies left (their links may still be attached).
     pub half_built: Vec<PathBuf>,
+    /// The running policy is in audit mode (`enforce: false`): its drops pass as would-drops.
+    pub audit: bool,
+    /// A policy on trial (`apply --try`), rolled back at its deadline unless confirmed.
+    pub trial: Option<TrialStatus>,
 }
 
 impl Status {
     /// Every interface on record is really filtered, and no half-built filter is left over.
     pub fn all_filtered(&self) -> bool {
         self.half_built.is_empty() && self.attachments.iter().all(|a| a.filtered)
+    }
+}
+
+/// A pending trial, as `portfw status` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct TrialStatus {
+    pub id: String,
+    /// The policy on trial.
+    pub file: String,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    /// Seconds since the Unix epoch.
+    pub deadline: u64,
+    /// Seconds until the rollback; 0 once it is due.
+    pub seconds_left: u64,
+    /// The generation the rollback switches back to; `null`: the rollback removes the
+    /// filter, which the trial loaded.
+    pub rollback_to: Option<u32>,
+    /// The file of the policy the rollback returns to.
+    pub rollback_file: Option<String>,
+    pub watchdog: Option<u32>,
+    /// The watchdog process still waits for the deadline. When it is gone, the agent or the
+    /// next `portfw apply` or `portfw confirm` performs an overdue rollback.
+    pub watchdog_alive: bool,
+}
+
+impl TrialStatus {
+    fn new(state: &State, trial: &Trial, now: u64) -> Self {
+        Self {
+            id: trial.id.clone(),
+            file: state
+                .record(trial.generation)
+                .map_or_else(String::new, |r| r.file.clone()),
+            started_at: trial.started_at,
+            deadline: trial.deadline,
+            seconds_left: trial.deadline.saturating_sub(now),
+            rollback_to: trial.rollback_to,
+            rollback_file: trial
+                .rollback_to
+                .and_then(|g| state.record(g))
+                .map(|r| r.file.clone()),
+            watchdog: trial.watchdog,
+            watchdog_alive: trial.watchdog_alive(),
+        }
     }
 }
 
@@ -131,10 +179,20 @@ pub fn status() -> Result<Status, LoaderError> {
         }
         (result, _, _) => result?,
     };
-    let running = running_in(&paths, &state)?;
+    status_of(&paths, &state, half_built)
+}
+
+/// [`status`], with the state file already read (the agent keeps it between scrapes) and
+/// the half-built filters found.
+pub(super) fn status_of(
+    paths: &Paths,
+    state: &State,
+    half_built: Vec<PathBuf>,
+) -> Result<Status, LoaderError> {
+    let running = running_in(paths, state)?;
     let rules = running.policy.as_ref().map_or(0, |p| p.rules.len());
-    let rule_hits = open_tables(&paths)?.rule_hits(rules);
-    let counters = pinned_counters(&paths)?;
+    let rule_hits = open_tables(paths)?.rule_hits(rules);
+    let counters = pinned_counters(paths)?;
     let pins = Dir::open(&paths.pins)?;
     Ok(Status {
         netns: paths.netns,
@@ -162,8 +220,16 @@ pub fn status() -> Result<Status, LoaderError> {
             .map(|(name, v)| (name.to_string(), v))
             .collect(),
         rule_hits,
-        flows: table_status(&paths)?,
+        flows: table_status(paths)?,
         half_built,
+        audit: pinned_settings(paths, running.generation)?.audit != 0,
+        trial: state.trial.as_ref().map(|t| {
+            // Rounded up, so that a trial of N seconds never shows more than N left.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs_f64().ceil() as u64);
+            TrialStatus::new(state, t, now)
+        }),
     })
 }
 

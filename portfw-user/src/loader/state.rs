@@ -122,6 +122,42 @@ impl PolicyRecord {
     }
 }
 
+/// A policy on trial (`portfw apply --try`). Unless `portfw confirm` clears this record first,
+/// the rollback due at `deadline` switches back to `rollback_to` and restores the previous
+/// interfaces, or, when the trial loaded the filter, removes it. The deadline lives here
+/// rather than in the process that ran apply, so that it holds when that process is gone.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Trial {
+    /// Names this trial, so that a watchdog of an earlier trial never acts on a later one.
+    pub id: String,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    /// Seconds since the Unix epoch.
+    pub deadline: u64,
+    /// The generation the trial put in force.
+    pub generation: u32,
+    /// The generation to switch back to; `None` when the trial loaded the filter.
+    pub rollback_to: Option<u32>,
+    /// The interfaces as they were before the trial.
+    pub previous_attachments: Vec<Attachment>,
+    /// The `portfw __rollback-at` process waiting for the deadline.
+    pub watchdog: Option<u32>,
+}
+
+impl Trial {
+    /// The watchdog process still runs (and is ours: its command line names this trial).
+    pub fn watchdog_alive(&self) -> bool {
+        self.watchdog.is_some_and(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .split(|&b| b == 0)
+                    .any(|arg| arg == self.id.as_bytes())
+            })
+        })
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub struct State {
@@ -135,6 +171,9 @@ pub struct State {
     pub attachments: Vec<Attachment>,
     /// The record of each table generation, indexed by generation.
     pub generations: [Option<PolicyRecord>; GENERATIONS as usize],
+    /// The pending trial, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<Trial>,
 }
 
 /// The directory of `path` (checked, and created when `create`) and the file's name in it.

@@ -221,6 +221,9 @@ pub struct Policy {
     /// Replies to flows the host opened: `Allow` passes them ahead of the rules, `Drop`
     /// keeps portfw stateless.
     pub replies: Action,
+    /// `enforce: false` is audit mode: everything is judged and counted as usual, but what
+    /// the policy drops passes, counted and logged as a would-drop.
+    pub enforce: bool,
     /// The flow table behind `replies: allow`.
     pub flows: Flows,
     /// Named address sets, in the order defined. Rules hold their own expanded copies, so

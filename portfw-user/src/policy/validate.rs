@@ -33,6 +33,7 @@ const TOP_KEYS: &[&str] = &[
     "non-ip",
     "replies",
     "flows",
+    "enforce",
 ];
 const RULE_KEYS: &[&str] = &["name", "allow", "drop", "from", "log"];
 
@@ -124,6 +125,7 @@ impl Validator<'_, '_, '_> {
             other_ip: Action::Drop,
             non_ip: Action::Allow,
             replies: Action::Allow,
+            enforce: true,
             flows: Flows::DEFAULT,
             sets: Vec::new(),
             rules: Vec::new(),
@@ -166,6 +168,11 @@ impl Validator<'_, '_, '_> {
                 "other-ip" => other_ip = self.action(entry),
                 "non-ip" => policy.non_ip = self.action(entry).unwrap_or(policy.non_ip),
                 "replies" => policy.replies = self.action(entry).unwrap_or(policy.replies),
+                "enforce" => {
+                    policy.enforce = self
+                        .boolean(&entry.value, "`enforce` must be `true` or `false`")
+                        .unwrap_or(policy.enforce);
+                }
                 "flows" => {
                     flows_key = Some(entry.key_location);
                     policy.flows = self.flows(entry);
@@ -290,6 +297,19 @@ impl Validator<'_, '_, '_> {
             };
             if !list.contains(&m) {
                 list.push(m);
+            }
+        }
+    }
+
+    /// `true` or `false`; anything else is reported with `expected`.
+    fn boolean(&mut self, node: &Node, expected: &str) -> Option<bool> {
+        match &node.value {
+            Value::Scalar(s) if matches!(s.kind(), ScalarKind::Bool(_)) => {
+                Some(s.kind() == ScalarKind::Bool(true))
+            }
+            _ => {
+                self.invalid(node, expected);
+                None
             }
         }
     }

@@ -154,7 +154,7 @@ fn unknown_keys_list_the_allowed_ones() {
         errors("defualt: drop\n"),
         [
             "1:1: unknown key `defualt`; expected one of: default, log, interfaces, sets, \
-             rules, icmp, fragments, other-ip, non-ip, replies, flows",
+             rules, icmp, fragments, other-ip, non-ip, replies, flows, enforce",
             "1:1: missing required key `default`: the verdict for ports no rule names \
              (`allow` or `drop`)",
         ]
@@ -290,7 +290,7 @@ fn top_level_shape_errors() {
         errors("- default: drop\n"),
         [
             "1:1: a policy is a mapping of keys (default, log, interfaces, sets, rules, icmp, \
-             fragments, other-ip, non-ip, replies, flows), but this is a list"
+             fragments, other-ip, non-ip, replies, flows, enforce), but this is a list"
         ]
     );
     assert_eq!(
@@ -333,7 +333,7 @@ rules:
         [
             "1:10: `default` must be `allow` or `drop`, found `maybe`",
             "2:1: unknown key `logg`; expected one of: default, log, interfaces, sets, rules, icmp, \
-             fragments, other-ip, non-ip, replies, flows",
+             fragments, other-ip, non-ip, replies, flows, enforce",
             "4:18: port 70000 is out of range 0-65535",
             "5:11: port range 9000-8000 is reversed; write the lower port first (8000-9000)",
             "7:12: unknown service `htp`; expected a port number, a range LOW-HIGH, a range \
@@ -353,7 +353,7 @@ policy.yaml:1:10: `default` must be `allow` or `drop`, found `maybe`
   1 | default: maybe
     |          ^
 policy.yaml:2:1: unknown key `logg`; expected one of: default, log, interfaces, sets, rules, icmp, \
-fragments, other-ip, non-ip, replies, flows
+fragments, other-ip, non-ip, replies, flows, enforce
   2 | logg: all
     | ^
 policy.yaml:4:18: port 70000 is out of range 0-65535
@@ -553,5 +553,16 @@ fn icmp_types_are_named_with_positions_for_every_mistake() {
     assert_eq!(
         errors("default: drop\nicmp:\n  allow: [redirect]\n  drop: [redirect]\n"),
         ["4:10: ICMP type `redirect` is both allowed and dropped (the other at line 3)"]
+    );
+}
+
+#[test]
+fn enforce_is_true_unless_the_policy_says_false() {
+    assert!(policy("default: drop\n").enforce);
+    assert!(policy("default: drop\nenforce: true\n").enforce);
+    assert!(!policy("default: drop\nenforce: false\n").enforce);
+    assert_eq!(
+        errors("default: drop\nenforce: maybe\n"),
+        ["2:10: `enforce` must be `true` or `false`, found `maybe`"]
     );
 }

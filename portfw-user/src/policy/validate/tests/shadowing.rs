@@ -190,6 +190,7 @@ fn random_policy(rng: &Rng, count: usize) -> Policy {
         other_ip: Action::Drop,
         non_ip: Action::Allow,
         replies: Action::Allow,
+        enforce: true,
         flows: Flows::DEFAULT,
         sets: Vec::new(),
         set_files: Vec::new(),
