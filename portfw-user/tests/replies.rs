@@ -35,6 +35,11 @@ rules:
 
 /// How long a socket waits for a datagram before calling it dropped.
 const WAIT: Duration = Duration::from_millis(800);
+/// How long a check that should succeed may take: it returns as soon as it does, so only a
+/// failure waits this long.
+const ANSWER: Duration = Duration::from_secs(4);
+/// How long a check that should meet silence waits for it.
+const SILENT: Duration = Duration::from_millis(1600);
 
 /// [`HOST`] with `extra` top-level keys in front.
 fn host_with(extra: &str) -> String {
@@ -75,9 +80,10 @@ fn curl_with(mut cmd: std::process::Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `curl` from the filtered namespace to its peer.
-fn curl_out(lab: &Lab, ip: IpAddr, port: u16) -> Option<String> {
-    curl_with(lab.server(["curl", "-sS", "-g", "--max-time", "2", &url(ip, port)]))
+/// `curl` from the filtered namespace to its peer, giving up after `wait`.
+fn curl_out(lab: &Lab, ip: IpAddr, port: u16, wait: Duration) -> Option<String> {
+    let max_time = format!("{:.1}", wait.as_secs_f64());
+    curl_with(lab.server(["curl", "-sS", "-g", "--max-time", &max_time, &url(ip, port)]))
 }
 
 /// One echo request from the filtered namespace: true when the reply arrived.
@@ -186,8 +192,8 @@ fn outbound_tcp_udp_and_ping_get_their_replies_under_default_drop() {
     let lab = &lab;
     for ip in peer_ips(lab) {
         let (web, dns, ping) = thread::scope(|s| {
-            let web = s.spawn(|| curl_out(lab, ip, 8080));
-            let dns = s.spawn(|| probe_out(lab, Proto::Udp, ip, 5300, WAIT * 2));
+            let web = s.spawn(|| curl_out(lab, ip, 8080, ANSWER));
+            let dns = s.spawn(|| probe_out(lab, Proto::Udp, ip, 5300, ANSWER));
             let ping = s.spawn(|| ping_out(lab, ip));
             (web.join(), dns.join(), ping.join())
         });
@@ -232,9 +238,9 @@ fn unsolicited_tcp_and_udp_to_the_hosts_high_ports_are_dropped() {
     let lab = &lab;
     // The host's own connections work, and open nothing for anyone else.
     for ip in peer_ips(lab) {
-        assert!(curl_out(lab, ip, 8080).is_some(), "curl {ip}:8080");
+        assert!(curl_out(lab, ip, 8080, ANSWER).is_some(), "curl {ip}:8080");
         assert!(
-            probe_out(lab, Proto::Udp, ip, 5300, WAIT * 2).is_open(),
+            probe_out(lab, Proto::Udp, ip, 5300, ANSWER).is_open(),
             "udp {ip}:5300"
         );
     }
@@ -478,7 +484,7 @@ fn port_unreachable_and_resets_answering_the_host_arrive_under_icmp_drop() {
         peer_ips(lab)
             .into_iter()
             .map(|ip| {
-                Box::new(move || probe_out(lab, Proto::Udp, ip, 5399, WAIT * 2)) as Job<'_, Probe>
+                Box::new(move || probe_out(lab, Proto::Udp, ip, 5399, SILENT)) as Job<'_, Probe>
             })
             .collect(),
     );
@@ -715,15 +721,15 @@ fn replies_drop_restores_the_stateless_behaviour() {
     let peer4: IpAddr = lab.client_v4().into();
     apply(&lab, &stateful, &[]);
     assert!(
-        curl_out(&lab, peer4, 8080).is_some(),
+        curl_out(&lab, peer4, 8080, ANSWER).is_some(),
         "curl with replies: allow"
     );
     apply(&lab, &stateless, &[]);
     let lab_ref = &lab;
     for ip in peer_ips(lab_ref) {
         let (web, dns, ping) = thread::scope(|s| {
-            let web = s.spawn(|| curl_out(lab_ref, ip, 8080));
-            let dns = s.spawn(|| probe_out(lab_ref, Proto::Udp, ip, 5300, WAIT * 2));
+            let web = s.spawn(|| curl_out(lab_ref, ip, 8080, SILENT));
+            let dns = s.spawn(|| probe_out(lab_ref, Proto::Udp, ip, 5300, SILENT));
             let ping = s.spawn(|| ping_out(lab_ref, ip));
             (web.join(), dns.join(), ping.join())
         });
@@ -739,7 +745,7 @@ fn replies_drop_restores_the_stateless_behaviour() {
     assert_eq!(json["flows"]["tracking"], false, "{json}");
     apply(&lab, &stateful, &[]);
     assert!(
-        curl_out(&lab, peer4, 8080).is_some(),
+        curl_out(&lab, peer4, 8080, ANSWER).is_some(),
         "curl with replies: allow again"
     );
 }
@@ -763,12 +769,12 @@ fn a_masquerading_router_passes_its_lans_replies_and_nothing_unsolicited() {
     for ip in remotes {
         jobs.push(Box::new(move || {
             let got =
-                curl_with(router_ref.lan(["curl", "-sS", "-g", "--max-time", "3", &url(ip, 8080)]));
+                curl_with(router_ref.lan(["curl", "-sS", "-g", "--max-time", "4", &url(ip, 8080)]));
             (format!("LAN curl {ip}"), format!("{got:?}"))
         }));
         jobs.push(Box::new(move || {
             let got = router_ref
-                .lan_probe(Proto::Udp, ip, 5300, WAIT * 2)
+                .lan_probe(Proto::Udp, ip, 5300, ANSWER)
                 .expect("probe");
             (format!("LAN udp {ip}"), format!("{got:?}"))
         }));
@@ -777,7 +783,7 @@ fn a_masquerading_router_passes_its_lans_replies_and_nothing_unsolicited() {
         for (proto, port) in [(Proto::Udp, 5399), (Proto::Tcp, 8099)] {
             jobs.push(Box::new(move || {
                 let got = router_ref
-                    .lan_probe(proto, ip, port, Duration::from_secs(2))
+                    .lan_probe(proto, ip, port, ANSWER)
                     .expect("probe");
                 (
                     format!("LAN refused {proto:?} {ip}:{port}"),

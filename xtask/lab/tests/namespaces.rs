@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portfw_lab::{Lab, NETNS_DIR, PYTHON, Probe, Proto, Side, script};
+use portfw_lab::{Lab, NETNS_DIR, PYTHON, Probe, Proto, RouterLab, Side, script};
 
 const SHORT: Duration = Duration::from_millis(700);
 
@@ -130,6 +130,53 @@ fn labs_are_distinct_and_teardown_removes_everything() {
         "stray process was not killed: {status:?}"
     );
     b.close().expect("close b");
+}
+
+#[test]
+fn a_router_lab_masquerades_its_lan_and_tears_down_all_three_namespaces() {
+    let mut router = RouterLab::new("xtr").expect("router lab");
+    router
+        .start_responder_on(Side::Client, &[8080], &[5001])
+        .expect("remote responder");
+    for ip in [
+        IpAddr::from(router.client_v4()),
+        IpAddr::from(router.client_v6()),
+    ] {
+        let tcp = router
+            .lan_probe(Proto::Tcp, ip, 8080, Duration::from_secs(3))
+            .expect("tcp probe");
+        assert!(
+            matches!(&tcp, Probe::Open(reply) if reply.contains("portfw-ok")),
+            "{ip} tcp from the LAN: {tcp:?}"
+        );
+        let udp = router
+            .lan_probe(Proto::Udp, ip, 5001, Duration::from_secs(3))
+            .expect("udp probe");
+        assert_eq!(udp, Probe::Open("portfw-ok 5001\n".to_owned()), "{ip} udp");
+    }
+    // The remote has no route to the LAN: it sees the router's address, masqueraded.
+    let seen = router
+        .run(
+            Side::Client,
+            ["ip", "route", "get", &router.lan_v4().to_string()],
+        )
+        .map(|out| out.contains(router.server_v4().to_string().as_str()));
+    assert!(
+        !matches!(seen, Ok(true)),
+        "the remote must not route to the LAN: {seen:?}"
+    );
+    let names = [
+        router.server_ns().to_owned(),
+        router.client_ns().to_owned(),
+        router.lan_ns().to_owned(),
+    ];
+    drop(router);
+    for name in &names {
+        assert!(
+            !Path::new(NETNS_DIR).join(name).exists(),
+            "{name} still exists"
+        );
+    }
 }
 
 #[test]
