@@ -148,7 +148,7 @@ fn set_files_that_are_not_regular_are_refused_at_once() {
     );
     dir.sparse("big.txt", 100 << 20);
     let run = check(&policy);
-    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert_eq!(run.code, Some(2), "{}", run.all());
     for expected in [
         "cannot read set file `block.fifo`",
         "it is a FIFO (named pipe); a set file must be a regular file",
@@ -201,7 +201,7 @@ fn a_huge_flow_list_just_under_the_limit_stops_in_bounded_memory() {
         limit >> 20,
         run.took
     );
-    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert_eq!(run.code, Some(2), "{}", run.all());
     assert!(
         run.stderr
             .contains("the policy holds more than 1048576 YAML values"),
@@ -223,7 +223,7 @@ fn control_characters_are_escaped_in_diagnostics_and_check_output() {
          - name: \"\\e]0;PWNED\\a\"\n    allow: 22\n",
     );
     let run = check(&bad);
-    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert_eq!(run.code, Some(2), "{}", run.all());
     let all = run.all();
     assert!(
         !all.contains('\u{1b}') && !all.contains('\u{7}'),
@@ -286,7 +286,7 @@ fn check_prints_a_warning_once_and_strict_makes_it_an_error() {
         &["check", "--strict", &policy.display().to_string()],
         Duration::from_secs(30),
     );
-    assert_eq!(strict.code, Some(1), "{}", strict.all());
+    assert_eq!(strict.code, Some(2), "{}", strict.all());
     assert_eq!(
         strict.all().matches("never matches").count(),
         1,

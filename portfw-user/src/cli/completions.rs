@@ -20,14 +20,7 @@ use super::{Cli, EXIT_OK};
 const MAN_SECTION: &str = "8";
 
 #[derive(Debug, Args)]
-#[command(after_long_help = "\
-Examples:
-  portfw completions bash > /etc/bash_completion.d/portfw
-  portfw completions zsh > \"${fpath[1]}/_portfw\"
-  portfw completions fish > ~/.config/fish/completions/portfw.fish
-  source <(portfw completions bash)      # this bash session only
-
-The Debian package installs all three where the shells look for them.")]
+#[command(after_help = super::examples::COMPLETIONS)]
 pub struct CompletionsArgs {
     /// The shell to write the script for.
     pub shell: Shell,

@@ -74,3 +74,12 @@ Examples:
 
 It logs one line per event to stderr (`level=... msg=\"...\" key=value`), re-reads the policy
 on SIGHUP, and exits on SIGTERM or SIGINT leaving the filter in force.";
+
+pub const COMPLETIONS: &str = "\
+Examples:
+  portfw completions bash > /etc/bash_completion.d/portfw
+  portfw completions zsh > \"${fpath[1]}/_portfw\"
+  portfw completions fish > ~/.config/fish/completions/portfw.fish
+  source <(portfw completions bash)      # this bash session only
+
+The Debian package installs all three where the shells look for them.";
