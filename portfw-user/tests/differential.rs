@@ -33,7 +33,6 @@ use std::{
 use common::{
     builder::{hex, hex_line, proto},
     flow_table::{self},
-    random_policy::random_policy,
     reference::{self, FlowId, FlowState, FlowTable, Tally, xdp_name},
 };
 use differential::{
@@ -45,7 +44,7 @@ use portfw::{
     loader::Loaded,
     policy::{self, Policy},
 };
-use portfw_lab::Rng;
+use portfw_lab::{Profile, Rng, random_policy};
 
 /// Packets of a default run (CI runs it): a few seconds in a debug build on two cores.
 const DEFAULT_PACKETS: u64 = 200_000;
@@ -87,7 +86,11 @@ struct Batch {
 fn batch(seed: u64, index: u64, count: u64) -> Batch {
     let rng = Rng::new(batch_seed(seed, index));
     let flow_rng = Rng::new(flow_seed(seed, index));
-    let yaml = format!("{}{}", replies_yaml(&flow_rng), random_policy(&rng));
+    let yaml = format!(
+        "{}{}",
+        replies_yaml(&flow_rng),
+        random_policy(&rng, &Profile::differential())
+    );
     let policy = match policy::parse(&yaml, "fuzz.yaml") {
         Ok(parsed) => parsed.policy,
         Err(d) => panic!("generated policy is invalid (a generator bug):\n{yaml}\n{d}"),
@@ -387,7 +390,7 @@ fn generated_policies_are_valid() {
     // A policy the parser refuses would stop a fuzz run; better to learn it here, rootless.
     for batch in 0..300 {
         let rng = Rng::new(batch_seed(DEFAULT_SEED, batch));
-        let yaml = random_policy(&rng);
+        let yaml = random_policy(&rng, &Profile::differential());
         if let Err(d) = policy::parse(&yaml, "fuzz.yaml") {
             panic!("generated policy {batch} is invalid:\n{yaml}\n{d}");
         }
@@ -419,7 +422,7 @@ fn the_flow_generator_is_deterministic() {
     assert_ne!(batch(7, 3, 60), batch(8, 3, 60));
     // The main stream is the one the seed gave before flows were modelled.
     let rng = Rng::new(batch_seed(7, 3));
-    let _ = random_policy(&rng);
+    let _ = random_policy(&rng, &Profile::differential());
     let main: Vec<Vec<u8>> = (0..60).map(|_| random_frame(&rng)).collect();
     let b = batch(7, 3, 60);
     let unaimed: Vec<Vec<u8>> = b
@@ -436,7 +439,7 @@ fn the_generator_is_deterministic() {
     // Replaying a reported seed must rebuild the same policy and frames.
     let run = |seed| {
         let rng = Rng::new(batch_seed(seed, 3));
-        let yaml = random_policy(&rng);
+        let yaml = random_policy(&rng, &Profile::differential());
         let frames: Vec<Vec<u8>> = (0..50).map(|_| random_frame(&rng)).collect();
         (yaml, frames)
     };

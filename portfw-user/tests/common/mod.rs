@@ -3,6 +3,5 @@
 pub mod builder;
 pub mod e2e;
 pub mod flow_table;
-pub mod random_policy;
 pub mod reference;
 pub mod sockets;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use portfw::{loader::Loaded, policy::Policy};
-use portfw_lab::Rng;
+use portfw_lab::{Rng, policies::port};
 
 use crate::{
     MAX_FRAME,
@@ -19,7 +19,6 @@ use crate::{
             tcp_flag,
         },
         flow_table::{self, state_byte, to_key},
-        random_policy::port,
         reference::{self, FlowId, FlowState, FlowTable},
     },
     differential::frames::{mutate, source4, source6},

@@ -3,16 +3,13 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use portfw_lab::Rng;
+use portfw_lab::{Rng, policies::port};
 
 use crate::{
     MAX_FRAME,
-    common::{
-        builder::{
-            ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_LLDP, Ext, Frame, Ipv4, Ipv6, L4, Net, TPID_8021AD,
-            TPID_8021Q, TPID_9100, V4_DST, V4_SRC, V6_DST, V6_SRC, proto,
-        },
-        random_policy::port,
+    common::builder::{
+        ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_LLDP, Ext, Frame, Ipv4, Ipv6, L4, Net, TPID_8021AD,
+        TPID_8021Q, TPID_9100, V4_DST, V4_SRC, V6_DST, V6_SRC, proto,
     },
 };
 

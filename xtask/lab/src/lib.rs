@@ -1,7 +1,7 @@
 //! The developer lab of portfw, shared by xtask, the tests and the benchmarks: two network
 //! namespaces joined by a veth pair (and, for router tests, a LAN behind one of them), the
-//! python helpers that talk across it, the seeded generator the tests draw from, and the
-//! choice of the eBPF toolchain.
+//! python helpers that talk across it, the seeded generator the tests draw from and their one
+//! random-policy generator, and the choice of the eBPF toolchain.
 //!
 //! It depends on neither portfw-user nor portfw-ebpf: `cargo xtask setup` builds it before
 //! the eBPF toolchain it installs exists, and portfw-user's build script uses its toolchain
@@ -10,6 +10,7 @@
 //! pins its maps.
 
 mod lab;
+pub mod policies;
 mod process;
 pub mod rng;
 mod router;
@@ -17,6 +18,7 @@ mod scripts;
 pub mod toolchain;
 
 pub use lab::{Lab, Side};
+pub use policies::{Profile, random_policy};
 pub use process::{ChildId, show};
 pub use rng::Rng;
 pub use router::RouterLab;
