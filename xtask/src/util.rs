@@ -22,22 +22,8 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cmd` to completion and returns its stdout; fails with the command line and its
-/// stderr unless it exits 0.
-pub fn output_checked(cmd: &mut Command) -> Result<String> {
-    let shown = show(cmd);
-    let out = cmd
-        .output()
-        .with_context(|| format!("could not start `{shown}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{shown}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+/// Runs `cmd` to completion and returns its stdout; the lab's, which the tests use too.
+pub use portfw_lab::output_checked;
 
 /// Runs `cmd` with `input` on its stdin; returns whether it exited 0, and its stderr.
 pub fn output_with_input(cmd: &mut Command, input: &[u8]) -> Result<(bool, String)> {

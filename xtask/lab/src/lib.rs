@@ -19,7 +19,7 @@ pub mod toolchain;
 
 pub use lab::{Lab, Side};
 pub use policies::{Profile, random_policy};
-pub use process::{ChildId, show};
+pub use process::{ChildId, output_checked, show};
 pub use rng::Rng;
 pub use router::RouterLab;
 pub use scripts::{Probe, Proto, script};

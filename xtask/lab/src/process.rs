@@ -243,7 +243,7 @@ pub(crate) fn ip_batch(ns: &str, batch: &str) -> Result<()> {
 }
 
 /// Runs `cmd`, returns stdout, and fails with the command line and stderr unless it exits 0.
-pub(crate) fn output_checked(cmd: &mut Command) -> Result<String> {
+pub fn output_checked(cmd: &mut Command) -> Result<String> {
     let shown = show(cmd);
     let out = cmd
         .output()
