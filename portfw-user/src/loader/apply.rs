@@ -2,14 +2,12 @@
 //! update), attaching to interfaces, `detach`, and removing pins.
 use std::path::{Path, PathBuf};
 
-use aya::programs::{SchedClassifier, Xdp};
-use aya_obj::programs::XdpAttachType;
 use portfw_common::ABI_VERSION;
 
 use super::{
-    attach::{Mode, Programs, attach_interface, detach_pinned_link, unpin_link},
+    attach::{Mode, attach_interface, attach_pinned, detach_pinned_link, unpin_link},
     bpffs::{EGRESS_LINK_PREFIX, LINK_PREFIX, Paths, create_pin_root, ensure_mounted, pin_root},
-    error::{LoaderError, program_err},
+    error::LoaderError,
     fsafe::Dir,
     health::{belongs_here, is_leftover, leftover_candidates, problem, temp_pins},
     iface::{Link, ifindex, link_type},
@@ -341,30 +339,6 @@ fn fresh(
         detached: Vec::new(),
         notes,
     })
-}
-
-/// Attaches the pinned programs of the filter at `paths` to `iface`, pinning its links
-/// beside them.
-fn attach_pinned(paths: &Paths, iface: &str, mode: Mode) -> Result<Attachment, LoaderError> {
-    let link = link_type(iface)?;
-    let prog = paths.prog_for(link);
-    let mut xdp = Xdp::from_pin(&prog, XdpAttachType::Interface)
-        .map_err(program_err(format!("reopening {}", prog.display())))?;
-    let prog = paths.egress_prog_for(link);
-    let mut egress = SchedClassifier::from_pin(&prog)
-        .map_err(program_err(format!("reopening {}", prog.display())))?;
-    let programs = Programs {
-        xdp: &mut xdp,
-        egress: &mut egress,
-    };
-    attach_interface(
-        programs,
-        iface,
-        link,
-        mode,
-        &paths.link(iface),
-        &paths.egress_link(iface),
-    )
 }
 
 /// Detaches both links of `iface` in the filter at `paths`.

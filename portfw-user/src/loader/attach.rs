@@ -7,12 +7,14 @@ use aya::programs::{
     LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink,
     tc::TcAttachOptions, xdp::XdpLink,
 };
+use aya_obj::programs::XdpAttachType;
 
 use super::{
+    bpffs::Paths,
     bpfsys,
     error::{LoaderError, io_err, program_err},
     fsafe::Dir,
-    iface::{Link, ifindex},
+    iface::{Link, ifindex, link_type},
     state::{AttachMode, Attachment},
 };
 
@@ -200,4 +202,30 @@ pub(super) fn unpin_link(path: &Path) -> Result<(), LoaderError> {
             .map_err(io_err(format!("detaching the link {}", path.display())))?;
     }
     dir.remove_file(name)
+}
+
+/// Attaches the pinned programs of the filter at `paths` to `iface`, pinning the links.
+pub(super) fn attach_pinned(
+    paths: &Paths,
+    iface: &str,
+    mode: Mode,
+) -> Result<Attachment, LoaderError> {
+    let link = link_type(iface)?;
+    let prog = paths.prog_for(link);
+    let mut xdp = Xdp::from_pin(&prog, XdpAttachType::Interface)
+        .map_err(program_err(format!("reopening {}", prog.display())))?;
+    let prog = paths.egress_prog_for(link);
+    let mut egress = SchedClassifier::from_pin(&prog)
+        .map_err(program_err(format!("reopening {}", prog.display())))?;
+    attach_interface(
+        Programs {
+            xdp: &mut xdp,
+            egress: &mut egress,
+        },
+        iface,
+        link,
+        mode,
+        &paths.link(iface),
+        &paths.egress_link(iface),
+    )
 }

@@ -1,42 +1,13 @@
 //! Attaching the pinned programs again: to an interface that was deleted and re-created (the
 //! agent), or back to one a rolled-back trial had taken the filter off. No policy is
 //! written: the running one simply covers the interface again.
-use aya::programs::{SchedClassifier, Xdp};
-use aya_obj::programs::XdpAttachType;
 
 use super::{
-    attach::{Mode, Programs, attach_interface, unpin_link},
+    attach::{Mode, attach_pinned, unpin_link},
     bpffs::Paths,
-    error::{LoaderError, program_err},
-    iface::link_type,
+    error::LoaderError,
     state::{Attachment, State},
 };
-
-/// Attaches the pinned programs of the filter at `paths` to `iface`, pinning the links.
-pub(super) fn attach_pinned(
-    paths: &Paths,
-    iface: &str,
-    mode: Mode,
-) -> Result<Attachment, LoaderError> {
-    let link = link_type(iface)?;
-    let prog = paths.prog_for(link);
-    let mut xdp = Xdp::from_pin(&prog, XdpAttachType::Interface)
-        .map_err(program_err(format!("reopening {}", prog.display())))?;
-    let prog = paths.egress_prog_for(link);
-    let mut egress = SchedClassifier::from_pin(&prog)
-        .map_err(program_err(format!("reopening {}", prog.display())))?;
-    attach_interface(
-        Programs {
-            xdp: &mut xdp,
-            egress: &mut egress,
-        },
-        iface,
-        link,
-        mode,
-        &paths.link(iface),
-        &paths.egress_link(iface),
-    )
-}
 
 /// Makes sure the running filter covers each of `ifaces`: an interface it is attached to
 /// and that still exists under the same index is left alone; one that was re-created (new

@@ -12,12 +12,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{
     apply::detach_locked,
-    attach::{Mode, unpin_link},
+    attach::{Mode, attach_pinned, unpin_link},
     bpffs::Paths,
     error::LoaderError,
     iface::ifindex,
     object::open_tables,
-    reattach::attach_pinned,
     state::{AttachMode, Attachment, State, Trial},
 };
 use crate::events::datetime;
