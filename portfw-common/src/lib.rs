@@ -4,9 +4,13 @@
 //! truth for the kernel ABI of portfw. Changing a layout means bumping [`ABI_VERSION`].
 #![no_std]
 
+pub mod defence;
+
+pub use defence::*;
+
 /// Bumped whenever a map layout or the meaning of a field changes, so that `portfw apply`
 /// knows it must load a fresh program instead of updating maps in place.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Verdict actions stored in the tables.
 pub mod action {
@@ -74,6 +78,14 @@ pub const RULE_MALFORMED: u32 = u32::MAX - 2;
 /// Rule index used for replies to, and ICMP errors about, a flow the host opened
 /// (`replies: allow`): the flow table decided, ahead of the rules.
 pub const RULE_REPLY: u32 = u32::MAX - 3;
+/// Rule index used for packets from a blocked source (the scan guard or `portfw block`).
+pub const RULE_BLOCKED: u32 = u32::MAX - 4;
+/// Rule index of a knock port's own verdict (no rule names the port).
+pub const RULE_KNOCK: u32 = u32::MAX - 5;
+/// Rule index of a single-packet knock port, passed to `portfw agent`.
+pub const RULE_SPA: u32 = u32::MAX - 6;
+/// Rule index used for packets a knock door let through.
+pub const RULE_DOOR: u32 = u32::MAX - 7;
 
 /// Flags of a [`PortEntry`].
 pub mod port_flags {
@@ -82,6 +94,11 @@ pub mod port_flags {
     /// Audit mode (`enforce: false`): this entry's drop lets the packet through, counted and
     /// logged as a would-drop.
     pub const AUDIT: u8 = 1 << 1;
+    /// Look the source up in the block tables first ([`Settings::guard`] says which), and
+    /// count this entry's drops for the scan guard. Set on every entry of a generation
+    /// whose `guard` is non-zero, so that without defences the common path reads nothing
+    /// more.
+    pub const GUARD: u8 = 1 << 2;
 }
 
 /// One slot of the port table: the verdict for a (protocol, destination port).
@@ -109,9 +126,17 @@ pub struct PortEntry {
     pub action: u8,
     /// [`port_flags`] bits.
     pub flags: u8,
+    /// Knock doors (bit `d`: door `d` of the generation's `PFW_DOOR_DEFS`) for which this
+    /// port is a knock of the sequence.
+    pub knocks: u8,
+    /// Knock doors that, when open for the source, let it through this port although the
+    /// verdict here is drop.
+    pub opens: u8,
+    /// `1 +` the index of the rule's limit in the generation's `PFW_LIMIT_DEFS`, or 0.
+    pub limit: u16,
     /// Array maps store values at 8-byte strides; padding to 16 keeps the memory-mapped
     /// table a plain `[PortEntry]`.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<PortEntry>() == 16);
@@ -120,7 +145,11 @@ const _: () = assert!(core::mem::size_of::<PortEntry>() == 16);
 pub const NO_SOURCE_GROUP: u16 = 0;
 
 /// Most source-rule groups a policy may compile to (group ids are `1..=MAX_SOURCE_GROUPS`).
-pub const MAX_SOURCE_GROUPS: u32 = u16::MAX as u32;
+pub const MAX_SOURCE_GROUPS: u32 = u16::MAX as u32 - 1;
+
+/// The source group holding `scan: except:` (and the addresses the host depends on): a
+/// hit in it means the scan guard never blocks the source.
+pub const SCAN_EXCEPT_GROUP: u16 = u16::MAX;
 
 /// Key data of the IPv4 source trie: the group (big-endian) then the address.
 /// The trie's prefix length counts the 32 group bits plus the address prefix.
@@ -185,11 +214,16 @@ pub struct Settings {
     /// malformed packets) pass, counted and logged as would-drops. Port entries carry
     /// [`port_flags::AUDIT`] instead, so the common path reads no setting.
     pub audit: u8,
-    pub _pad: [u8; 1],
+    /// [`guard`] bits: which active defences the generation's packets go through.
+    pub guard: u8,
     pub icmp4_drop: [u8; 32],
     pub icmp6_drop: [u8; 32],
     /// How long a flow lives after its last packet, by [`flow_state`], in nanoseconds.
     pub flow_timeouts: FlowTimeouts,
+    /// `scan:`.
+    pub scan: ScanSettings,
+    /// `log-limit:`.
+    pub log_limit: LogLimit,
 }
 
 /// Idle timeouts of the flow table, in nanoseconds of `bpf_ktime_get_ns`.
@@ -304,11 +338,32 @@ pub mod counter {
     pub const ALLOW_RELATED: u32 = 15;
     /// Flows recorded by the egress program (new entries in the flow table).
     pub const FLOWS_CREATED: u32 = 16;
+    /// Dropped because the source is in the block table.
+    pub const DROP_BLOCKED: u32 = 17;
+    /// Dropped because the source went over a rule's `limit:`.
+    pub const DROP_LIMIT: u32 = 18;
+    /// Knocks at a knock port, dropped (the port stays closed).
+    pub const DROP_KNOCK: u32 = 19;
+    /// Allowed because the source opened a knock door.
+    pub const ALLOW_DOOR: u32 = 20;
+    /// Single-packet knocks passed to `portfw agent`.
+    pub const ALLOW_SPA: u32 = 21;
+    /// Sources the scan guard blocked.
+    pub const SCAN_BLOCKS: u32 = 22;
+    /// Knock sequences completed (doors opened by the kernel).
+    pub const DOORS_OPENED: u32 = 23;
+    /// Blocks refused because the block table was full.
+    pub const BLOCKS_FULL: u32 = 24;
+    /// Logged packets folded into another event's `count`.
+    pub const EVENTS_AGGREGATED: u32 = 25;
+    /// Logged packets in no event: over `log-limit`, or lost to a full ring. Reported as
+    /// `suppressed` by the reader.
+    pub const EVENTS_SUPPRESSED: u32 = 26;
     /// In audit mode a drop passes and is counted at its drop counter plus this offset
     /// (`would_drop_rule` is `DROP_RULE + WOULD_DROP_OFFSET`, and so on).
     pub const WOULD_DROP_OFFSET: u32 = 32;
     /// Number of counters.
-    pub const COUNT: u32 = 48;
+    pub const COUNT: u32 = 64;
 
     /// The would-drop counter of drop counter `drop`.
     #[inline(always)]
@@ -335,16 +390,16 @@ pub mod counter {
         "allow_reply",
         "allow_related",
         "flows_created",
-        "reserved17",
-        "reserved18",
-        "reserved19",
-        "reserved20",
-        "reserved21",
-        "reserved22",
-        "reserved23",
-        "reserved24",
-        "reserved25",
-        "reserved26",
+        "drop_blocked",
+        "drop_limit",
+        "drop_knock",
+        "allow_door",
+        "allow_spa",
+        "scan_blocks",
+        "doors_opened",
+        "blocks_full",
+        "events_aggregated",
+        "events_suppressed",
         "reserved27",
         "reserved28",
         "reserved29",
@@ -366,6 +421,22 @@ pub mod counter {
         "reserved45",
         "reserved46",
         "reserved47",
+        "reserved48",
+        "would_drop_blocked",
+        "would_drop_limit",
+        "would_drop_knock",
+        "reserved52",
+        "reserved53",
+        "reserved54",
+        "reserved55",
+        "reserved56",
+        "reserved57",
+        "reserved58",
+        "reserved59",
+        "reserved60",
+        "reserved61",
+        "reserved62",
+        "reserved63",
     ];
 }
 
@@ -490,7 +561,12 @@ pub struct Event {
     /// The policy generation that judged the packet, so a reader names the rule from the
     /// policy that was in force then, even across a re-apply.
     pub generation: u8,
-    pub _reserved: [u8; 7],
+    /// [`reason`]: what beyond the rule decided (a block, a limit, a knock, a door).
+    pub reason: u8,
+    pub _reserved: [u8; 2],
+    /// How many packets this event stands for: 1, or more when the kernel aggregated
+    /// repeats of the same (source, port, protocol, verdict, rule) within a second.
+    pub count: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Event>() == 64);

@@ -6,9 +6,9 @@
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, programs::XdpContext};
 use portfw_common::{
-    FlowTimeouts, MAX_RULES, NO_SOURCE_GROUP, PortEntry, RULE_MALFORMED, RULE_REPLY, RULE_SETTING,
-    SOURCE_GROUP_BITS, Settings, action, counter, port_flags, port_index, settings_log,
-    source_key4, source_key6,
+    FlowTimeouts, LogLimit, MAX_RULES, NO_SOURCE_GROUP, PortEntry, RULE_MALFORMED, RULE_REPLY,
+    RULE_SETTING, SOURCE_GROUP_BITS, ScanSettings, Settings, action, counter, port_flags,
+    port_index, settings_log, source_key4, source_key6,
 };
 
 use crate::{
@@ -176,7 +176,7 @@ static NO_SETTINGS: Settings = Settings {
     icmp_frag_needed: action::ALLOW,
     replies: action::DROP,
     audit: 0,
-    _pad: [0; 1],
+    guard: 0,
     icmp4_drop: [0; 32],
     icmp6_drop: [0; 32],
     flow_timeouts: FlowTimeouts {
@@ -185,6 +185,18 @@ static NO_SETTINGS: Settings = Settings {
         udp_ns: 0,
         icmp_ns: 0,
         refresh_ns: 0,
+    },
+    scan: ScanSettings {
+        ports: 0,
+        _pad: 0,
+        within_ns: 0,
+        block_ns: 0,
+    },
+    log_limit: LogLimit {
+        interval_ns: 0,
+        tolerance_ns: 0,
+        src_interval_ns: 0,
+        src_tolerance_ns: 0,
     },
 };
 

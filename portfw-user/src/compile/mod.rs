@@ -21,9 +21,9 @@ use std::{
 };
 
 use portfw_common::{
-    FlowTimeouts, MAX_SOURCE_GROUPS, NO_SOURCE_GROUP, PORT_TABLE_GEN_ENTRIES, PORTS_PER_PROTO,
-    PortEntry, RULE_DEFAULT, SOURCE_TRIE_ENTRIES, Settings, SourceKey4, SourceKey6, port_flags,
-    settings_log, source_key4, source_key6,
+    DoorDef, FlowTimeouts, MAX_SOURCE_GROUPS, NO_SOURCE_GROUP, PORT_TABLE_GEN_ENTRIES,
+    PORTS_PER_PROTO, PortEntry, RULE_DEFAULT, RuleLimit, SOURCE_TRIE_ENTRIES, Settings, SourceKey4,
+    SourceKey6, port_flags, settings_log, source_key4, source_key6,
 };
 pub use summary::summary;
 
@@ -50,6 +50,28 @@ pub struct CompiledPolicy {
     pub sources4: Vec<SourceEntry<SourceKey4>>,
     /// Entries of the IPv6 source trie.
     pub sources6: Vec<SourceEntry<SourceKey6>>,
+    /// Knock doors, in policy order: door `d` is `PFW_DOOR_DEFS` slot `d` and bit `d` of
+    /// [`PortEntry::knocks`] and [`PortEntry::opens`].
+    pub doors: Vec<DoorInfo>,
+    /// Limits of the rules with `limit:`: `limits[i]` is [`PortEntry::limit`] `== i + 1`.
+    pub limits: Vec<RuleLimit>,
+}
+
+/// A knock door as compiled: the kernel's definition, and what user space needs to name it
+/// and (for a single-packet door) verify its knocks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DoorInfo {
+    pub name: String,
+    pub line: usize,
+    pub def: DoorDef,
+    /// The single-packet knock's UDP port and key file (`spa:`); `None` for a sequence.
+    pub spa: Option<SpaInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpaInfo {
+    pub port: u16,
+    pub key_file: std::path::PathBuf,
 }
 
 /// One (group, prefix) entry of a source trie, in the kernel's key format.
@@ -178,7 +200,7 @@ fn entry(rule: u32, action: Action, log: bool) -> PortEntry {
         tail: NO_SOURCE_GROUP,
         action: action.to_kernel(),
         flags: if log { port_flags::LOG } else { 0 },
-        _pad: [0; 6],
+        ..PortEntry::default()
     }
 }
 
@@ -277,6 +299,8 @@ pub fn compile_with(policy: &Policy, limits: Limits) -> Result<CompiledPolicy, C
         groups,
         sources4,
         sources6,
+        doors: Vec::new(),
+        limits: Vec::new(),
     })
 }
 
@@ -430,10 +454,10 @@ fn settings(policy: &Policy) -> Settings {
         replies: policy.replies.to_kernel(),
         // Drops decided by settings (and malformed packets) pass in audit mode too.
         audit: u8::from(!policy.enforce),
-        _pad: [0; 1],
         icmp4_drop,
         icmp6_drop,
         flow_timeouts: flow_timeouts(&policy.flows),
+        ..Settings::default()
     }
 }
 
