@@ -1,0 +1,209 @@
+//! Attempt logging under a flood: 20,000 drops from one source, to 20,000 ports (the
+//! `log-limit` path) and to one port (the aggregation path), give a bounded number of
+//! events whose `count`s plus `suppressed` totals equal the packets the kernel counted, and
+//! a lone drop from a second source, sent mid-flood, still shows. Text output marks an
+//! aggregated event with `×N`.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, process::Stdio, thread, time::Duration};
+
+use serde_json::Value;
+
+use crate::{ChildId, Collected, PORTFW, Rig, counter, parallel};
+
+const POLICY: &str = "\
+default: drop
+log: drops
+log-limit: 100/s
+rules:
+  - allow: ssh
+";
+
+const FLOOD: u64 = 20_000;
+/// The most events a flood of [`FLOOD`] drops may produce.
+const MOST_EVENTS: usize = 2_000;
+
+/// A running `portfw events` and its stdout.
+struct Reader {
+    id: ChildId,
+    out: Collected,
+}
+
+impl Reader {
+    fn start(rig: &mut Rig, json: bool) -> Reader {
+        let mut args = vec![PORTFW, "events", "--timeout", "120"];
+        if json {
+            args.push("--json");
+        }
+        let mut cmd = rig.lab.server(&args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        let id = rig.lab.spawn(cmd).expect("portfw events");
+        let out = Collected::take(&mut rig.lab, id);
+        // The reader has opened the ring when it has had a moment; nothing is sent before.
+        thread::sleep(Duration::from_millis(1500));
+        Reader { id, out }
+    }
+
+    /// Waits for quiet keys to be flushed (2 windows and the reader's second), stops the
+    /// reader and returns its lines.
+    fn stop(self, rig: &mut Rig) -> Vec<String> {
+        thread::sleep(Duration::from_secs(4));
+        let status = rig
+            .lab
+            .interrupt(self.id, Duration::from_secs(10))
+            .expect("stop portfw events");
+        let text = self.out.text();
+        assert!(status.success(), "portfw events: {status}\n{text}");
+        text.lines().map(str::to_owned).collect()
+    }
+}
+
+/// What a stream of JSON events adds up to.
+#[derive(Debug, Default)]
+struct Tally {
+    events: usize,
+    summaries: usize,
+    /// Sum of `count` over events.
+    counted: u64,
+    /// Sum of `suppressed` over events and summary records.
+    suppressed: u64,
+    /// Events without a `count`.
+    uncounted: usize,
+    /// Packets (`count`) by source.
+    by_source: BTreeMap<String, u64>,
+}
+
+fn tally(lines: &[String]) -> Tally {
+    let mut t = Tally::default();
+    for line in lines.iter().filter(|l| !l.trim().is_empty()) {
+        let e: Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("portfw events --json printed {line:?}: {err}"));
+        t.suppressed += e["suppressed"].as_u64().unwrap_or(0);
+        if e["summary"] == true {
+            t.summaries += 1;
+            continue;
+        }
+        t.events += 1;
+        let count = e["count"].as_u64().unwrap_or_else(|| {
+            t.uncounted += 1;
+            1
+        });
+        t.counted += count;
+        if let Some(src) = e["src"].as_str() {
+            *t.by_source.entry(src.to_owned()).or_default() += count;
+        }
+    }
+    t
+}
+
+/// Drops the kernel counted (by a rule or the default).
+fn drops(rig: &Rig) -> u64 {
+    let status = rig.status();
+    counter(&status, "drop_default") + counter(&status, "drop_rule")
+}
+
+/// Floods with `flood` while `second` sends one datagram to `lone_port` mid-flood, and
+/// checks what the events say against the counters.
+fn flood_and_count(
+    rig: &mut Rig,
+    what: &str,
+    second: Ipv4Addr,
+    lone_port: u16,
+    flood: impl FnOnce(&Rig) + Send,
+) {
+    let before = drops(rig);
+    let reader = Reader::start(rig, true);
+    let lone = lone_port.to_string();
+    {
+        let rig = &*rig;
+        parallel(vec![
+            Box::new(move || flood(rig)),
+            Box::new(move || {
+                thread::sleep(Duration::from_millis(300));
+                rig.tool("scan", second, &["--ports", &lone, "--udp"]);
+            }),
+        ]);
+    }
+    let lines = reader.stop(rig);
+    let counted = drops(rig) - before;
+    let t = tally(&lines);
+    eprintln!("{what}: kernel drops {counted}, events {t:?}");
+    assert!(
+        counted > FLOOD,
+        "{what}: the kernel counted {counted} drops of a flood of {FLOOD} and one more; the \
+         lab lost packets before the filter"
+    );
+    assert_eq!(t.uncounted, 0, "{what}: events without `count`");
+    assert!(
+        t.events + t.summaries < MOST_EVENTS,
+        "{what}: {} events and {} summaries for a flood of {FLOOD} drops",
+        t.events,
+        t.summaries
+    );
+    assert_eq!(
+        t.counted + t.suppressed,
+        counted,
+        "{what}: counts ({}) plus suppressed ({}) against the kernel's drops ({counted})",
+        t.counted,
+        t.suppressed
+    );
+    let second = second.to_string();
+    assert_eq!(
+        t.by_source.get(&second).copied(),
+        Some(1),
+        "{what}: the second source's lone drop is not among the events: {:?}",
+        t.by_source
+    );
+}
+
+#[test]
+fn a_flood_of_drops_gives_few_events_that_add_up() {
+    let mut rig = Rig::new("df-flood", 2);
+    let (flooder, second) = (rig.src(1), rig.src(2));
+    let _policy = rig.apply("flood.yaml", POLICY);
+
+    // 20,000 ports, one datagram each: every packet is a first event, so log-limit decides.
+    flood_and_count(&mut rig, "20,000 ports", second, 9998, |rig| {
+        let seen = rig.tool(
+            "flood",
+            flooder,
+            &["--ports", "10000-29999", "--count", &FLOOD.to_string()],
+        );
+        assert_eq!(seen["sent"], FLOOD, "python flood: {seen}");
+    });
+
+    // One port: the events aggregate, hping3 as fast as it goes (bounded by its count).
+    flood_and_count(&mut rig, "one port", second, 9997, |rig| {
+        let server = rig.server.to_string();
+        let src = flooder.to_string();
+        let count = FLOOD.to_string();
+        let out = rig
+            .lab
+            .client([
+                "timeout", "60", "hping3", "--udp", "-p", "9999", "-a", &src, "-c", &count, "-i",
+                "u40", "-q", &server,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("hping3");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("packets transmitted")
+                || String::from_utf8_lossy(&out.stdout).contains("packets transmitted"),
+            "hping3 ran: {}",
+            crate::text(&out)
+        );
+    });
+
+    // Text output: an aggregated event says ×N.
+    let reader = Reader::start(&mut rig, false);
+    rig.tool(
+        "flood",
+        flooder,
+        &["--ports", "9996", "--count", "30", "--batch", "30"],
+    );
+    let lines = reader.stop(&mut rig);
+    assert!(
+        lines.iter().any(|l| l.contains('×')),
+        "no ×N in the text events of 30 drops to one port:\n{}",
+        lines.join("\n")
+    );
+}
