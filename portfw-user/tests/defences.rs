@@ -21,7 +21,7 @@ mod defences {
 
 use std::{
     io::Read as _,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Output, Stdio},
     thread,
@@ -83,6 +83,59 @@ impl Rig {
         self.server.into()
     }
 
+    /// The server's address of `src`'s family.
+    pub fn server_for(&self, src: IpAddr) -> IpAddr {
+        match src {
+            IpAddr::V4(_) => self.server.into(),
+            IpAddr::V6(_) => self.lab.server_v6().into(),
+        }
+    }
+
+    /// Three IPv6 client addresses outside the server's /64: two in one /64 (2001:2:1:X::a
+    /// and ::b) and one in another (2001:2:2:X::c), reached on-link by the server.
+    pub fn v6_sources(&self) -> [Ipv6Addr; 3] {
+        let x = self.lab.server_v6().segments()[3];
+        let a = Ipv6Addr::new(0x2001, 2, 1, x, 0, 0, 0, 0xa);
+        let b = Ipv6Addr::new(0x2001, 2, 1, x, 0, 0, 0, 0xb);
+        let c = Ipv6Addr::new(0x2001, 2, 2, x, 0, 0, 0, 0xc);
+        for addr in [a, b, c] {
+            self.lab
+                .run(
+                    Side::Client,
+                    [
+                        "ip",
+                        "addr",
+                        "add",
+                        &format!("{addr}/64"),
+                        "dev",
+                        self.lab.client_iface(),
+                        "nodad",
+                    ],
+                )
+                .expect("add a client address");
+        }
+        for net in [
+            Ipv6Addr::new(0x2001, 2, 1, x, 0, 0, 0, 0),
+            Ipv6Addr::new(0x2001, 2, 2, x, 0, 0, 0, 0),
+        ] {
+            self.lab
+                .run(
+                    Side::Server,
+                    [
+                        "ip",
+                        "-6",
+                        "route",
+                        "add",
+                        &format!("{net}/64"),
+                        "dev",
+                        self.lab.server_iface(),
+                    ],
+                )
+                .expect("route a client /64");
+        }
+        [a, b, c]
+    }
+
     /// Source `i` (0: the lab's client address).
     pub fn src(&self, i: usize) -> Ipv4Addr {
         self.sources[i]
@@ -111,9 +164,10 @@ impl Rig {
 
     /// Runs `tools.py COMMAND --src SRC --dst SERVER ARGS...` in the client namespace and
     /// returns the JSON line it prints.
-    pub fn tool(&self, command: &str, src: Ipv4Addr, args: &[&str]) -> Value {
+    pub fn tool(&self, command: &str, src: impl Into<IpAddr>, args: &[&str]) -> Value {
+        let src: IpAddr = src.into();
+        let dst = self.server_for(src).to_string();
         let src = src.to_string();
-        let dst = self.server.to_string();
         let mut full = vec![
             PYTHON,
             TOOLS,
@@ -134,7 +188,7 @@ impl Rig {
     }
 
     /// Whether a TCP connection from `src` to the server's `port` completes within `wait`.
-    pub fn connects(&self, src: Ipv4Addr, port: u16, wait: Duration) -> bool {
+    pub fn connects(&self, src: impl Into<IpAddr>, port: u16, wait: Duration) -> bool {
         let port = port.to_string();
         let timeout = format!("{:.2}", wait.as_secs_f64());
         let seen = self.tool("scan", src, &["--ports", &port, "--timeout", &timeout]);
@@ -142,12 +196,12 @@ impl Rig {
     }
 
     /// `port` is reachable from `src` (waits up to [`ANSWER`] for it).
-    pub fn reaches(&self, src: Ipv4Addr, port: u16) -> bool {
+    pub fn reaches(&self, src: impl Into<IpAddr>, port: u16) -> bool {
         self.connects(src, port, ANSWER)
     }
 
     /// `port` is silent from `src` for [`SILENT`]: what a drop looks like.
-    pub fn silent(&self, src: Ipv4Addr, port: u16) -> bool {
+    pub fn silent(&self, src: impl Into<IpAddr>, port: u16) -> bool {
         let port_text = port.to_string();
         let timeout = format!("{:.2}", SILENT.as_secs_f64());
         let seen = self.tool("scan", src, &["--ports", &port_text, "--timeout", &timeout]);
@@ -360,4 +414,32 @@ impl Drop for TempDir {
 /// `portfw` as the test binary found it, for commands run by hand.
 pub fn portfw_bin() -> &'static str {
     PORTFW
+}
+
+/// The rig itself, unfiltered: every source, IPv4 and IPv6, reaches the server, so that a
+/// failure in the tests above is the filter's, not the lab's.
+#[test]
+fn every_source_of_the_rig_reaches_the_server_unfiltered() {
+    let mut rig = Rig::new("df-rig", 3);
+    rig.lab.start_responder(&[22], &[]).expect("responder");
+    let v6 = rig.v6_sources();
+    let mut sources: Vec<IpAddr> = rig.sources.iter().map(|&a| a.into()).collect();
+    sources.extend(v6.map(IpAddr::from));
+    for src in sources {
+        assert!(rig.reaches(src, 22), "{src} cannot reach the server");
+    }
+    // Unbound clients take the route's source.
+    let chosen = rig.src(2);
+    rig.route_from(chosen);
+    let out = rig
+        .lab
+        .client(["ip", "route", "get", &rig.server.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ip route get");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("src {chosen}")),
+        "{}",
+        text(&out)
+    );
 }

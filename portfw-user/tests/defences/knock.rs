@@ -5,7 +5,7 @@
 //! opened while it was open goes on working. Knock ports never count for the scan guard.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     process::Stdio,
     thread,
     time::{Duration, Instant},
@@ -59,7 +59,7 @@ fn knockd_knock(rig: &Rig, src: Ipv4Addr, delay_ms: u32, ports: &[&str]) {
 }
 
 /// The python knocker, `delay` seconds between knocks.
-fn py_knock(rig: &Rig, src: Ipv4Addr, sequence: &str, delay: f64) {
+fn py_knock(rig: &Rig, src: impl Into<IpAddr>, sequence: &str, delay: f64) {
     rig.tool(
         "knock",
         src,
@@ -217,5 +217,27 @@ fn a_connection_opened_through_a_door_outlives_it() {
     assert!(
         rig.silent(later, OPENS),
         "the door was never open for {later}"
+    );
+}
+
+#[test]
+fn an_ipv6_knock_opens_the_door_for_its_address_alone() {
+    let rig = rig("df-knock-v6", 0, "4s");
+    let [knocker, neighbour, _] = rig.v6_sources();
+    py_knock(&rig, knocker, SEQUENCE, 0.05);
+    let [inside, outside] = parallel(vec![
+        Box::new(|| rig.reaches(knocker, OPENS)),
+        Box::new(|| rig.silent(neighbour, OPENS)),
+    ])[..] else {
+        unreachable!()
+    };
+    assert!(inside, "an IPv6 knock in order did not open the door");
+    assert!(
+        outside,
+        "the door opened for {neighbour} too: doors are per address, not per /64"
+    );
+    assert!(
+        door_of(&rig.status(), "door", &knocker.to_string()).is_some(),
+        "the IPv6 door is listed"
     );
 }

@@ -2,7 +2,7 @@
 //! `limit:` through, another source still connects, the over-limit packets count as
 //! `drop_limit`, and a rule without `limit:` is not limited.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::{Rig, counter, parallel};
 
@@ -22,7 +22,7 @@ rules:
 ";
 
 /// A burst of `count` simultaneous connections from `src` to `port`; how many connected.
-fn burst(rig: &Rig, src: Ipv4Addr, port: u16, count: u32) -> u64 {
+fn burst(rig: &Rig, src: impl Into<IpAddr>, port: u16, count: u32) -> u64 {
     let seen = rig.tool(
         "burst",
         src,
@@ -103,5 +103,32 @@ fn a_burst_of_connections_is_limited_per_source() {
     assert!(
         counter(&last, "drop_limit") - counter(&after, "drop_limit") >= 8 - answers,
         "the UDP datagrams over the limit count as drop_limit"
+    );
+}
+
+#[test]
+fn ipv6_sources_share_a_limit_by_their_64() {
+    let mut rig = Rig::new("df-limit-v6", 0);
+    rig.lab.start_responder(&[LIMITED], &[]).expect("responder");
+    let [flooder, neighbour, other] = rig.v6_sources();
+    let _policy = rig.apply("limit.yaml", POLICY);
+    let through = burst(&rig, flooder, LIMITED, 10);
+    assert!(
+        (1..=5).contains(&through),
+        "limit 5/10s let {through} of an IPv6 burst of 10 through"
+    );
+    let [same, reached] = parallel(vec![
+        Box::new(|| rig.silent(neighbour, LIMITED)),
+        Box::new(|| rig.reaches(other, LIMITED)),
+    ])[..] else {
+        unreachable!()
+    };
+    assert!(
+        same,
+        "{neighbour} shares the /64 of {flooder} and its empty bucket"
+    );
+    assert!(
+        reached,
+        "{other}, in another /64, is limited by {flooder}'s burst"
     );
 }

@@ -3,7 +3,7 @@
 //! excepted source is never blocked; `portfw block` and `portfw unblock` by hand.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     process::Stdio,
     thread,
     time::{Duration, Instant},
@@ -291,4 +291,46 @@ fn nmap(rig: &Rig, args: &[&str]) -> String {
         crate::text(&out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether `block` is of the /64 of `addr` (listed as the /64, or as an address in it).
+fn blocks_64_of(block: &serde_json::Value, addr: Ipv6Addr) -> bool {
+    let Some(listed) = block["address"].as_str() else {
+        return false;
+    };
+    let bare = listed.split('/').next().unwrap_or(listed);
+    bare.parse::<Ipv6Addr>()
+        .is_ok_and(|b| b.segments()[..4] == addr.segments()[..4])
+}
+
+#[test]
+fn ipv6_scanners_are_blocked_by_their_64() {
+    let rig = rig("df-scan-v6");
+    let [scanner, neighbour, other] = rig.v6_sources();
+    let _policy = rig.apply("scan.yaml", &policy(rig.src(4)));
+    assert!(rig.reaches(neighbour, SSH), "ssh over IPv6 before the scan");
+    rig.tool("scan", scanner, &["--ports", SCANNED, "--timeout", "0.8"]);
+    let status = rig.status();
+    let blocks = list(&status, "blocks");
+    assert!(
+        blocks.iter().any(|b| blocks_64_of(b, scanner)),
+        "no block for the /64 of {scanner}: {blocks:#?}"
+    );
+    let [a, b, c] = parallel(vec![
+        Box::new(|| rig.silent(scanner, SSH)),
+        Box::new(|| rig.silent(neighbour, SSH)),
+        Box::new(|| rig.reaches(other, SSH)),
+    ])[..] else {
+        unreachable!()
+    };
+    assert!(a, "the IPv6 scanner still reaches ssh");
+    assert!(b, "{neighbour}, in the scanner's /64, still reaches ssh");
+    assert!(c, "{other}, in another /64, cannot reach ssh");
+
+    // A manual block of an IPv6 address, and its unblock.
+    let o = other.to_string();
+    rig.portfw_ok(&["block", &o, "--for", "30s"]);
+    assert!(rig.silent(other, SSH), "{other} after portfw block");
+    rig.portfw_ok(&["unblock", &o]);
+    assert!(rig.reaches(other, SSH), "{other} after portfw unblock");
 }
