@@ -7,9 +7,8 @@
 //! right key, a wrong key, a replayed capture and a stale timestamp, and a flood of drops
 //! whose events stay few while their counts add up to the kernel's counters; and the kernel
 //! paths themselves through BPF_PROG_TEST_RUN on the pinned program, with state seeded into
-//! its pinned maps. Every scan,
-//! burst and flood is bounded in packets and time, and targets only the lab's own addresses.
-//! Needs root. The tests live in `tests/defences/`, one file per defence.
+//! its pinned maps. Every scan, burst and flood is bounded in packets and time, and targets
+//! only the lab's own addresses. Needs root. The tests live in `tests/defences/`, one file per defence.
 mod common;
 
 /// The tests, one module per defence; the rig they share stays here.
