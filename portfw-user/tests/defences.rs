@@ -4,15 +4,17 @@
 //! blocks and unblocks, a burst of connections limited per source, knock sequences (knockd's
 //! `knock` and python) in order, out of order, too slow and from a bystander, a held
 //! connection that outlives its door, single-packet knocks through `portfw agent` with the
-//! right key, a wrong key, a replayed capture and a stale timestamp, and a flood of drops
-//! whose events stay few while their counts add up to the kernel's counters; and the kernel
-//! paths themselves through BPF_PROG_TEST_RUN on the pinned program, with state seeded into
-//! its pinned maps. Every scan, burst and flood is bounded in packets and time, and targets
-//! only the lab's own addresses. Needs root. The tests live in `tests/defences/`, one file per defence.
+//! right key, a wrong key, a replayed capture and a stale timestamp, a flood of drops whose
+//! events stay few while their counts add up to the kernel's counters, and blocks, doors and
+//! limits carried over a re-apply; and the kernel paths themselves through
+//! BPF_PROG_TEST_RUN on the pinned program, with state seeded into its pinned maps. Every
+//! scan, burst and flood is bounded in packets and time, and targets only the lab's own
+//! addresses. Needs root. The tests live in `tests/defences/`, one file per defence.
 mod common;
 
 /// The tests, one module per defence; the rig they share stays here.
 mod defences {
+    pub mod carry;
     pub mod fixtures;
     pub mod flood;
     pub mod knock;
