@@ -15,6 +15,7 @@ use portfw_common::{
 use super::{CompileError, Limits, PortRun, compile, compile_with, reference, summary};
 use crate::policy::{Policy, Protocol, parse};
 
+mod defences;
 mod property;
 
 fn parsed(source: &str) -> Policy {
