@@ -656,7 +656,6 @@ fn settings(policy: &Policy) -> Settings {
                 block_ns: nanos(scan.block),
             }),
         log_limit: log_limit(policy.log_limit),
-        ..Settings::default()
     }
 }
 
