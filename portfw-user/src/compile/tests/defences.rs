@@ -338,3 +338,26 @@ fn audit_mode_marks_knock_drops() {
     assert_eq!(e.rule, RULE_KNOCK);
     assert_ne!(e.flags & port_flags::AUDIT, 0);
 }
+
+#[test]
+fn the_summary_says_the_defences() {
+    let policy = parsed(ISSUE);
+    let text = crate::compile::summary(&policy, &compile(&policy).expect("compile"));
+    println!("{text}");
+    for line in [
+        "scan guard: 8 distinct dropped ports within 5s block a source (IPv6: its /64) for 10m; \
+         except [$admins, 192.0.2.0/24], and the host's gateways, resolvers and own addresses \
+         (added when applied)\n",
+        "log-limit: 100/s events, 25/s per source; beyond it packets are counted as suppressed\n",
+        "knock door `door` (line 15): knocks [7001/udp, 7002/tcp, 7003/udp] within 5s; opens \
+         22/tcp for 30s to the knocking source\n",
+        "knock door `spa` (line 20): a single-packet knock on 62201/udp, verified by `portfw \
+         agent` with /etc/portfw/knock.key; opens 22/tcp for 30s to the knocking source\n",
+        "  allow 22     rule 1 (line 12), limit 5/10s new connections per source; allowed \
+         anyway, so opening it changes nothing: doors `door`, `spa`\n",
+        "  drop  7002   a knock of door `door`, logged\n",
+        "  allow 62201  single-packet knocks, passed to `portfw agent`\n",
+    ] {
+        assert!(text.contains(line), "{line}\nnot in\n{text}");
+    }
+}
