@@ -287,8 +287,8 @@ fn door_names(policy: &Policy, bits: u8) -> String {
 
 /// The scan guard, the event cap and the knock doors, one line each.
 fn defences(out: &mut String, policy: &Policy) {
-    match &policy.scan {
-        Some(scan) => {
+    if let Some(scan) = &policy.scan {
+        {
             let except = scan.except_text.as_deref().unwrap_or("[]");
             let _ = writeln!(
                 out,
@@ -306,7 +306,6 @@ fn defences(out: &mut String, policy: &Policy) {
                 }
             );
         }
-        None => {}
     }
     match policy.log_limit {
         Some(rate) => {
