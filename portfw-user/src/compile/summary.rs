@@ -288,24 +288,22 @@ fn door_names(policy: &Policy, bits: u8) -> String {
 /// The scan guard, the event cap and the knock doors, one line each.
 fn defences(out: &mut String, policy: &Policy) {
     if let Some(scan) = &policy.scan {
-        {
-            let except = scan.except_text.as_deref().unwrap_or("[]");
-            let _ = writeln!(
-                out,
-                "scan guard: {} distinct dropped ports within {} block a source (IPv6: its /64) \
-                 for {}; except {except}, and the host's gateways, resolvers and own addresses \
-                 (added when applied){}",
-                scan.ports,
-                format_duration(scan.within),
-                format_duration(scan.block),
-                if scan.protected.is_empty() {
-                    String::new()
-                } else {
-                    let list: Vec<String> = scan.protected.iter().map(|c| c.to_string()).collect();
-                    format!(": {}", list.join(", "))
-                }
-            );
-        }
+        let except = scan.except_text.as_deref().unwrap_or("[]");
+        let _ = writeln!(
+            out,
+            "scan guard: {} distinct dropped ports within {} block a source (IPv6: its /64) \
+             for {}; except {except}, and the host's gateways, resolvers and own addresses \
+             (added when applied){}",
+            scan.ports,
+            format_duration(scan.within),
+            format_duration(scan.block),
+            if scan.protected.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<String> = scan.protected.iter().map(|c| c.to_string()).collect();
+                format!(": {}", list.join(", "))
+            }
+        );
     }
     match policy.log_limit {
         Some(rate) => {
