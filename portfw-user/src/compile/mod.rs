@@ -514,7 +514,9 @@ fn split_at_large_sets<'a>(policy: &Policy, rules: &'a [u32]) -> (&'a [u32], &'a
 #[derive(Default)]
 struct Groups {
     max: u32,
-    ids: HashMap<(Vec<u32>, DoorBits), u16>,
+    /// Groups of ports without door bits: almost all, looked up without an allocation.
+    ids: HashMap<Vec<u32>, u16>,
+    door_ids: HashMap<(Vec<u32>, DoorBits), u16>,
     lists: Vec<Vec<u32>>,
     bits: Vec<DoorBits>,
 }
@@ -524,8 +526,13 @@ impl Groups {
         if rules.is_empty() {
             return Ok(NO_SOURCE_GROUP);
         }
-        let key = (rules.to_vec(), bits);
-        if let Some(&id) = self.ids.get(&key) {
+        let plain = bits == DoorBits::default();
+        let known = if plain {
+            self.ids.get(rules)
+        } else {
+            self.door_ids.get(&(rules.to_vec(), bits))
+        };
+        if let Some(&id) = known {
             return Ok(id);
         }
         let id = u16::try_from(self.lists.len() + 1)
@@ -535,7 +542,11 @@ impl Groups {
                 groups: self.lists.len() + 1,
                 max: self.max,
             })?;
-        self.ids.insert(key, id);
+        if plain {
+            self.ids.insert(rules.to_vec(), id);
+        } else {
+            self.door_ids.insert((rules.to_vec(), bits), id);
+        }
         self.lists.push(rules.to_vec());
         self.bits.push(bits);
         Ok(id)

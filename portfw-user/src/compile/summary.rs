@@ -288,11 +288,14 @@ fn door_names(policy: &Policy, bits: u8) -> String {
 /// The scan guard, the event cap and the knock doors, one line each.
 fn defences(out: &mut String, policy: &Policy) {
     if let Some(scan) = &policy.scan {
-        let except = scan.except_text.as_deref().unwrap_or("[]");
+        let except = match scan.except_text.as_deref() {
+            Some(text) if !scan.except.is_empty() => format!("{text}, and"),
+            _ => "only".to_owned(),
+        };
         let _ = writeln!(
             out,
             "scan guard: {} distinct dropped ports within {} block a source (IPv6: its /64) \
-             for {}; except {except}, and the host's gateways, resolvers and own addresses \
+             for {}; except {except} the host's gateways, resolvers and own addresses \
              (added when applied){}",
             scan.ports,
             format_duration(scan.within),
