@@ -361,3 +361,80 @@ fn the_summary_says_the_defences() {
         assert!(text.contains(line), "{line}\nnot in\n{text}");
     }
 }
+
+/// Random policies from the tests' generator with random knock doors on the ports its rules
+/// use: the compiled tables agree with the reference's table verdicts.
+#[test]
+fn random_policies_with_doors_agree_with_the_reference() {
+    use portfw_lab::{Profile, Rng, random_policy};
+    let profile = &Profile::compiler(crate::compile::LARGE_SET);
+    let mut checked = 0;
+    for case in 0..300u64 {
+        let rng = Rng::new(0xD00B ^ case.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let base = random_policy(&rng, profile);
+        let knock = |rng: &Rng| {
+            let protocol = rng.pick(&["tcp", "udp"]);
+            format!("{}/{protocol}", rng.below(64))
+        };
+        let mut yaml = format!("{base}\nknock:\n");
+        for d in 0..1 + rng.below(3) {
+            let steps: Vec<String> = (0..2 + rng.below(3)).map(|_| knock(&rng)).collect();
+            let opens = format!("{}/{}", rng.below(64), rng.pick(&["tcp", "udp", "sctp"]));
+            yaml.push_str(&format!(
+                "  - {{name: d{d}, sequence: [{}], opens: {opens}}}\n",
+                steps.join(", ")
+            ));
+        }
+        yaml.push_str(&format!(
+            "  - {{name: s, spa: {{port: {}, key-file: k}}, opens: {}/tcp}}\n",
+            60_000 + rng.below(10),
+            rng.below(64)
+        ));
+        // Random doors may break the rules on knocks (a repeat, a knock that is the door's
+        // own `opens`): those are skipped.
+        let Ok(parsed) = crate::policy::parse(&yaml, "random.yaml") else {
+            continue;
+        };
+        let policy = parsed.policy;
+        let compiled = compile(&policy).expect("compile");
+        for _ in 0..200 {
+            let protocol = rng.pick(&Protocol::ALL);
+            let port = if rng.percent(90) {
+                rng.below(64) as u16
+            } else {
+                60_000 + rng.below(10) as u16
+            };
+            let source: IpAddr = if rng.percent(60) {
+                format!("10.{}.{}.{}", rng.below(5), rng.below(5), rng.below(256))
+            } else {
+                format!("2001:db8:{}::{}", rng.below(5), rng.below(10))
+            }
+            .parse()
+            .expect("ip");
+            let e = compiled.lookup(protocol, port, source);
+            let want = reference::table_verdict(&policy, protocol, port, source);
+            assert_eq!(
+                (
+                    e.rule,
+                    e.action,
+                    e.flags & port_flags::LOG != 0,
+                    compiled.entry(protocol, port).knocks,
+                    e.opens
+                ),
+                (
+                    want.rule,
+                    want.action.to_kernel(),
+                    want.log,
+                    want.knocks,
+                    want.opens
+                ),
+                "case {case}: {protocol} {port} from {source}\n{yaml}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(
+        checked > 150,
+        "only {checked} random policies with doors were valid"
+    );
+}
