@@ -255,8 +255,8 @@ fn defences(
             DoorKind::Spa { port: spa, .. } => {
                 if protocol == Protocol::Udp && *spa == port {
                     lines.push(format!(
-                        "ahead of the rules, {target} is the single-packet knock port of door `{name}`: datagrams \
-                         pass to `portfw agent`, which opens {opens_port}/{opens_proto} to a \
+                        "ahead of the rules, {target} is the single-packet knock port of door \
+                         `{name}`: datagrams pass to `portfw agent`, which opens {opens_port}/{opens_proto} to a \
                          source with a good signature for {opened_for} (without a running \
                          agent, nothing opens)"
                     ));

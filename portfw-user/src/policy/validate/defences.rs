@@ -252,7 +252,10 @@ impl Validator<'_, '_, '_> {
         let Value::Mapping(entries) = &node.value else {
             self.invalid(
                 node,
-                format!("knock door {number} must be a mapping with `name`, `opens` and `sequence` or `spa`"),
+                format!(
+                    "knock door {number} must be a mapping with `name`, `opens` and \
+                     `sequence` or `spa`"
+                ),
             );
             return None;
         };
@@ -644,7 +647,10 @@ pub(super) fn assign_limit_ids(
         if count == MAX_LIMITS as usize + 1 {
             validator.reporter.error(
                 at.unwrap_or(rule.location),
-                format!("more than {MAX_LIMITS} rules have a `limit`; at most {MAX_LIMITS} are supported"),
+                format!(
+                    "more than {MAX_LIMITS} rules have a `limit`; at most {MAX_LIMITS} are \
+                     supported"
+                ),
             );
         }
         // Two rules written alike would share buckets; the second gets its own.

@@ -339,3 +339,28 @@ fn protect_except_adds_host_prefixes() {
     protect_except(&mut none, &addrs);
     assert_eq!(none.scan, None);
 }
+
+#[test]
+fn shapes_and_counts() {
+    assert_eq!(
+        errors("default: drop\nknock: 7001\n"),
+        ["2:8: `knock` must be a list of doors, found `7001`"]
+    );
+    assert_eq!(
+        errors("default: drop\nknock: [door]\n"),
+        [
+            "2:9: knock door 1 must be a mapping with `name`, `opens` and `sequence` or `spa`, found `door`"
+        ]
+    );
+    let rules: String = (0..1025)
+        .map(|i| format!("  - allow: {i}/tcp\n    limit: 5/s\n"))
+        .collect();
+    let found = errors(&format!("default: drop\nrules:\n{rules}"));
+    assert_eq!(
+        found,
+        [format!(
+            "{}:5: more than 1024 rules have a `limit`; at most 1024 are supported",
+            3 + 2 * 1024 + 1
+        )]
+    );
+}
