@@ -608,12 +608,16 @@ impl Validator<'_, '_, '_> {
                 .join(" or ")
         };
         let [protocol] = protocols.as_slice() else {
+            let choices: Vec<String> = allowed
+                .unwrap_or(&[Protocol::Tcp])
+                .iter()
+                .map(|p| format!("`{}/{p}`", spec.low))
+                .collect();
             self.reporter.error(
                 node.location,
                 format!(
-                    "{what} must name one protocol: write `{}/{}`",
-                    spec.low,
-                    allowed.and_then(|a| a.first()).unwrap_or(&Protocol::Tcp)
+                    "{what} must name one protocol: write {}",
+                    choices.join(" or ")
                 ),
             );
             return None;

@@ -224,7 +224,7 @@ fn knock_errors_have_positions() {
             "name: d\n    sequence: [7001, 7002/sctp, 7003-7004/udp, 9/udp, 9/udp]\n    opens: 22"
         )),
         [
-            "4:16: a knock in knock door 1 must name one protocol: write `7001/tcp`",
+            "4:16: a knock in knock door 1 must name one protocol: write `7001/tcp` or `7001/udp`",
             "4:22: a knock in knock door 1 must be tcp or udp, not `7002/sctp`",
             "4:33: a knock in knock door 1 must be one port, as in `22/tcp`, not `7003-7004/udp`",
             "4:55: knock 9/udp repeats the one before it; a repeated knock is taken for a retransmission and ignored, so the sequence could never complete",
