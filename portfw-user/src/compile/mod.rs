@@ -21,7 +21,7 @@ use std::{
 };
 
 use portfw_common::{
-    DoorDef, FlowTimeouts, KnockStep, LogLimit, MAX_SOURCE_GROUPS, NO_SOURCE_GROUP,
+    DoorDef, FlowTimeouts, KnockStep, LogLimit, MAX_DOORS, MAX_SOURCE_GROUPS, NO_SOURCE_GROUP,
     PORT_TABLE_GEN_ENTRIES, PORTS_PER_PROTO, PortEntry, RULE_DEFAULT, RULE_KNOCK, RULE_SPA,
     RuleLimit, SOURCE_TRIE_ENTRIES, ScanSettings, Settings, SourceKey4, SourceKey6, door_kind,
     guard, port_flags, settings_log, source_key4, source_key6,
@@ -260,8 +260,8 @@ struct DoorBits {
 /// The door bits of every port that has any, by (protocol, port).
 fn door_ports(policy: &Policy) -> BTreeMap<(Protocol, u16), DoorBits> {
     let mut ports: BTreeMap<(Protocol, u16), DoorBits> = BTreeMap::new();
-    for (d, door) in policy.doors.iter().enumerate() {
-        // Parsing caps doors at MAX_DOORS (8), one bit each.
+    for (d, door) in policy.doors.iter().take(MAX_DOORS as usize).enumerate() {
+        // One bit each: parsing caps doors at MAX_DOORS (8).
         let bit = 1u8 << d;
         match &door.kind {
             DoorKind::Sequence { steps, .. } => {

@@ -12,9 +12,9 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use portfw_common::{
-    BLOCKS_MAX, BlockValue, DoorKey, DoorValue, KnockState, LimitKey, RULE_BLOCKED, RULE_DEFAULT,
-    RULE_DOOR, RULE_KNOCK, RULE_REPLY, RULE_SPA, ScanPortKey, ScanValue, SourceKey, action,
-    block_reason, counter, reason,
+    BLOCKS_MAX, BlockValue, DoorKey, DoorValue, KnockState, LimitKey, MAX_DOORS, RULE_BLOCKED,
+    RULE_DEFAULT, RULE_DOOR, RULE_KNOCK, RULE_REPLY, RULE_SPA, ScanPortKey, ScanValue, SourceKey,
+    action, block_reason, counter, reason,
 };
 
 use crate::policy::{Action, Cidr, Door, DoorKind, LogMode, Policy, Protocol, ScanGuard};
@@ -96,7 +96,7 @@ pub fn table_verdict(
     let mut knocks = 0u8;
     let mut opens = 0u8;
     let mut spa = false;
-    for (d, door) in policy.doors.iter().enumerate() {
+    for (d, door) in policy.doors.iter().take(MAX_DOORS as usize).enumerate() {
         if door.knocks_at(protocol, port) {
             knocks |= 1 << d;
         }
@@ -415,7 +415,7 @@ pub fn judge(policy: &Policy, state: &mut DefenceState, packet: &Packet, now: u6
     let table = table_verdict(policy, packet.protocol, packet.port, source);
     // 2. Knocks: TCP SYNs without ACK, or any UDP datagram.
     if table.knocks != 0 && packet.opens_connection() {
-        for (d, door) in policy.doors.iter().enumerate() {
+        for (d, door) in policy.doors.iter().take(MAX_DOORS as usize).enumerate() {
             if table.knocks & (1 << d) != 0 {
                 knock(door, state, packet, now, &mut changes, &mut bumped);
             }
@@ -463,16 +463,21 @@ pub fn judge(policy: &Policy, state: &mut DefenceState, packet: &Packet, now: u6
     // 5. Knock doors: a drop of a port some door opens, from a source that opened it.
     if outcome.action == action::DROP && outcome.counter != counter::DROP_LIMIT && table.opens != 0
     {
-        let open = policy.doors.iter().enumerate().any(|(d, door)| {
-            table.opens & (1 << d) != 0
-                && state
-                    .doors
-                    .get(&DoorKey {
-                        id: door.id(),
-                        source: source_key(source, false),
-                    })
-                    .is_some_and(|v| v.expires_ns > now)
-        });
+        let open = policy
+            .doors
+            .iter()
+            .take(MAX_DOORS as usize)
+            .enumerate()
+            .any(|(d, door)| {
+                table.opens & (1 << d) != 0
+                    && state
+                        .doors
+                        .get(&DoorKey {
+                            id: door.id(),
+                            source: source_key(source, false),
+                        })
+                        .is_some_and(|v| v.expires_ns > now)
+            });
         if open {
             outcome = Outcome::new(
                 Action::Allow,
