@@ -161,18 +161,19 @@ pub const BLOCK_NET_PREFIX_BITS: u32 = 32;
 pub const BLOCKS_MAX: u32 = 131_072;
 /// Most entries of `PFW_BLOCK_NETS` (manual blocks of prefixes other than /32 and /64).
 pub const BLOCK_NETS_MAX: u32 = 16_384;
-/// Sources the scan guard follows at once (LRU).
-pub const SCAN_SOURCES_MAX: u32 = 65_536;
+/// Sources the scan guard follows at once (LRU). LRU maps are preallocated whether or not a
+/// policy uses them, so these stay modest: about 11 MiB for all the defence state.
+pub const SCAN_SOURCES_MAX: u32 = 16_384;
 /// (source, port) pairs the scan guard remembers (LRU).
-pub const SCAN_PORTS_MAX: u32 = 262_144;
+pub const SCAN_PORTS_MAX: u32 = 65_536;
 /// (rule, source) buckets (LRU).
-pub const LIMIT_STATE_MAX: u32 = 65_536;
+pub const LIMIT_STATE_MAX: u32 = 16_384;
 /// (door, source) knock progress and open doors (LRU each).
-pub const DOOR_STATE_MAX: u32 = 65_536;
+pub const DOOR_STATE_MAX: u32 = 4_096;
 /// Keys of the event aggregation (LRU).
-pub const LOG_AGG_MAX: u32 = 65_536;
+pub const LOG_AGG_MAX: u32 = 16_384;
 /// Sources of the per-source event buckets (LRU).
-pub const LOG_SOURCES_MAX: u32 = 16_384;
+pub const LOG_SOURCES_MAX: u32 = 4_096;
 
 /// Value of the scan guard's per-source map.
 #[repr(C)]
