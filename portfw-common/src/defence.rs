@@ -258,13 +258,14 @@ pub struct AggKey {
 
 const _: () = assert!(core::mem::size_of::<AggKey>() == 28);
 
-/// Value of the event aggregation.
+/// Value of the event aggregation, per CPU (`LruPerCpuHashMap`): each CPU aggregates the
+/// packets of a key it sees, so a key yields at most one event per CPU per window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AggValue {
-    /// When the key's current window started (its last event).
+    /// When this CPU's current window for the key started (its last event).
     pub window_ns: u64,
-    /// Packets of the key since its last event, not yet in any event (atomic).
+    /// Packets of the key on this CPU since its last event, not yet in any event.
     pub pending: u32,
     pub _pad: u32,
 }
@@ -332,7 +333,7 @@ impl DefenceMaps {
     pub const KNOCKS: &'static str = "PFW_KNOCKS";
     /// `LruHashMap<DoorKey, DoorValue>`.
     pub const DOORS: &'static str = "PFW_DOORS";
-    /// `LruHashMap<AggKey, AggValue>`.
+    /// `LruPerCpuHashMap<AggKey, AggValue>`.
     pub const LOG_AGG: &'static str = "PFW_LOG_AGG";
     /// `LruHashMap<SourceKey, u64>`: per-source event buckets.
     pub const LOG_SOURCES: &'static str = "PFW_LOG_SRC";
