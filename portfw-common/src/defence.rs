@@ -49,8 +49,7 @@ pub struct LogLimit {
 /// next one (or flushed by the reader when the key goes quiet).
 pub const AGGREGATION_WINDOW_NS: u64 = 1_000_000_000;
 
-/// Most knock doors (sequences and single-packet) a policy may have: a door is a bit of
-/// [`crate::PortEntry::knocks`] and [`crate::PortEntry::opens`].
+/// Most knock doors (sequences and single-packet) a policy may have.
 pub const MAX_DOORS: u32 = 8;
 /// Most knocks in one sequence.
 pub const MAX_KNOCK_STEPS: usize = 8;
@@ -211,7 +210,8 @@ pub struct LimitKey {
 
 const _: () = assert!(core::mem::size_of::<LimitKey>() == 24);
 
-/// Key of the knock progress and open-door maps.
+/// Key of the knock progress map (`id`: the door's [`DoorDef::id`]) and of the open-door
+/// map (`id`: [`opens_id`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DoorKey {
@@ -233,12 +233,22 @@ pub struct KnockState {
     pub _pad: [u8; 7],
 }
 
-/// Value of the open-door map.
+/// Value of the open-door map, whose key is a [`DoorKey`] with `id` = [`opens_id`] of the
+/// opened port (not the door's id): a port opened by several doors is checked with one
+/// lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DoorValue {
     pub opened_ns: u64,
     pub expires_ns: u64,
+    /// [`DoorDef::id`] of the door that opened it.
+    pub door: u32,
+    pub _pad: u32,
+}
+
+/// The open-door map's key id for an opened (protocol slot, port).
+pub const fn opens_id(slot: u8, port: u16) -> u32 {
+    (1 << 24) | ((slot as u32) << 16) | port as u32
 }
 
 /// Key of the event aggregation.

@@ -13,7 +13,8 @@ use portfw_common::{
 };
 
 use crate::{
-    defence, flows,
+    defence::{self, Who, pfw_blocked, pfw_door_open, pfw_knock, pfw_scan, pfw_within_limit},
+    flows,
     maps::{PFW_PORTS, PFW_SETTINGS, PFW_SRC4, PFW_SRC6},
     parse::{Frame, Kind, Packet},
 };
@@ -68,7 +69,7 @@ fn decide(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
             // Per type: the compiler has already let neighbour discovery and path-MTU
             // messages through a drop default, unless the policy named them.
             let s = settings(generation);
-            if s.guard != 0 && defence::blocked(packet, s) {
+            if s.guard != 0 && blocked_source(packet, s) {
                 return blocked(s);
             }
             let v6 = packet.ip().is_some_and(|h| h.is_v6());
@@ -84,7 +85,7 @@ fn decide(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
         }
         Kind::Fragment => {
             let s = settings(generation);
-            if s.guard != 0 && defence::blocked(packet, s) {
+            if s.guard != 0 && blocked_source(packet, s) {
                 return blocked(s);
             }
             by_setting(
@@ -96,7 +97,7 @@ fn decide(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
         }
         Kind::OtherIp => {
             let s = settings(generation);
-            if s.guard != 0 && defence::blocked(packet, s) {
+            if s.guard != 0 && blocked_source(packet, s) {
                 return blocked(s);
             }
             by_setting(
@@ -126,28 +127,41 @@ pub fn port_entry(generation: u32, slot: u32, dst_port: u16) -> Option<&'static 
 /// is still dropped. Each step after the rules runs only for entries that ask for it.
 #[inline(always)]
 fn ports(ctx: &XdpContext, packet: &Packet, generation: u32, entry: &PortEntry) -> Judgement {
+    // The common path: an allowed port with no source rules and no defences.
+    if entry.action != action::DROP
+        && entry.group == NO_SOURCE_GROUP
+        && entry.flags & port_flags::GUARD == 0
+        && entry.knocks == 0
+        && entry.limit == 0
+    {
+        return of_entry(entry);
+    }
+    let Some(hdr) = packet.ip() else {
+        return malformed(settings(generation));
+    };
+    let who = Who::of(hdr, packet);
     let guarded = entry.flags & port_flags::GUARD != 0;
     if guarded {
         let s = settings(generation);
-        if defence::blocked(packet, s) {
+        if pfw_blocked(&who, u32::from(s.guard)) != 0 {
             return blocked(s);
         }
     }
     if entry.knocks != 0 {
-        defence::knock(packet, generation, entry.knocks);
+        pfw_knock(&who, generation, u32::from(entry.knocks));
     }
     let decided = by_sources(packet, generation, entry);
     let judgement = of_entry(&decided);
     if judgement.action != action::DROP {
         if decided.limit != 0
             && defence::opens_connection(packet)
-            && !defence::within_limit(packet, generation, decided.limit)
+            && pfw_within_limit(&who, generation, u32::from(decided.limit)) == 0
         {
             return limited(settings(generation), judgement);
         }
         return judgement;
     }
-    if decided.opens != 0 && defence::door_open(packet, generation, decided.opens) {
+    if decided.opens != 0 && pfw_door_open(&who) != 0 {
         let s = settings(generation);
         return Judgement {
             action: action::ALLOW,
@@ -165,9 +179,18 @@ fn ports(ctx: &XdpContext, packet: &Packet, generation: u32, entry: &PortEntry) 
         return reply(s, counter::ALLOW_REPLY);
     }
     if guarded && s.guard & guard::SCAN != 0 && decided.rule != RULE_KNOCK {
-        defence::scan(packet, generation, s);
+        pfw_scan(&who, generation);
     }
     judgement
+}
+
+/// Whether the source of a packet without ports is blocked.
+#[inline(always)]
+fn blocked_source(packet: &Packet, s: &Settings) -> bool {
+    let Some(hdr) = packet.ip() else {
+        return false;
+    };
+    pfw_blocked(&Who::of(hdr, packet), u32::from(s.guard)) != 0
 }
 
 /// The entry that decides a port: the port's own, or, for ports whose rules restrict

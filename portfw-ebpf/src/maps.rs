@@ -10,9 +10,9 @@ use portfw_common::{
     AggKey, AggValue, BLOCK_NETS_MAX, BLOCKS_MAX, BPF_F_MMAPABLE, BlockNetKey, BlockValue, Clock,
     DOOR_STATE_MAX, DoorDef, DoorKey, DoorValue, EVENT_RING_BYTES, Event, FLOWS_DEFAULT_MAX,
     FlowKey, FlowValue, GENERATIONS, KnockState, LIMIT_STATE_MAX, LOG_AGG_MAX, LOG_SOURCES_MAX,
-    LimitKey, MAX_DOORS, MAX_LIMITS, PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS,
-    RuleLimit, SCAN_PORTS_MAX, SCAN_SOURCES_MAX, SOURCE_TRIE_ENTRIES, ScanPortKey, ScanValue,
-    Settings, SourceKey, SourceKey4, SourceKey6, counter, rule_hit_index,
+    LimitKey, MAX_DOORS, MAX_LIMITS, PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS, RuleLimit,
+    SCAN_PORTS_MAX, SCAN_SOURCES_MAX, SOURCE_TRIE_ENTRIES, ScanPortKey, ScanValue, Settings,
+    SourceKey, SourceKey4, SourceKey6, counter, rule_hit_index,
 };
 
 /// `BPF_F_NO_PREALLOC`: entries are allocated as they are added (required by tries).
@@ -60,8 +60,7 @@ pub static PFW_CLOCK: Array<Clock> = Array::with_max_entries(1, 0);
 pub static PFW_DOOR_DEFS: Array<DoorDef> = Array::with_max_entries(GENERATIONS * MAX_DOORS, 0);
 
 #[map(name = "PFW_LIMIT_DEFS")]
-pub static PFW_LIMIT_DEFS: Array<RuleLimit> =
-    Array::with_max_entries(GENERATIONS * MAX_LIMITS, 0);
+pub static PFW_LIMIT_DEFS: Array<RuleLimit> = Array::with_max_entries(GENERATIONS * MAX_LIMITS, 0);
 
 /// Blocked sources. A plain hash rather than an LRU: a full table refuses new blocks and
 /// never silently lifts an old one.
@@ -82,8 +81,7 @@ pub static PFW_SCAN_PORTS: LruHashMap<ScanPortKey, u64> =
     LruHashMap::with_max_entries(SCAN_PORTS_MAX, 0);
 
 #[map(name = "PFW_LIMITS")]
-pub static PFW_LIMITS: LruHashMap<LimitKey, u64> =
-    LruHashMap::with_max_entries(LIMIT_STATE_MAX, 0);
+pub static PFW_LIMITS: LruHashMap<LimitKey, u64> = LruHashMap::with_max_entries(LIMIT_STATE_MAX, 0);
 
 #[map(name = "PFW_KNOCKS")]
 pub static PFW_KNOCKS: LruHashMap<DoorKey, KnockState> =
@@ -165,4 +163,3 @@ pub fn sample_jiffies() {
         unsafe { (*clock).sample = aya_ebpf::helpers::bpf_jiffies64() };
     }
 }
-
