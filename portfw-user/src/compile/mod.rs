@@ -248,8 +248,9 @@ impl<'p> RuleEntries<'p> {
     }
 }
 
-/// What the knock doors add to one port: the doors it is a knock of, the doors that open
-/// it, and whether it is a single-packet knock port.
+/// What the knock doors add to one port: the door it is a knock of ([`PortEntry::knocks`]:
+/// `1 +` the door), the doors that open it (bit `d`: door `d`; the kernel only asks whether
+/// it is non-zero), and whether it is a single-packet knock port.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 struct DoorBits {
     knocks: u8,
@@ -266,7 +267,8 @@ fn door_ports(policy: &Policy) -> BTreeMap<(Protocol, u16), DoorBits> {
         match &door.kind {
             DoorKind::Sequence { steps, .. } => {
                 for &step in steps {
-                    ports.entry(step).or_default().knocks |= bit;
+                    // Parsing lets a port knock for one door only.
+                    ports.entry(step).or_default().knocks = d as u8 + 1;
                 }
             }
             DoorKind::Spa { port, .. } => {

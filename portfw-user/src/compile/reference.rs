@@ -14,7 +14,7 @@ use std::{collections::HashMap, net::IpAddr};
 use portfw_common::{
     BLOCKS_MAX, BlockValue, DoorKey, DoorValue, KnockState, LimitKey, MAX_DOORS, RULE_BLOCKED,
     RULE_DEFAULT, RULE_DOOR, RULE_KNOCK, RULE_REPLY, RULE_SPA, ScanPortKey, ScanValue, SourceKey,
-    action, block_reason, counter, reason,
+    action, block_reason, counter, opens_id, reason,
 };
 
 use crate::policy::{Action, Cidr, Door, DoorKind, LogMode, Policy, Protocol, ScanGuard};
@@ -78,7 +78,7 @@ pub struct TableVerdict {
     pub rule: u32,
     pub action: Action,
     pub log: bool,
-    /// Doors the port is a knock of (bit `d`: `policy.doors[d]`).
+    /// The door the port is a knock of: `1 +` its index in `policy.doors`, or 0.
     pub knocks: u8,
     /// Doors that open the port.
     pub opens: u8,
@@ -98,7 +98,7 @@ pub fn table_verdict(
     let mut spa = false;
     for (d, door) in policy.doors.iter().take(MAX_DOORS as usize).enumerate() {
         if door.knocks_at(protocol, port) {
-            knocks |= 1 << d;
+            knocks = d as u8 + 1;
         }
         if door.opens == (protocol, port) {
             opens |= 1 << d;
@@ -153,7 +153,8 @@ pub struct DefenceState {
     pub block_nets: Vec<(Cidr, BlockValue)>,
     /// `PFW_KNOCKS`: knock progress per (door, full source).
     pub knocks: HashMap<DoorKey, KnockState>,
-    /// `PFW_DOORS`: open doors per (door, full source).
+    /// `PFW_DOORS`: open doors per (opened port's [`opens_id`], full source), whichever
+    /// door opened it.
     pub doors: HashMap<DoorKey, DoorValue>,
     /// `PFW_LIMITS`: each bucket's theoretical arrival time.
     pub limits: HashMap<LimitKey, u64>,
@@ -168,7 +169,6 @@ pub struct DefenceState {
 pub enum Change {
     /// An expired block was found and deleted.
     BlockExpired(SourceKey),
-    BlockNetExpired(Cidr),
     /// The scan guard blocked the source.
     Blocked(SourceKey, BlockValue),
     /// The block table was full: the block was refused.
@@ -188,7 +188,6 @@ impl DefenceState {
             Change::BlockExpired(key) => {
                 self.blocks.remove(key);
             }
-            Change::BlockNetExpired(cidr) => self.block_nets.retain(|(c, _)| c != cidr),
             Change::Blocked(key, value) => {
                 self.blocks.insert(*key, *value);
             }
@@ -221,16 +220,8 @@ impl DefenceState {
     /// Opens `door` for `source` at `now`, as `portfw agent` does for a good single-packet
     /// knock.
     pub fn open_door(&mut self, door: &Door, source: IpAddr, now: u64) {
-        self.doors.insert(
-            DoorKey {
-                id: door.id(),
-                source: source_key(source, false),
-            },
-            DoorValue {
-                opened_ns: now,
-                expires_ns: now.saturating_add(nanos(door.open_for)),
-            },
-        );
+        let (key, value) = opened(door, source, now);
+        self.doors.insert(key, value);
     }
 
     /// Blocks `source` (its /64 for IPv6) by hand until `expires_ns` (0: for ever), as
@@ -252,6 +243,23 @@ impl DefenceState {
     fn guarded(&self, policy: &Policy) -> bool {
         policy.scan.is_some() || !self.blocks.is_empty() || !self.block_nets.is_empty()
     }
+}
+
+/// The open-door entry `door` makes for `source` at `now`.
+fn opened(door: &Door, source: IpAddr, now: u64) -> (DoorKey, DoorValue) {
+    let (protocol, port) = door.opens;
+    let key = DoorKey {
+        // Slots are 0..4.
+        id: opens_id(protocol.slot() as u8, port),
+        source: source_key(source, false),
+    };
+    let value = DoorValue {
+        opened_ns: now,
+        expires_ns: now.saturating_add(nanos(door.open_for)),
+        door: door.id(),
+        _pad: 0,
+    };
+    (key, value)
 }
 
 /// A source as the state maps key it; `masked`: IPv6 by its /64 (blocks, scan, limits).
@@ -364,13 +372,8 @@ fn blocked(
         .filter(|(cidr, _)| cidr.contains(source))
         .max_by_key(|(cidr, _)| cidr.len)
         .copied();
-    if let Some((cidr, value)) = hit {
-        if live(&value) {
-            return true;
-        }
-        state.apply(changes, Change::BlockNetExpired(cidr));
-    }
-    false
+    // Expired prefix blocks are only ignored: `portfw` removes the ones it finds.
+    hit.is_some_and(|(_, value)| live(&value))
 }
 
 fn blocked_outcome(policy: &Policy, changes: Vec<Change>) -> Outcome {
@@ -414,12 +417,12 @@ pub fn judge(policy: &Policy, state: &mut DefenceState, packet: &Packet, now: u6
     }
     let table = table_verdict(policy, packet.protocol, packet.port, source);
     // 2. Knocks: TCP SYNs without ACK, or any UDP datagram.
-    if table.knocks != 0 && packet.opens_connection() {
-        for (d, door) in policy.doors.iter().take(MAX_DOORS as usize).enumerate() {
-            if table.knocks & (1 << d) != 0 {
-                knock(door, state, packet, now, &mut changes, &mut bumped);
-            }
-        }
+    if let Some(door) = usize::from(table.knocks)
+        .checked_sub(1)
+        .and_then(|d| policy.doors.get(d))
+        && packet.opens_connection()
+    {
+        knock(door, state, packet, now, &mut changes, &mut bumped);
     }
     // 3. The rules.
     let counter = match (table.rule, table.action) {
@@ -450,42 +453,40 @@ pub fn judge(policy: &Policy, state: &mut DefenceState, packet: &Packet, now: u6
                 let next = tat.unwrap_or(now).max(now).saturating_add(interval);
                 state.apply(&mut changes, Change::Bucket(key, next));
             } else {
-                outcome = Outcome::new(
+                // Over the limit: dropped, and nothing after counts it (no door, no reply,
+                // no scan).
+                let mut outcome = Outcome::new(
                     Action::Drop,
                     table.rule,
                     counter::DROP_LIMIT,
                     reason::LIMIT,
                     policy.log != LogMode::None,
                 );
+                outcome.bumped = bumped;
+                outcome.changes = changes;
+                return outcome.audited(policy);
             }
         }
     }
-    // 5. Knock doors: a drop of a port some door opens, from a source that opened it.
-    if outcome.action == action::DROP && outcome.counter != counter::DROP_LIMIT && table.opens != 0
-    {
-        let open = policy
-            .doors
-            .iter()
-            .take(MAX_DOORS as usize)
-            .enumerate()
-            .any(|(d, door)| {
-                table.opens & (1 << d) != 0
-                    && state
-                        .doors
-                        .get(&DoorKey {
-                            id: door.id(),
-                            source: source_key(source, false),
-                        })
-                        .is_some_and(|v| v.expires_ns > now)
-            });
-        if open {
-            outcome = Outcome::new(
+    // 5. Knock doors: a drop of a port a door opens, from a source that opened one. The
+    // open-door map is keyed by the opened port, so that is one lookup whatever opened it.
+    if outcome.action == action::DROP && table.opens != 0 {
+        let key = DoorKey {
+            // Slots are 0..4.
+            id: opens_id(packet.protocol.slot() as u8, packet.port),
+            source: source_key(source, false),
+        };
+        if state.doors.get(&key).is_some_and(|v| v.expires_ns > now) {
+            let mut outcome = Outcome::new(
                 Action::Allow,
                 RULE_DOOR,
                 counter::ALLOW_DOOR,
                 reason::DOOR,
-                table.log,
+                policy.log == LogMode::All,
             );
+            outcome.bumped = bumped;
+            outcome.changes = changes;
+            return outcome;
         }
     }
     // 6. Replies to the host's own flows pass whatever dropped them.
@@ -503,10 +504,9 @@ pub fn judge(policy: &Policy, state: &mut DefenceState, packet: &Packet, now: u6
     if let Some(scan) = policy.scan.as_ref().filter(|_| counted)
         && !scan.all_except().any(|cidr| cidr.contains(source))
     {
-        let blocked = scan_count(scan, state, packet, now, &mut changes, &mut bumped);
-        if blocked {
-            outcome.reason = reason::SCAN;
-        }
+        // The packet that completes the count is dropped like the others before it; the
+        // block shows in `bumped` and in the state.
+        scan_count(scan, state, packet, now, &mut changes, &mut bumped);
     }
     outcome.bumped = bumped;
     outcome.changes = changes;
@@ -536,25 +536,28 @@ fn knock(
         step: 1,
         _pad: [0; 7],
     };
-    let live = state
-        .knocks
-        .get(&key)
-        .copied()
-        .filter(|s| now.saturating_sub(s.start_ns) <= nanos(*within));
-    let Some(progress) = live else {
-        if steps.first() == Some(&here) {
+    let first = steps.first() == Some(&here);
+    let Some(progress) = state.knocks.get(&key).copied() else {
+        if first {
             state.apply(changes, Change::Knock(key, start));
         }
         return;
     };
+    if now.saturating_sub(progress.start_ns) > nanos(*within) || progress.step == 0 {
+        // Too slow: only a first knock starts over.
+        let change = if first {
+            Change::Knock(key, start)
+        } else {
+            Change::KnockCleared(key)
+        };
+        state.apply(changes, change);
+        return;
+    }
     let k = usize::from(progress.step);
     if steps.get(k) == Some(&here) {
-        if k + 1 == steps.len() {
-            let value = DoorValue {
-                opened_ns: now,
-                expires_ns: now.saturating_add(nanos(door.open_for)),
-            };
-            state.apply(changes, Change::DoorOpened(key, value));
+        if k + 1 >= steps.len() {
+            let (opened_key, value) = opened(door, packet.source, now);
+            state.apply(changes, Change::DoorOpened(opened_key, value));
             state.apply(changes, Change::KnockCleared(key));
             bumped.push(counter::DOORS_OPENED);
         } else {
@@ -566,7 +569,7 @@ fn knock(
         }
     } else if k > 0 && steps.get(k - 1) == Some(&here) {
         // A retransmitted knock.
-    } else if steps.first() == Some(&here) {
+    } else if first {
         state.apply(changes, Change::Knock(key, start));
     } else {
         state.apply(changes, Change::KnockCleared(key));

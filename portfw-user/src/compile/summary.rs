@@ -232,7 +232,7 @@ fn logged(entry: &PortEntry) -> &'static str {
 fn entry_label(policy: &Policy, compiled: &CompiledPolicy, entry: &PortEntry) -> String {
     match entry.rule {
         RULE_DEFAULT => "the default".to_owned(),
-        RULE_KNOCK => format!("a knock of {}", door_names(policy, entry.knocks)),
+        RULE_KNOCK => format!("a knock of {}", door_names(policy, knock_bit(entry))),
         RULE_SPA => "single-packet knocks, passed to `portfw agent`".to_owned(),
         rule => {
             let mut label = rule_label(compiled, rule);
@@ -258,7 +258,7 @@ fn door_notes(policy: &Policy, entry: &PortEntry) -> String {
     if entry.knocks != 0 && entry.rule != RULE_KNOCK {
         notes.push_str(&format!(
             "; also a knock of {}",
-            door_names(policy, entry.knocks)
+            door_names(policy, knock_bit(entry))
         ));
     }
     if entry.opens != 0 {
@@ -270,6 +270,15 @@ fn door_notes(policy: &Policy, entry: &PortEntry) -> String {
         notes.push_str(&format!("{verb} {}", door_names(policy, entry.opens)));
     }
     notes
+}
+
+/// The bit of the door an entry knocks for ([`PortEntry::knocks`] is `1 +` the door).
+fn knock_bit(entry: &PortEntry) -> u8 {
+    entry
+        .knocks
+        .checked_sub(1)
+        .and_then(|d| 1u8.checked_shl(u32::from(d)))
+        .unwrap_or(0)
 }
 
 /// "door `a`" or "doors `a`, `b`" for a door bit mask.

@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use portfw_common::{
-    BlockValue, RULE_BLOCKED, RULE_DEFAULT, RULE_DOOR, RULE_KNOCK, RULE_REPLY, RULE_SPA, action,
-    block_reason, counter, reason,
+    BlockValue, DoorKey, RULE_BLOCKED, RULE_DEFAULT, RULE_DOOR, RULE_KNOCK, RULE_REPLY, RULE_SPA,
+    action, block_reason, counter, door_id, opens_id, reason,
 };
 
 use super::{Change, DefenceState, Outcome, Packet, judge, judge_portless, source_key};
@@ -78,8 +78,13 @@ fn the_scan_guard_blocks_after_distinct_dropped_ports_and_the_block_expires() {
         )
     );
     let o = judge(&p, &mut state, &udp(2, from), 3 * S);
-    assert_eq!(o.reason, reason::SCAN, "distinct ports are per protocol");
-    assert_eq!(o.bumped, [counter::SCAN_BLOCKS]);
+    // The packet that completes the count is an ordinary drop; the block is its side effect.
+    assert_eq!((o.counter, o.reason), (counter::DROP_DEFAULT, reason::NONE));
+    assert_eq!(
+        o.bumped,
+        [counter::SCAN_BLOCKS],
+        "distinct ports are per protocol"
+    );
     let block = state.blocks[&source_key(ip(from), true)];
     assert_eq!(
         (block.expires_ns, block.reason),
@@ -174,7 +179,8 @@ fn manual_blocks_and_prefix_blocks_apply_without_a_scan_guard() {
         judge(&p, &mut state, &udp(53, "10.9.8.7"), 11 * S).action,
         action::ALLOW
     );
-    assert!(state.block_nets.is_empty());
+    // An expired prefix block is ignored, and left for `portfw` to remove.
+    assert_eq!(state.block_nets.len(), 1);
 }
 
 const LIMIT: &str = "\
@@ -234,8 +240,15 @@ fn limits_count_new_connections_per_source() {
             counter::DROP_LIMIT
         ]
     );
-    // A limit drop never counts for the scan guard (none here) and is not a knock.
-    assert!(state.scan.is_empty());
+    // A limit drop is final: a reply is not let through by it either.
+    let reply = Packet {
+        reply: true,
+        ..udp(53, a)
+    };
+    assert_eq!(
+        judge(&p, &mut state, &reply, S).counter,
+        counter::DROP_LIMIT
+    );
 }
 
 const KNOCK: &str = "\
@@ -273,6 +286,13 @@ fn a_knock_sequence_opens_the_door_for_the_knocker_alone() {
         verdict(&o),
         (action::ALLOW, RULE_DOOR, counter::ALLOW_DOOR, reason::DOOR)
     );
+    assert!(!o.log, "door allows are logged under log: all");
+    // The open door is keyed by the port it opens, and names the door.
+    let open = state.doors[&DoorKey {
+        id: opens_id(0, 22),
+        source: source_key(ip(a), false),
+    }];
+    assert_eq!((open.door, open.expires_ns), (door_id(b"door"), 32 * S));
     // A bystander is still shut out; the door closes after `for`.
     assert_eq!(
         judge(&p, &mut state, &tcp(22, "198.51.100.2"), 3 * S).action,
@@ -311,6 +331,19 @@ fn wrong_order_slow_and_retransmitted_knocks() {
         !opened(&[(udp(7001, a), 0), (tcp(7002, a), S), (udp(7003, a), 6 * S)]),
         "too slow"
     );
+    // Too slow, the next knock removes the progress, unless it is a first knock.
+    let mut state = DefenceState::default();
+    judge(&p, &mut state, &udp(7001, a), 0);
+    judge(&p, &mut state, &tcp(7002, a), 9 * S);
+    assert!(state.knocks.is_empty());
+    judge(&p, &mut state, &udp(7001, a), 10 * S);
+    judge(&p, &mut state, &udp(7001, a), 20 * S);
+    let progress: Vec<(u64, u8)> = state
+        .knocks
+        .values()
+        .map(|k| (k.start_ns, k.step))
+        .collect();
+    assert_eq!(progress, [(20 * S, 1)]);
     assert!(
         opened(&[
             (udp(7001, a), 0),
@@ -401,7 +434,7 @@ fn replies_and_audit_mode() {
         outcomes[0].counter,
         counter::would_drop(counter::DROP_DEFAULT)
     );
-    assert_eq!(outcomes[2].reason, reason::SCAN);
+    assert_eq!(outcomes[2].bumped, [counter::SCAN_BLOCKS]);
     assert_eq!(
         outcomes[3].counter,
         counter::would_drop(counter::DROP_BLOCKED)

@@ -202,6 +202,30 @@ impl Validator<'_, '_, '_> {
                 doors.push(door);
             }
         }
+        // The kernel follows one door per knock port (`PortEntry::knocks`).
+        let mut knock_ports: HashMap<(Protocol, u16), &str> = HashMap::new();
+        for read in &doors {
+            if !matches!(read.door.kind, DoorKind::Sequence { .. }) {
+                continue;
+            }
+            let mut own: Vec<(Protocol, u16)> = Vec::new();
+            for &(knock, at) in &read.knocks {
+                if own.contains(&knock) {
+                    continue;
+                }
+                own.push(knock);
+                if let Some(other) = knock_ports.insert(knock, &read.door.name) {
+                    self.reporter.error(
+                        at,
+                        format!(
+                            "knock {}/{} of door `{}` is also a knock of door `{other}`; a port \
+                             can be a knock of one door only",
+                            knock.1, knock.0, read.door.name
+                        ),
+                    );
+                }
+            }
+        }
         // A single-packet port goes to `portfw agent`: it can be nothing else.
         let mut spa_ports: HashMap<u16, &str> = HashMap::new();
         for read in &doors {

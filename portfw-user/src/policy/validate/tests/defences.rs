@@ -300,7 +300,9 @@ fn knock_errors_have_positions() {
     let many: String = (0..9)
         .map(|i| {
             format!(
-                "  - {{name: d{i}, sequence: [1/udp, 2/udp], opens: {}/tcp}}\n",
+                "  - {{name: d{i}, sequence: [{}/udp, {}/udp], opens: {}/tcp}}\n",
+                2 * i + 1,
+                2 * i + 2,
                 100 + i
             )
         })
@@ -362,5 +364,28 @@ fn shapes_and_counts() {
             "{}:5: more than 1024 rules have a `limit`; at most 1024 are supported",
             3 + 2 * 1024 + 1
         )]
+    );
+}
+
+#[test]
+fn a_port_knocks_for_one_door_only() {
+    assert_eq!(
+        errors(
+            "default: drop\nknock:\n  - {name: a, sequence: [1/udp, 2/udp, 1/udp], opens: 22/tcp}\n  \
+             - {name: b, sequence: [3/udp, 2/udp], opens: 23/tcp}\n"
+        ),
+        [
+            "4:33: knock 2/udp of door `b` is also a knock of door `a`; a port can be a knock of one door only"
+        ]
+    );
+    // The same port of another protocol is another knock.
+    assert!(
+        policy(
+            "default: drop\nknock:\n  - {name: a, sequence: [1/udp, 2/udp], opens: 22/tcp}\n  \
+         - {name: b, sequence: [2/tcp, 3/udp], opens: 22/tcp}\n"
+        )
+        .doors
+        .len()
+            == 2
     );
 }
