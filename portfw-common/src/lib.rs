@@ -365,6 +365,14 @@ pub mod counter {
     /// Number of counters.
     pub const COUNT: u32 = 64;
 
+    /// Whether counter `index` counts what happened to events (lost, aggregated,
+    /// suppressed) rather than a verdict or a defence: these move with logging, not with
+    /// packets' fates.
+    #[inline(always)]
+    pub const fn is_event_log(index: u32) -> bool {
+        matches!(index, EVENTS_LOST | EVENTS_AGGREGATED | EVENTS_SUPPRESSED)
+    }
+
     /// The would-drop counter of drop counter `drop`.
     #[inline(always)]
     pub const fn would_drop(drop: u32) -> u32 {
