@@ -17,7 +17,7 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use portfw_common::{
     BlockValue, DoorKey, DoorValue, KnockState, SourceKey, block_reason, counter, counter::NAMES,
-    door_id,
+    door_id, opens_id, proto,
 };
 
 use crate::{
@@ -49,14 +49,6 @@ knock:
     for: 30s
 ";
 
-/// Counters that logging moves on its own (aggregation, the cap, a full ring): not part of
-/// a row's verdict.
-const LOGGING: [u32; 3] = [
-    counter::EVENTS_AGGREGATED,
-    counter::EVENTS_SUPPRESSED,
-    counter::EVENTS_LOST,
-];
-
 /// A fixture source: 198.18.0.`n` (test runs only).
 fn src4(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, n)
@@ -80,9 +72,18 @@ fn source_key(addr: IpAddr, mask64: bool) -> SourceKey {
     key
 }
 
-fn door_key(addr: IpAddr) -> DoorKey {
+/// The key of `addr`'s progress through the door's sequence.
+fn knock_key(addr: IpAddr) -> DoorKey {
     DoorKey {
         id: door_id(b"door"),
+        source: source_key(addr, false),
+    }
+}
+
+/// The key of the door open for `addr` at 2222/tcp (doors are keyed by the port they open).
+fn door_key(addr: IpAddr) -> DoorKey {
+    DoorKey {
+        id: opens_id(proto::TCP as u8, 2222),
         source: source_key(addr, false),
     }
 }
@@ -170,7 +171,7 @@ impl Pinned {
         }
         let moved = moved.unwrap_or(&[]);
         let changed: Vec<u32> = (0..counter::COUNT)
-            .filter(|i| !LOGGING.contains(i) && after[*i as usize] != before[*i as usize])
+            .filter(|i| !counter::is_event_log(*i) && after[*i as usize] != before[*i as usize])
             .collect();
         let mut want = moved.to_vec();
         want.sort_unstable();
@@ -285,7 +286,7 @@ fn defence_paths_through_bpf_prog_test_run() {
         from(knocker, udp(7001)),
         &[counter::DROP_KNOCK],
     );
-    let state = p.knocks().get(&door_key(knocker), 0).ok();
+    let state = p.knocks().get(&knock_key(knocker), 0).ok();
     p.check("knock progress", state.is_some_and(|s| s.step == 1), || {
         format!("after the first knock: {state:?}")
     });
@@ -302,6 +303,8 @@ fn defence_paths_through_bpf_prog_test_run() {
                 DoorValue {
                     opened_ns: now - 2 * second,
                     expires_ns,
+                    door: door_id(b"door"),
+                    _pad: 0,
                 },
                 0,
             )
@@ -376,8 +379,14 @@ fn defence_paths_through_bpf_prog_test_run() {
         &[counter::DROP_KNOCK, counter::DOORS_OPENED],
     );
     let door = p.doors().get(&door_key(seq), 0).ok();
-    p.check("the door the sequence opened", door.is_some(), || {
-        "PFW_DOORS has no entry for the knocker".into()
+    p.check(
+        "the door the sequence opened",
+        door.is_some_and(|d| d.door == door_id(b"door") && d.expires_ns > now),
+        || format!("PFW_DOORS has {door:?} for the knocker"),
+    );
+    let progress = p.knocks().get(&knock_key(seq), 0).ok();
+    p.check("knock progress once open", progress.is_none(), || {
+        format!("the completed sequence left {progress:?}")
     });
     p.passes(
         "2222/tcp after the sequence",
