@@ -2,7 +2,7 @@
 //! `log-limit` path) and to one port (the aggregation path), give a bounded number of
 //! events whose `count`s plus `suppressed` totals equal the packets the kernel counted, and
 //! a lone drop from a second source, sent mid-flood, still shows. Text output marks an
-//! aggregated event with `×N`.
+//! aggregated event with `×N`. And the defences' drops are logged with their reason.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, process::Stdio, thread, time::Duration};
 
@@ -206,4 +206,43 @@ fn a_flood_of_drops_gives_few_events_that_add_up() {
         "no ×N in the text events of 30 drops to one port:\n{}",
         lines.join("\n")
     );
+}
+
+#[test]
+fn defence_drops_are_logged_with_their_reason() {
+    let mut rig = Rig::new("df-reasons", 3);
+    rig.lab
+        .start_responder(&[22, 8022], &[])
+        .expect("responder");
+    let (blocked, limited, knocker) = (rig.src(1), rig.src(2), rig.src(3));
+    let _policy = rig.apply(
+        "reasons.yaml",
+        "default: drop\nlog: drops\nrules:\n  - allow: ssh\n  - allow: 8022/tcp\n    \
+         limit: 2/1m\nknock:\n  - name: door\n    sequence: [7001/udp, 7002/udp]\n    \
+         within: 5s\n    opens: 2222/tcp\n    for: 30s\n",
+    );
+    rig.portfw_ok(&["block", &blocked.to_string(), "--for", "1m"]);
+    let reader = Reader::start(&mut rig, true);
+    rig.tool("scan", blocked, &["--ports", "22", "--timeout", "0.5"]);
+    rig.tool(
+        "burst",
+        limited,
+        &["--port", "8022", "--count", "4", "--timeout", "0.5"],
+    );
+    rig.tool("knock", knocker, &["--sequence", "7001/udp"]);
+    let lines = reader.stop(&mut rig);
+    let events: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for (src, reason) in [(blocked, "blocked"), (limited, "limit"), (knocker, "knock")] {
+        let src = src.to_string();
+        assert!(
+            events.iter().any(|e| e["src"] == src.as_str()
+                && e["verdict"] == "drop"
+                && e["reason"] == reason),
+            "no drop event with reason {reason} from {src}:\n{}",
+            lines.join("\n")
+        );
+    }
 }
