@@ -2,11 +2,12 @@
 //! (`PFW_DOORS`), which the kernel reads on the door's `opens` port.
 //!
 //! This writes the pinned map itself, by path, so that the agent needs nothing of the
-//! loader but the pin locations; the loader's own `defences` module may take its place.
+//! loader but the pin locations. `loader::defences::open_door` has the same signature and
+//! takes its place once the loader has it.
 use std::net::IpAddr;
 
 use aya::maps::{HashMap, Map, MapData};
-use portfw_common::{DefenceMaps, DoorDef, DoorKey, DoorValue, SourceKey};
+use portfw_common::{DefenceMaps, DoorKey, DoorValue, SourceKey};
 
 use crate::loader::{LoaderError, Paths};
 
@@ -39,9 +40,15 @@ pub fn monotonic_ns() -> u64 {
         .saturating_add(ts.tv_nsec as u64)
 }
 
-/// Opens `door` for `source` for the door's `for:` (its `open_ns`), from now, in the filter
-/// pinned at `paths`. Opening an open door again extends it. Returns the entry written.
-pub fn open_door(paths: &Paths, door: &DoorDef, source: IpAddr) -> Result<DoorValue, LoaderError> {
+/// Opens door `door_id` ([`portfw_common::DoorDef::id`]) for `source` for `for_ns` (the door's `for:`,
+/// [`portfw_common::DoorDef::open_ns`]) from now, in the filter pinned at `paths`. Opening an open door
+/// again extends it. Returns the entry written.
+pub fn open_door(
+    paths: &Paths,
+    door_id: u32,
+    source: IpAddr,
+    for_ns: u64,
+) -> Result<DoorValue, LoaderError> {
     const MAP: &str = DefenceMaps::DOORS;
     let map_err = |source| LoaderError::Map {
         map: MAP,
@@ -53,10 +60,10 @@ pub fn open_door(paths: &Paths, door: &DoorDef, source: IpAddr) -> Result<DoorVa
     let now = monotonic_ns();
     let value = DoorValue {
         opened_ns: now,
-        expires_ns: now.saturating_add(door.open_ns),
+        expires_ns: now.saturating_add(for_ns),
     };
     doors
-        .insert(door_key(door.id, source), value, 0)
+        .insert(door_key(door_id, source), value, 0)
         .map_err(map_err)?;
     Ok(value)
 }
