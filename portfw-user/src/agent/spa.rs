@@ -670,4 +670,61 @@ mod tests {
             Some(SpaOutcome::Failed)
         );
     }
+
+    /// A free UDP port on both families (bound and let go).
+    fn free_port() -> u16 {
+        std::net::UdpSocket::bind("[::]:0")
+            .and_then(|s| s.local_addr())
+            .map_or(0, |a| a.port())
+    }
+
+    #[tokio::test]
+    async fn the_listener_hears_knocks_over_ipv4_and_ipv6_and_counts_them() {
+        let f = fixture("listen");
+        let port = free_port();
+        let mut door = f.verifier.doors[0].clone();
+        door.port = port;
+        let shared = Arc::new(Shared::default());
+        let (mut listener, mut datagrams) = Listener::new(shared.clone());
+        // Pins of no namespace: never a real filter's door table, even when run as root.
+        listener.paths = Some(Paths::for_netns(0, 0));
+        listener.configure(vec![door.clone()], true);
+        assert!(listener.bound.contains_key(&port), "{:?}", listener.unbound);
+        let wrong = Key::generate().expect("key");
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("client");
+        let now = unix_now();
+        client
+            .send_to(&knock("spa", &wrong, now), ("127.0.0.1", port))
+            .expect("send");
+        client.send_to(b"junk", ("127.0.0.1", port)).expect("send");
+        // Verified, but no filter here has a door table to open it in.
+        client
+            .send_to(&knock("spa", &f.key, now), ("127.0.0.1", port))
+            .expect("send");
+        let six = std::net::UdpSocket::bind("[::1]:0");
+        if let Ok(six) = &six {
+            six.send_to(&knock("spa", &wrong, now), ("::1", port))
+                .expect("send v6");
+        }
+        let expected = if six.is_ok() { 4 } else { 3 };
+        for _ in 0..expected {
+            let datagram =
+                tokio::time::timeout(std::time::Duration::from_secs(5), datagrams.recv())
+                    .await
+                    .expect("a datagram in time")
+                    .expect("the channel is open");
+            assert_eq!(datagram.port, port);
+            assert!(
+                datagram.from.ip().is_loopback() || datagram.from.ip().to_canonical().is_loopback()
+            );
+            listener.handle(datagram);
+        }
+        assert_eq!(shared.spa.get(SpaOutcome::BadMac), expected - 2);
+        assert_eq!(shared.spa.get(SpaOutcome::Failed), 1);
+        assert_eq!(shared.spa.get(SpaOutcome::Malformed), 1);
+        assert_eq!(shared.spa.get(SpaOutcome::Opened), 0);
+        // A policy without the door closes the port.
+        listener.configure(Vec::new(), true);
+        assert!(listener.bound.is_empty());
+    }
 }
