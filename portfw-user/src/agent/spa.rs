@@ -379,12 +379,11 @@ impl Listener {
                         .map(|socket| tokio::spawn(receive(socket, port, self.tx.clone())))
                         .collect();
                     self.bound.insert(port, Bound { tasks });
-                    if self.unbound.remove(&port).is_some() {
-                        log::info(
-                            "listening for single-packet knocks now",
-                            &[("port", &format!("{port}/udp"))],
-                        );
-                    }
+                    self.unbound.remove(&port);
+                    log::info(
+                        "listening for single-packet knocks",
+                        &[("port", &format!("{port}/udp"))],
+                    );
                 }
                 Err(why) => {
                     if self.unbound.get(&port) != Some(&why) {
@@ -513,8 +512,9 @@ async fn receive(socket: tokio::net::UdpSocket, port: u16, tx: mpsc::Sender<Data
                     return;
                 }
             }
-            // ICMP errors and the like: nothing to do but read on.
-            Err(_) => tokio::task::yield_now().await,
+            // Nothing to do but read on, after a pause, so that an error that keeps coming
+            // back cannot spin the loop.
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
         }
     }
 }
