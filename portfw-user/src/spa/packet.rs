@@ -96,9 +96,11 @@ impl Knock {
 }
 
 fn mac(key: &Key, signed: &[u8]) -> HmacSha256 {
-    // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
-    let mut mac = <HmacSha256 as hmac::digest::KeyInit>::new_from_slice(key.bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
+    // HMAC pads a key shorter than the hash's block with zeros (RFC 2104), so this is HMAC
+    // with the 32-byte key, through the constructor that takes a whole block and cannot fail.
+    let mut block = [0u8; 64];
+    block[..key.bytes().len()].copy_from_slice(key.bytes());
+    let mut mac = <HmacSha256 as hmac::digest::KeyInit>::new(&block.into());
     mac.update(signed);
     mac
 }
