@@ -439,7 +439,7 @@ impl Listener {
                 return self.failed(&door, &source.to_string(), anyhow::Error::from(e));
             }
         };
-        match open_door(&paths, door.def.id, source, door.def.open_ns) {
+        match open_door(&paths, &door.def, source, door.def.open_ns) {
             Ok(value) => {
                 self.paths = Some(paths);
                 self.count(SpaOutcome::Opened);

@@ -1,17 +1,19 @@
 //! Opening a knock door for one source: an entry of the pinned open-door table
-//! (`PFW_DOORS`), which the kernel reads on the door's `opens` port.
+//! (`PFW_DOORS`), which the kernel reads on the door's `opens` port. The table is keyed by
+//! the opened port ([`opens_id`]) and the source, so that a port several doors open costs
+//! the kernel one lookup; the value names the door that opened it.
 //!
 //! This writes the pinned map itself, by path, so that the agent needs nothing of the
-//! loader but the pin locations. `loader::defences::open_door` has the same signature and
-//! takes its place once the loader has it.
+//! loader but the pin locations. `loader::defences::open_door` takes its place once the
+//! loader has it.
 use std::net::IpAddr;
 
 use aya::maps::{HashMap, Map, MapData};
-use portfw_common::{DefenceMaps, DoorKey, DoorValue, SourceKey};
+use portfw_common::{DefenceMaps, DoorDef, DoorKey, DoorValue, SourceKey, opens_id};
 
 use crate::loader::{LoaderError, Paths};
 
-/// The door table's key for `source`: the full address (doors are per address, even in
+/// The key of `id` (the open-door table's: [`opens_id`]) for `source`: the full address (doors are per address, even in
 /// IPv6, unlike blocks and limits, which go by /64). An IPv4 address mapped into IPv6, as
 /// a dual-stack socket reports one, is keyed as the IPv4 address the kernel sees.
 pub fn door_key(id: u32, source: IpAddr) -> DoorKey {
@@ -40,12 +42,12 @@ pub fn monotonic_ns() -> u64 {
         .saturating_add(ts.tv_nsec as u64)
 }
 
-/// Opens door `door_id` ([`portfw_common::DoorDef::id`]) for `source` for `for_ns` (the door's `for:`,
-/// [`portfw_common::DoorDef::open_ns`]) from now, in the filter pinned at `paths`. Opening an open door
+/// Opens `door` (its `opens` port) for `source` for `for_ns` (the door's `for:`,
+/// [`DoorDef::open_ns`]) from now, in the filter pinned at `paths`. Opening an open door
 /// again extends it. Returns the entry written.
 pub fn open_door(
     paths: &Paths,
-    door_id: u32,
+    door: &DoorDef,
     source: IpAddr,
     for_ns: u64,
 ) -> Result<DoorValue, LoaderError> {
@@ -61,9 +63,15 @@ pub fn open_door(
     let value = DoorValue {
         opened_ns: now,
         expires_ns: now.saturating_add(for_ns),
+        door: door.id,
+        _pad: 0,
     };
     doors
-        .insert(door_key(door_id, source), value, 0)
+        .insert(
+            door_key(opens_id(door.opens_slot, door.opens_port), source),
+            value,
+            0,
+        )
         .map_err(map_err)?;
     Ok(value)
 }
