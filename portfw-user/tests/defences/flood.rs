@@ -171,6 +171,17 @@ fn a_flood_of_drops_gives_few_events_that_add_up() {
         assert_eq!(seen["sent"], FLOOD, "python flood: {seen}");
     });
 
+    // 4,000 ports, five datagrams each: every key aggregates and then goes quiet, so the
+    // reader flushes it; the flushed events count against the cap like any other.
+    flood_and_count(&mut rig, "4,000 ports five times", second, 9995, |rig| {
+        let seen = rig.tool(
+            "flood",
+            flooder,
+            &["--ports", "30000-33999", "--count", &FLOOD.to_string()],
+        );
+        assert_eq!(seen["sent"], FLOOD, "python flood: {seen}");
+    });
+
     // One port: the events aggregate, hping3 as fast as it goes (bounded by its count).
     flood_and_count(&mut rig, "one port", second, 9997, |rig| {
         let server = rig.server.to_string();
