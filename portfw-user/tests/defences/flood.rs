@@ -1,8 +1,10 @@
 //! Attempt logging under a flood: 20,000 drops from one source, to 20,000 ports (the
-//! `log-limit` path) and to one port (the aggregation path), give a bounded number of
-//! events whose `count`s plus `suppressed` totals equal the packets the kernel counted, and
-//! a lone drop from a second source, sent mid-flood, still shows. Text output marks an
-//! aggregated event with `×N`. And the defences' drops are logged with their reason.
+//! `log-limit` path), to one port (the aggregation path) and to 4,000 ports five times (the
+//! reader's flush of quiet keys), give a bounded number of events whose `count`s plus
+//! `suppressed` totals equal the packets the kernel counted, and a lone drop from a second
+//! source, sent mid-flood, still shows; so do more aggregating keys than the table holds.
+//! Text output marks an aggregated event with `×N`. And the defences' drops are logged with
+//! their reason.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, process::Stdio, thread, time::Duration};
 
@@ -110,6 +112,18 @@ fn flood_and_count(
     lone_port: u16,
     flood: impl FnOnce(&Rig) + Send,
 ) {
+    flood_and_count_n(rig, what, second, lone_port, FLOOD, flood);
+}
+
+/// [`flood_and_count`] for a flood of `packets`.
+fn flood_and_count_n(
+    rig: &mut Rig,
+    what: &str,
+    second: Ipv4Addr,
+    lone_port: u16,
+    packets: u64,
+    flood: impl FnOnce(&Rig) + Send,
+) {
     let before = drops(rig);
     let reader = Reader::start(rig, true);
     let lone = lone_port.to_string();
@@ -128,14 +142,15 @@ fn flood_and_count(
     let t = tally(&lines);
     eprintln!("{what}: kernel drops {counted}, events {t:?}");
     assert!(
-        counted > FLOOD,
-        "{what}: the kernel counted {counted} drops of a flood of {FLOOD} and one more; the \
+        counted > packets,
+        "{what}: the kernel counted {counted} drops of a flood of {packets} and one more; the \
          lab lost packets before the filter"
     );
     assert_eq!(t.uncounted, 0, "{what}: events without `count`");
     assert!(
         t.events + t.summaries < MOST_EVENTS,
-        "{what}: {} events and {} summaries for a flood of {FLOOD} drops",
+        "{what}: {} events and {} summaries for a flood of {packets} drops, under \
+         `log-limit: 100/s`",
         t.events,
         t.summaries
     );
@@ -167,17 +182,6 @@ fn a_flood_of_drops_gives_few_events_that_add_up() {
             "flood",
             flooder,
             &["--ports", "10000-29999", "--count", &FLOOD.to_string()],
-        );
-        assert_eq!(seen["sent"], FLOOD, "python flood: {seen}");
-    });
-
-    // 4,000 ports, five datagrams each: every key aggregates and then goes quiet, so the
-    // reader flushes it; the flushed events count against the cap like any other.
-    flood_and_count(&mut rig, "4,000 ports five times", second, 9995, |rig| {
-        let seen = rig.tool(
-            "flood",
-            flooder,
-            &["--ports", "30000-33999", "--count", &FLOOD.to_string()],
         );
         assert_eq!(seen["sent"], FLOOD, "python flood: {seen}");
     });
@@ -216,6 +220,49 @@ fn a_flood_of_drops_gives_few_events_that_add_up() {
         lines.iter().any(|l| l.contains('×')),
         "no ×N in the text events of 30 drops to one port:\n{}",
         lines.join("\n")
+    );
+}
+
+#[test]
+fn flushed_events_count_against_the_log_limit() {
+    let mut rig = Rig::new("df-flush", 2);
+    let (flooder, second) = (rig.src(1), rig.src(2));
+    let _policy = rig.apply("flood.yaml", POLICY);
+    // 4,000 ports, five datagrams each: every key aggregates and then goes quiet, so the
+    // reader flushes it; a flushed event is an event like any other, under the same cap.
+    flood_and_count(&mut rig, "4,000 ports five times", second, 9995, |rig| {
+        let seen = rig.tool(
+            "flood",
+            flooder,
+            &["--ports", "30000-33999", "--count", &FLOOD.to_string()],
+        );
+        assert_eq!(seen["sent"], FLOOD, "python flood: {seen}");
+    });
+}
+
+#[test]
+fn more_aggregating_keys_than_the_table_holds_still_add_up() {
+    let mut rig = Rig::new("df-evict", 2);
+    let (flooder, second) = (rig.src(1), rig.src(2));
+    let _policy = rig.apply("flood.yaml", POLICY);
+    // Two datagrams to each of 20,000 ports (40,000 in all): more keys with a pending count
+    // than the aggregation table's LOG_AGG_MAX. What the table evicts must still be counted.
+    let keys = 20_000u64;
+    assert!(keys > u64::from(portfw_common::LOG_AGG_MAX));
+    flood_and_count_n(
+        &mut rig,
+        "20,000 ports twice",
+        second,
+        9994,
+        2 * keys,
+        |rig| {
+            let seen = rig.tool(
+                "flood",
+                flooder,
+                &["--ports", "10000-29999", "--count", &(2 * keys).to_string()],
+            );
+            assert_eq!(seen["sent"], 2 * keys, "python flood: {seen}");
+        },
     );
 }
 
