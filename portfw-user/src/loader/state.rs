@@ -18,7 +18,7 @@ use super::{
     iface::{Link, ifname},
 };
 use crate::{
-    compile::{CompiledPolicy, RuleInfo},
+    compile::{CompiledPolicy, DoorInfo, RuleInfo},
     policy::{self, SetFileRead},
 };
 
@@ -94,6 +94,50 @@ pub struct PolicyRecord {
     pub applied_at: u64,
     pub default: String,
     pub rules: Vec<RuleRecord>,
+    /// The policy's knock doors, so that `status` names open doors and `portfw agent`
+    /// finds a single-packet door's id, port and key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub knock_doors: Vec<DoorRecord>,
+    /// The addresses the host depends on (gateways, nameservers, its own addresses) that
+    /// apply added to the scan guard's `except`, as prefixes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_except: Vec<String>,
+}
+
+/// A knock door as applied.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct DoorRecord {
+    pub name: String,
+    /// [`portfw_common::DoorDef::id`]: keys its open doors and knock progress.
+    pub id: u32,
+    /// `sequence` or `spa`.
+    pub kind: String,
+    /// How long a knock opens it for (`for:`), in nanoseconds.
+    pub open_ns: u64,
+    /// A single-packet door's UDP port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spa_port: Option<u16>,
+    /// A single-packet door's key file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+}
+
+impl From<&DoorInfo> for DoorRecord {
+    fn from(door: &DoorInfo) -> Self {
+        Self {
+            name: door.name.clone(),
+            id: door.def.id,
+            kind: match &door.spa {
+                Some(_) => "spa",
+                None => "sequence",
+            }
+            .to_string(),
+            open_ns: door.def.open_ns,
+            spa_port: door.spa.as_ref().map(|s| s.port),
+            key_file: door.spa.as_ref().map(|s| s.key_file.display().to_string()),
+        }
+    }
 }
 
 impl PolicyRecord {
@@ -118,6 +162,8 @@ impl PolicyRecord {
                 .unwrap_or(0),
             default: compiled.default.to_string(),
             rules: compiled.rules.iter().map(RuleRecord::from).collect(),
+            knock_doors: compiled.doors.iter().map(DoorRecord::from).collect(),
+            host_except: Vec::new(),
         }
     }
 }
