@@ -1,6 +1,7 @@
 //! The `portfw` command line: argument definitions and dispatch to one module per subcommand.
 mod agent;
 mod apply;
+mod block;
 mod check;
 mod completions;
 mod confirm;
@@ -74,6 +75,13 @@ pub enum Command {
     /// replies pass under `replies: allow` even where the rules drop.
     #[command(after_help = examples::FLOWS)]
     Flows(FlowsArgs),
+    /// Block a source address or prefix: every packet from it is dropped, for a while or
+    /// until `portfw unblock`.
+    #[command(after_help = block::BLOCK_EXAMPLES)]
+    Block(block::BlockArgs),
+    /// Lift the block of a source address or prefix (`portfw block`'s or the scan guard's).
+    #[command(after_help = block::UNBLOCK_EXAMPLES)]
+    Unblock(block::UnblockArgs),
     /// Print the completion script for bash, zsh or fish to stdout.
     Completions(completions::CompletionsArgs),
     /// Print the man page portfw.8 to stdout, or write every page into a directory (the
@@ -235,6 +243,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Flows(args) => flows::run(args),
+        Command::Block(args) => block::run_block(args),
+        Command::Unblock(args) => block::run_unblock(args),
         Command::Completions(args) => completions::run(args),
         Command::Manpage(args) => completions::run_manpage(args),
     }

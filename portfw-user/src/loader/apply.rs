@@ -17,7 +17,7 @@ use super::{
     object::{
         Loaded, flow_map_size, object_has_map, open_tables, pinned_flow_map_size, pinned_flows,
     },
-    state::{AttachMode, Attachment, PolicyRecord, State},
+    state::{AttachMode, Attachment, DefenceRecord, PolicyRecord, State},
     trial::{self, TrialError, TrialRequest},
 };
 use crate::{compile::CompiledPolicy, policy::Cidr};
@@ -120,7 +120,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
         ifindex(iface)?;
         link_type(iface)?;
     }
-    let mut record = PolicyRecord::new(req.file, req.source, req.set_files, req.compiled);
+    let record = PolicyRecord::new(req.file, req.source, req.set_files, req.compiled);
     // The scan guard never blocks what the host depends on: a spoofed scan "from" its
     // gateway or resolver must not cut it off.
     let host_except = if req.compiled.settings.guard & guard::SCAN != 0 {
@@ -128,7 +128,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     } else {
         Vec::new()
     };
-    record.host_except = host_except.iter().map(Cidr::to_string).collect();
+    let defence = DefenceRecord::new(req.compiled, &host_except);
     let signals = Signals::catch()?;
     let paths = Paths::current()?;
     paths.check()?;
@@ -182,7 +182,14 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
                 && state.abi == ABI_VERSION
                 && pinned_entries == Some(flow_entries) =>
         {
-            update(&paths, state, req, record, &host_except, &signals)?
+            update(
+                &paths,
+                state,
+                req,
+                (record, defence.clone()),
+                &host_except,
+                &signals,
+            )?
         }
         previous => {
             if req.trial.is_some() && loaded {
@@ -253,7 +260,14 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
                 defences: &defences,
                 host_except: &host_except,
             };
-            fresh(&paths, req, record, carry, &signals, replacing && ours)?
+            fresh(
+                &paths,
+                req,
+                (record, defence.clone()),
+                carry,
+                &signals,
+                replacing && ours,
+            )?
         }
     };
     if !host_except.is_empty() {
@@ -261,7 +275,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
             "scan guard: never blocks the {} addresses the host depends on (its gateways, \
              nameservers and own addresses): {}",
             host_except.len(),
-            record_list(&outcome.policy.host_except)
+            record_list(&defence.host_except)
         ));
     }
     notes.append(&mut outcome.notes);
@@ -329,7 +343,7 @@ fn reclaim_dead_namespaces(paths: &Paths) -> Vec<String> {
 fn fresh(
     paths: &Paths,
     req: ApplyRequest<'_>,
-    record: PolicyRecord,
+    (record, defence): (PolicyRecord, DefenceRecord),
     carry: Carry<'_>,
     signals: &Signals,
     replacing: bool,
@@ -386,8 +400,10 @@ fn fresh(
         attachments: attachments.clone(),
         generations: Default::default(),
         trial: req.trial.as_ref().map(|t| t.record(generation, None, &[])),
+        defences: Default::default(),
     };
     state.generations[generation as usize] = Some(record.clone());
+    state.defences[generation as usize] = Some(defence);
     state.write(&paths.state)?;
     // Past rolling back: the record is on file, the rename is all that is left.
     signals.pause("fresh-recorded");
@@ -444,7 +460,7 @@ fn update(
     paths: &Paths,
     mut state: State,
     req: ApplyRequest<'_>,
-    record: PolicyRecord,
+    (record, defence): (PolicyRecord, DefenceRecord),
     host_except: &[Cidr],
     signals: &Signals,
 ) -> Result<ApplyOutcome, LoaderError> {
@@ -488,6 +504,7 @@ fn update(
         // description is on file, and so is every interface attached. So is a trial, before
         // its policy is in force.
         state.generations[generation as usize] = Some(record.clone());
+        state.defences[generation as usize] = Some(defence.clone());
         if let Some(t) = &req.trial {
             state.trial = Some(t.record(generation, Some(tables.active()), &before));
         }

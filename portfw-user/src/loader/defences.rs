@@ -270,7 +270,7 @@ pub(super) fn live_doors(
     };
     let name = |id: u32| {
         state
-            .generations
+            .defences
             .iter()
             .flatten()
             .flat_map(|record| &record.knock_doors)
@@ -697,7 +697,7 @@ pub fn applied_doors(paths: &Paths) -> Result<Vec<DoorRecord>, LoaderError> {
     let state = loaded_state(paths)?;
     let generation = super::object::pinned_active(paths)?;
     Ok(state
-        .record(generation)
+        .defences(generation)
         .map(|r| r.knock_doors.clone())
         .unwrap_or_default())
 }

@@ -55,7 +55,9 @@ pub use query::{
 };
 pub use reattach::reattach;
 pub use scrape::StatusCache;
-pub use state::{AttachMode, Attachment, DoorRecord, PolicyRecord, RuleRecord, State, Trial};
+pub use state::{
+    AttachMode, Attachment, DefenceRecord, DoorRecord, PolicyRecord, RuleRecord, State, Trial,
+};
 pub use tables::Tables;
 pub use trial::{
     Confirmed, RolledBack, TrialError, TrialRequest, confirm, roll_back_due, trial_recorded,

@@ -79,6 +79,9 @@ pub struct Status {
     pub blocks: Vec<BlockStatus>,
     /// The knock doors open now, and for which source.
     pub doors: Vec<OpenDoor>,
+    /// The addresses the host depends on that the running policy's scan guard never blocks
+    /// (added to its `except` by apply); empty without `scan:`.
+    pub host_except: Vec<String>,
 }
 
 impl Status {
@@ -241,6 +244,10 @@ pub(super) fn status_of(
         }),
         blocks: live_blocks(paths, now)?,
         doors: live_doors(paths, state, now)?,
+        host_except: state
+            .defences(running.generation)
+            .map(|d| d.host_except.clone())
+            .unwrap_or_default(),
     })
 }
 

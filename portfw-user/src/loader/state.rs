@@ -94,6 +94,12 @@ pub struct PolicyRecord {
     pub applied_at: u64,
     pub default: String,
     pub rules: Vec<RuleRecord>,
+}
+
+/// The active defences of the policy loaded into one generation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct DefenceRecord {
     /// The policy's knock doors, so that `status` names open doors and `portfw agent`
     /// finds a single-packet door's id, port and key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -102,6 +108,15 @@ pub struct PolicyRecord {
     /// apply added to the scan guard's `except`, as prefixes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_except: Vec<String>,
+}
+
+impl DefenceRecord {
+    pub fn new(compiled: &CompiledPolicy, host_except: &[crate::policy::Cidr]) -> Self {
+        Self {
+            knock_doors: compiled.doors.iter().map(DoorRecord::from).collect(),
+            host_except: host_except.iter().map(ToString::to_string).collect(),
+        }
+    }
 }
 
 /// A knock door as applied.
@@ -162,8 +177,6 @@ impl PolicyRecord {
                 .unwrap_or(0),
             default: compiled.default.to_string(),
             rules: compiled.rules.iter().map(RuleRecord::from).collect(),
-            knock_doors: compiled.doors.iter().map(DoorRecord::from).collect(),
-            host_except: Vec::new(),
         }
     }
 }
@@ -220,6 +233,10 @@ pub struct State {
     /// The pending trial, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trial: Option<Trial>,
+    /// The active defences of each generation's policy, indexed by generation. Absent from
+    /// files written before them.
+    #[serde(default)]
+    pub defences: [Option<DefenceRecord>; GENERATIONS as usize],
 }
 
 /// The directory of `path` (checked, and created when `create`) and the file's name in it.
@@ -278,6 +295,13 @@ impl State {
             (Some(dir), name) => dir.remove_file(&name),
             (None, _) => Ok(()),
         }
+    }
+
+    /// The defences of `generation`'s policy, if on file.
+    pub fn defences(&self, generation: u32) -> Option<&DefenceRecord> {
+        self.defences
+            .get(generation as usize)
+            .and_then(Option::as_ref)
     }
 
     /// The record of `generation`, if one is on file.
