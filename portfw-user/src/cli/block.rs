@@ -55,14 +55,14 @@ pub struct UnblockArgs {
 
 fn parse_address(text: &str) -> Result<Cidr, String> {
     let (cidr, host_bits) = Cidr::parse_noting_host_bits(text).map_err(|e| e.to_string())?;
-    if host_bits {
-        return Err(format!(
-            "{text} has host bits set past its prefix length; did you mean {cidr}?"
-        ));
-    }
     if cidr.len == 0 {
         return Err(format!(
             "{text} is every source; refusing to block them all"
+        ));
+    }
+    if host_bits {
+        return Err(format!(
+            "{text} has host bits set past its prefix length; did you mean {cidr}?"
         ));
     }
     Ok(cidr)
