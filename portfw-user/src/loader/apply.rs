@@ -171,14 +171,16 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     };
     // A filter loaded by a portfw whose kernel program lacked maps this one has (the active
     // defences' state maps) is reloaded, so that every map the program uses is pinned.
-    let maps_pinned = DEFENCE_MAPS
-        .iter()
-        .all(|name| !object_has_map(name) || paths.map(name).exists());
+    let maps_pinned = || {
+        DEFENCE_MAPS
+            .iter()
+            .all(|name| !object_has_map(name) || paths.map(name).exists())
+    };
     let mut outcome = match state {
         Some(state)
             if ours
                 && loaded
-                && maps_pinned
+                && maps_pinned()
                 && state.abi == ABI_VERSION
                 && pinned_entries == Some(flow_entries) =>
         {

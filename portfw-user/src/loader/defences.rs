@@ -461,8 +461,10 @@ impl Carried {
             if items.is_empty() {
                 return Ok(());
             }
-            let mut map: HashMap<MapData, K, V> =
-                required(typed(open(name)?, name)?, name, "carrying the state over")?;
+            // A kernel object without the map (an older portfw's) cannot hold the state.
+            let Some(mut map) = typed::<HashMap<MapData, K, V>>(open(name)?, name)? else {
+                return Ok(());
+            };
             for (key, value) in items {
                 map.insert(key, value, 0).map_err(map_err(name))?;
             }
@@ -474,8 +476,9 @@ impl Carried {
         put(&open, DefenceMaps::LIMITS, &self.limits)?;
         if !self.nets.is_empty() {
             let name = DefenceMaps::BLOCK_NETS;
-            let mut nets: BlockNets =
-                required(typed(open(name)?, name)?, name, "carrying the state over")?;
+            let Some(mut nets) = typed::<BlockNets>(open(name)?, name)? else {
+                return Ok(());
+            };
             for (key, value) in &self.nets {
                 nets.insert(key, value, 0).map_err(map_err(name))?;
             }

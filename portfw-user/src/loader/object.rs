@@ -544,3 +544,23 @@ pub(super) fn pinned_settings(
 pub(super) fn flow_map_slack() -> Result<u32, LoaderError> {
     Ok(flow_map_entries(0, possible_cpus()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{PROGRAM, object_has_map};
+
+    #[test]
+    fn the_object_is_searched_for_whole_map_names() {
+        // Built with AYA_BUILD_SKIP, there is no object to search.
+        if PROGRAM.is_empty() {
+            return;
+        }
+        assert!(object_has_map(portfw_common::MapNames::FLOWS));
+        assert!(
+            !object_has_map("PFW_FLOW"),
+            "a prefix of a name is not a name"
+        );
+        assert!(!object_has_map("PFW_NO_SUCH_MAP"));
+        assert!(!object_has_map(""));
+    }
+}
