@@ -49,8 +49,7 @@ pub struct LogLimit {
 /// next one (or flushed by the reader when the key goes quiet).
 pub const AGGREGATION_WINDOW_NS: u64 = 1_000_000_000;
 
-/// Most knock doors (sequences and single-packet) a policy may have: a door is a bit of
-/// [`crate::PortEntry::knocks`] and [`crate::PortEntry::opens`].
+/// Most knock doors (sequences and single-packet) a policy may have.
 pub const MAX_DOORS: u32 = 8;
 /// Most knocks in one sequence.
 pub const MAX_KNOCK_STEPS: usize = 8;
@@ -119,7 +118,7 @@ pub struct RuleLimit {
 /// IPv6 sources by their /64 (the rest zeroed), since one host commonly holds a whole /64;
 /// doors and the log aggregation use the full address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceKey {
     pub family: u8,
     pub _pad: [u8; 3],
@@ -161,18 +160,19 @@ pub const BLOCK_NET_PREFIX_BITS: u32 = 32;
 pub const BLOCKS_MAX: u32 = 131_072;
 /// Most entries of `PFW_BLOCK_NETS` (manual blocks of prefixes other than /32 and /64).
 pub const BLOCK_NETS_MAX: u32 = 16_384;
-/// Sources the scan guard follows at once (LRU).
-pub const SCAN_SOURCES_MAX: u32 = 65_536;
+/// Sources the scan guard follows at once (LRU). LRU maps are preallocated whether or not a
+/// policy uses them, so these stay modest: about 11 MiB for all the defence state.
+pub const SCAN_SOURCES_MAX: u32 = 16_384;
 /// (source, port) pairs the scan guard remembers (LRU).
-pub const SCAN_PORTS_MAX: u32 = 262_144;
+pub const SCAN_PORTS_MAX: u32 = 65_536;
 /// (rule, source) buckets (LRU).
-pub const LIMIT_STATE_MAX: u32 = 65_536;
+pub const LIMIT_STATE_MAX: u32 = 16_384;
 /// (door, source) knock progress and open doors (LRU each).
-pub const DOOR_STATE_MAX: u32 = 65_536;
+pub const DOOR_STATE_MAX: u32 = 4_096;
 /// Keys of the event aggregation (LRU).
-pub const LOG_AGG_MAX: u32 = 65_536;
+pub const LOG_AGG_MAX: u32 = 16_384;
 /// Sources of the per-source event buckets (LRU).
-pub const LOG_SOURCES_MAX: u32 = 16_384;
+pub const LOG_SOURCES_MAX: u32 = 4_096;
 
 /// Value of the scan guard's per-source map.
 #[repr(C)]
@@ -210,9 +210,10 @@ pub struct LimitKey {
 
 const _: () = assert!(core::mem::size_of::<LimitKey>() == 24);
 
-/// Key of the knock progress and open-door maps.
+/// Key of the knock progress map (`id`: the door's [`DoorDef::id`]) and of the open-door
+/// map (`id`: [`opens_id`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DoorKey {
     /// [`DoorDef::id`].
     pub id: u32,
@@ -232,12 +233,22 @@ pub struct KnockState {
     pub _pad: [u8; 7],
 }
 
-/// Value of the open-door map.
+/// Value of the open-door map, whose key is a [`DoorKey`] with `id` = [`opens_id`] of the
+/// opened port (not the door's id): a port opened by several doors is checked with one
+/// lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DoorValue {
     pub opened_ns: u64,
     pub expires_ns: u64,
+    /// [`DoorDef::id`] of the door that opened it.
+    pub door: u32,
+    pub _pad: u32,
+}
+
+/// The open-door map's key id for an opened (protocol slot, port).
+pub const fn opens_id(slot: u8, port: u16) -> u32 {
+    (1 << 24) | ((slot as u32) << 16) | port as u32
 }
 
 /// Key of the event aggregation.
@@ -257,13 +268,14 @@ pub struct AggKey {
 
 const _: () = assert!(core::mem::size_of::<AggKey>() == 28);
 
-/// Value of the event aggregation.
+/// Value of the event aggregation, per CPU (`LruPerCpuHashMap`): each CPU aggregates the
+/// packets of a key it sees, so a key yields at most one event per CPU per window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AggValue {
-    /// When the key's current window started (its last event).
+    /// When this CPU's current window for the key started (its last event).
     pub window_ns: u64,
-    /// Packets of the key since its last event, not yet in any event (atomic).
+    /// Packets of the key on this CPU since its last event, not yet in any event.
     pub pending: u32,
     pub _pad: u32,
 }
@@ -331,7 +343,7 @@ impl DefenceMaps {
     pub const KNOCKS: &'static str = "PFW_KNOCKS";
     /// `LruHashMap<DoorKey, DoorValue>`.
     pub const DOORS: &'static str = "PFW_DOORS";
-    /// `LruHashMap<AggKey, AggValue>`.
+    /// `LruPerCpuHashMap<AggKey, AggValue>`.
     pub const LOG_AGG: &'static str = "PFW_LOG_AGG";
     /// `LruHashMap<SourceKey, u64>`: per-source event buckets.
     pub const LOG_SOURCES: &'static str = "PFW_LOG_SRC";

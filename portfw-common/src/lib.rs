@@ -126,11 +126,11 @@ pub struct PortEntry {
     pub action: u8,
     /// [`port_flags`] bits.
     pub flags: u8,
-    /// Knock doors (bit `d`: door `d` of the generation's `PFW_DOOR_DEFS`) for which this
-    /// port is a knock of the sequence.
+    /// `1 +` the door (slot of the generation's `PFW_DOOR_DEFS`) whose sequence this port
+    /// is a knock of, or 0. A port knocks for one door at most.
     pub knocks: u8,
-    /// Knock doors that, when open for the source, let it through this port although the
-    /// verdict here is drop.
+    /// Non-zero when knock doors open this port: a source with an open door (in
+    /// `PFW_DOORS`, keyed by `opens_id` of this port) passes although the verdict is drop.
     pub opens: u8,
     /// `1 +` the index of the rule's limit in the generation's `PFW_LIMIT_DEFS`, or 0.
     pub limit: u16,
@@ -364,6 +364,14 @@ pub mod counter {
     pub const WOULD_DROP_OFFSET: u32 = 32;
     /// Number of counters.
     pub const COUNT: u32 = 64;
+
+    /// Whether counter `index` counts what happened to events (lost, aggregated,
+    /// suppressed) rather than a verdict or a defence: these move with logging, not with
+    /// packets' fates.
+    #[inline(always)]
+    pub const fn is_event_log(index: u32) -> bool {
+        matches!(index, EVENTS_LOST | EVENTS_AGGREGATED | EVENTS_SUPPRESSED)
+    }
 
     /// The would-drop counter of drop counter `drop`.
     #[inline(always)]

@@ -6,12 +6,14 @@
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, programs::XdpContext};
 use portfw_common::{
-    FlowTimeouts, LogLimit, MAX_RULES, NO_SOURCE_GROUP, PortEntry, RULE_MALFORMED, RULE_REPLY,
-    RULE_SETTING, SOURCE_GROUP_BITS, ScanSettings, Settings, action, counter, port_flags,
-    port_index, settings_log, source_key4, source_key6,
+    FlowTimeouts, LogLimit, MAX_RULES, NO_SOURCE_GROUP, PortEntry, RULE_BLOCKED, RULE_DOOR,
+    RULE_KNOCK, RULE_MALFORMED, RULE_REPLY, RULE_SETTING, RULE_SPA, SOURCE_GROUP_BITS,
+    ScanSettings, Settings, action, counter, guard, port_flags, port_index, reason, settings_log,
+    source_key4, source_key6,
 };
 
 use crate::{
+    defence::{self, Who, pfw_blocked, pfw_door_open, pfw_knock, pfw_scan, pfw_within_limit},
     flows,
     maps::{PFW_PORTS, PFW_SETTINGS, PFW_SRC4, PFW_SRC6},
     parse::{Frame, Kind, Packet},
@@ -30,6 +32,8 @@ pub struct Judgement {
     pub log: bool,
     /// Audit mode: a drop lets the packet through as a would-drop.
     audit: bool,
+    /// [`reason`]: which defence, if any, decided.
+    pub reason: u8,
 }
 
 impl Judgement {
@@ -59,21 +63,15 @@ fn decide(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
             let Some(entry) = port_entry(generation, packet.slot(), packet.dst_port()) else {
                 return malformed(settings(generation));
             };
-            let judgement = by_port(packet, generation, entry);
-            // The flow table is read only for what the rules drop, so an allowed port costs
-            // what it did without it.
-            if judgement.action == action::DROP {
-                let s = settings(generation);
-                if s.replies == action::ALLOW && flows::is_reply(ctx, packet, s) {
-                    return reply(s, counter::ALLOW_REPLY);
-                }
-            }
-            judgement
+            ports(ctx, packet, generation, entry)
         }
         Kind::Icmp => {
             // Per type: the compiler has already let neighbour discovery and path-MTU
             // messages through a drop default, unless the policy named them.
             let s = settings(generation);
+            if s.guard != 0 && blocked_source(packet, s) {
+                return blocked(s);
+            }
             let v6 = packet.ip().is_some_and(|h| h.is_v6());
             if !s.icmp_drops(v6, packet.icmp_type(), packet.icmp_code()) {
                 return by_setting(s, action::ALLOW, counter::ICMP_ALLOW, counter::ICMP_DROP);
@@ -87,6 +85,9 @@ fn decide(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
         }
         Kind::Fragment => {
             let s = settings(generation);
+            if s.guard != 0 && blocked_source(packet, s) {
+                return blocked(s);
+            }
             by_setting(
                 s,
                 s.fragments,
@@ -96,6 +97,9 @@ fn decide(ctx: &XdpContext, packet: &Packet, generation: u32) -> Judgement {
         }
         Kind::OtherIp => {
             let s = settings(generation);
+            if s.guard != 0 && blocked_source(packet, s) {
+                return blocked(s);
+            }
             by_setting(
                 s,
                 s.other_ip,
@@ -118,12 +122,82 @@ pub fn port_entry(generation: u32, slot: u32, dst_port: u16) -> Option<&'static 
     PFW_PORTS.get(port_index(generation, slot, dst_port))
 }
 
-/// The verdict of a port entry, after the source tries when the port has source rules.
+/// A packet with ports, in the order the defences need: the block table, knocks, the
+/// rules, the rule's limit, knock doors, the flow table, then the scan guard counts what
+/// is still dropped. Each step after the rules runs only for entries that ask for it.
 #[inline(always)]
-fn by_port(packet: &Packet, generation: u32, port: &PortEntry) -> Judgement {
-    // Ports whose rules restrict sources: the longest prefix under the port's group decides,
-    // then under its tail group; a miss in both leaves the port's own verdict (the first
-    // rule without `from`, or the default).
+fn ports(ctx: &XdpContext, packet: &Packet, generation: u32, entry: &PortEntry) -> Judgement {
+    // The common path: an allowed port with no source rules and no defences.
+    if entry.action != action::DROP
+        && entry.group == NO_SOURCE_GROUP
+        && entry.flags & port_flags::GUARD == 0
+        && entry.knocks == 0
+        && entry.limit == 0
+    {
+        return of_entry(entry);
+    }
+    let Some(hdr) = packet.ip() else {
+        return malformed(settings(generation));
+    };
+    let who = Who::of(hdr, packet);
+    let guarded = entry.flags & port_flags::GUARD != 0;
+    if guarded {
+        let s = settings(generation);
+        if pfw_blocked(&who, u32::from(s.guard)) != 0 {
+            return blocked(s);
+        }
+    }
+    if entry.knocks != 0 {
+        pfw_knock(&who, generation, u32::from(entry.knocks));
+    }
+    let decided = by_sources(packet, generation, entry);
+    let judgement = of_entry(&decided);
+    if judgement.action != action::DROP {
+        if decided.limit != 0
+            && defence::opens_connection(packet)
+            && pfw_within_limit(&who, generation, u32::from(decided.limit)) == 0
+        {
+            return limited(settings(generation), judgement);
+        }
+        return judgement;
+    }
+    if decided.opens != 0 && pfw_door_open(&who) != 0 {
+        let s = settings(generation);
+        return Judgement {
+            action: action::ALLOW,
+            rule: RULE_DOOR,
+            counter: counter::ALLOW_DOOR,
+            log: s.log & settings_log::ALLOW != 0,
+            audit: false,
+            reason: reason::DOOR,
+        };
+    }
+    // The flow table is read only for what the rules drop, so an allowed port costs what
+    // it did without it.
+    let s = settings(generation);
+    if s.replies == action::ALLOW && flows::is_reply(ctx, packet, s) {
+        return reply(s, counter::ALLOW_REPLY);
+    }
+    if guarded && s.guard & guard::SCAN != 0 && decided.rule != RULE_KNOCK {
+        pfw_scan(&who, generation);
+    }
+    judgement
+}
+
+/// Whether the source of a packet without ports is blocked.
+#[inline(always)]
+fn blocked_source(packet: &Packet, s: &Settings) -> bool {
+    let Some(hdr) = packet.ip() else {
+        return false;
+    };
+    pfw_blocked(&Who::of(hdr, packet), u32::from(s.guard)) != 0
+}
+
+/// The entry that decides a port: the port's own, or, for ports whose rules restrict
+/// sources, the longest prefix under the port's group, then under its tail group; a miss
+/// in both leaves the port's own verdict (the first rule without `from`, or the default).
+#[inline(always)]
+fn by_sources(packet: &Packet, generation: u32, port: &PortEntry) -> PortEntry {
     let mut entry = *port;
     if port.group != NO_SOURCE_GROUP {
         if let Some(hit) = source_lookup(packet, generation, port.group) {
@@ -134,12 +208,20 @@ fn by_port(packet: &Packet, generation: u32, port: &PortEntry) -> Judgement {
             }
         }
     }
+    entry
+}
+
+/// The verdict a port or source entry gives.
+#[inline(always)]
+fn of_entry(entry: &PortEntry) -> Judgement {
     let drop = entry.action == action::DROP;
-    let counter = match (entry.rule < MAX_RULES, drop) {
-        (true, false) => counter::ALLOW_RULE,
-        (true, true) => counter::DROP_RULE,
-        (false, false) => counter::ALLOW_DEFAULT,
-        (false, true) => counter::DROP_DEFAULT,
+    let (counter, reason) = match (entry.rule < MAX_RULES, drop) {
+        (true, false) => (counter::ALLOW_RULE, reason::NONE),
+        (true, true) => (counter::DROP_RULE, reason::NONE),
+        _ if entry.rule == RULE_KNOCK => (counter::DROP_KNOCK, reason::KNOCK),
+        _ if entry.rule == RULE_SPA => (counter::ALLOW_SPA, reason::SPA),
+        (false, false) => (counter::ALLOW_DEFAULT, reason::NONE),
+        (false, true) => (counter::DROP_DEFAULT, reason::NONE),
     };
     Judgement {
         action: if drop { action::DROP } else { action::ALLOW },
@@ -147,12 +229,39 @@ fn by_port(packet: &Packet, generation: u32, port: &PortEntry) -> Judgement {
         counter,
         log: entry.flags & port_flags::LOG != 0,
         audit: entry.flags & port_flags::AUDIT != 0,
+        reason,
+    }
+}
+
+/// A packet from a blocked source: dropped whatever the rules say.
+#[inline(always)]
+fn blocked(s: &Settings) -> Judgement {
+    Judgement {
+        action: action::DROP,
+        rule: RULE_BLOCKED,
+        counter: counter::DROP_BLOCKED,
+        log: s.log & settings_log::DROP != 0,
+        audit: s.audit != 0,
+        reason: reason::BLOCKED,
+    }
+}
+
+/// A new connection over its rule's limit: dropped, under the rule, with its own counter.
+#[inline(always)]
+fn limited(s: &Settings, allowed: Judgement) -> Judgement {
+    Judgement {
+        action: action::DROP,
+        rule: allowed.rule,
+        counter: counter::DROP_LIMIT,
+        log: s.log & settings_log::DROP != 0,
+        audit: s.audit != 0,
+        reason: reason::LIMIT,
     }
 }
 
 /// Looks the source address up in the generation's trie of its family, under `group`.
 #[inline(always)]
-fn source_lookup(packet: &Packet, generation: u32, group: u16) -> Option<PortEntry> {
+pub fn source_lookup(packet: &Packet, generation: u32, group: u16) -> Option<PortEntry> {
     let hdr = packet.ip()?;
     let value = if hdr.is_v6() {
         let key = Key::new(SOURCE_GROUP_BITS + 128, source_key6(group, hdr.src6()));
@@ -215,6 +324,7 @@ fn malformed(s: &Settings) -> Judgement {
         counter: counter::MALFORMED,
         log: s.log & settings_log::DROP != 0,
         audit: s.audit != 0,
+        reason: reason::NONE,
     }
 }
 
@@ -228,6 +338,7 @@ fn reply(s: &Settings, counter: u32) -> Judgement {
         counter,
         log: s.log & settings_log::ALLOW != 0,
         audit: false,
+        reason: reason::NONE,
     }
 }
 
@@ -246,5 +357,6 @@ fn by_setting(s: &Settings, verdict: u8, allow_counter: u32, drop_counter: u32) 
         counter,
         log: s.log & bit != 0,
         audit: s.audit != 0,
+        reason: reason::NONE,
     }
 }

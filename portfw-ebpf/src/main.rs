@@ -12,6 +12,7 @@
 #![no_main]
 
 mod bench;
+mod defence;
 mod emit;
 mod flows;
 mod headers;

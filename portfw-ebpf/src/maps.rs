@@ -2,13 +2,21 @@
 use aya_ebpf::{
     btf_maps::{ArrayOfMaps, LpmTrie},
     macros::{btf_map, map},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{
+        Array, HashMap, LpmTrie as PlainLpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
+    },
 };
 use portfw_common::{
-    BPF_F_MMAPABLE, Clock, EVENT_RING_BYTES, Event, FLOWS_DEFAULT_MAX, FlowKey, FlowValue,
-    GENERATIONS, PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS, SOURCE_TRIE_ENTRIES, Settings,
-    SourceKey4, SourceKey6, counter, rule_hit_index,
+    AggKey, AggValue, BLOCK_NETS_MAX, BLOCKS_MAX, BPF_F_MMAPABLE, BlockNetKey, BlockValue, Clock,
+    DOOR_STATE_MAX, DoorDef, DoorKey, DoorValue, EVENT_RING_BYTES, Event, FLOWS_DEFAULT_MAX,
+    FlowKey, FlowValue, GENERATIONS, KnockState, LIMIT_STATE_MAX, LOG_AGG_MAX, LOG_SOURCES_MAX,
+    LimitKey, MAX_DOORS, MAX_LIMITS, PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS, RuleLimit,
+    SCAN_PORTS_MAX, SCAN_SOURCES_MAX, SOURCE_TRIE_ENTRIES, ScanPortKey, ScanValue, Settings,
+    SourceKey, SourceKey4, SourceKey6, counter, rule_hit_index,
 };
+
+/// `BPF_F_NO_PREALLOC`: entries are allocated as they are added (required by tries).
+const NO_PREALLOC: u32 = 1;
 
 // The generation index, the settings and the port table are memory-mapped by the loader,
 // which writes a whole generation in place and then flips PFW_ACTIVE with one store.
@@ -44,6 +52,58 @@ pub static PFW_FLOWS: LruHashMap<FlowKey, FlowValue> =
 #[map(name = "PFW_CLOCK")]
 pub static PFW_CLOCK: Array<Clock> = Array::with_max_entries(1, 0);
 
+// The active defences (see portfw-common's `defence`). Definitions are per generation,
+// like the port table; the state they build up is outside the generations, so it survives
+// a re-apply.
+
+#[map(name = "PFW_DOOR_DEFS")]
+pub static PFW_DOOR_DEFS: Array<DoorDef> = Array::with_max_entries(GENERATIONS * MAX_DOORS, 0);
+
+#[map(name = "PFW_LIMIT_DEFS")]
+pub static PFW_LIMIT_DEFS: Array<RuleLimit> = Array::with_max_entries(GENERATIONS * MAX_LIMITS, 0);
+
+/// Blocked sources. A plain hash rather than an LRU: a full table refuses new blocks and
+/// never silently lifts an old one.
+#[map(name = "PFW_BLOCKS")]
+pub static PFW_BLOCKS: HashMap<SourceKey, BlockValue> =
+    HashMap::with_max_entries(BLOCKS_MAX, NO_PREALLOC);
+
+#[map(name = "PFW_BLOCK_NETS")]
+pub static PFW_BLOCK_NETS: PlainLpmTrie<BlockNetKey, BlockValue> =
+    PlainLpmTrie::with_max_entries(BLOCK_NETS_MAX, NO_PREALLOC);
+
+#[map(name = "PFW_SCAN")]
+pub static PFW_SCAN: LruHashMap<SourceKey, ScanValue> =
+    LruHashMap::with_max_entries(SCAN_SOURCES_MAX, 0);
+
+#[map(name = "PFW_SCAN_PORTS")]
+pub static PFW_SCAN_PORTS: LruHashMap<ScanPortKey, u64> =
+    LruHashMap::with_max_entries(SCAN_PORTS_MAX, 0);
+
+#[map(name = "PFW_LIMITS")]
+pub static PFW_LIMITS: LruHashMap<LimitKey, u64> = LruHashMap::with_max_entries(LIMIT_STATE_MAX, 0);
+
+#[map(name = "PFW_KNOCKS")]
+pub static PFW_KNOCKS: LruHashMap<DoorKey, KnockState> =
+    LruHashMap::with_max_entries(DOOR_STATE_MAX, 0);
+
+#[map(name = "PFW_DOORS")]
+pub static PFW_DOORS: LruHashMap<DoorKey, DoorValue> =
+    LruHashMap::with_max_entries(DOOR_STATE_MAX, 0);
+
+/// Per CPU, so that counting a repeat is a plain add: the generic BPF target has no
+/// atomic exchange, and each CPU aggregates its own share of a key's packets.
+#[map(name = "PFW_LOG_AGG")]
+pub static PFW_LOG_AGG: LruPerCpuHashMap<AggKey, AggValue> =
+    LruPerCpuHashMap::with_max_entries(LOG_AGG_MAX, 0);
+
+#[map(name = "PFW_LOG_SRC")]
+pub static PFW_LOG_SRC: LruHashMap<SourceKey, u64> =
+    LruHashMap::with_max_entries(LOG_SOURCES_MAX, 0);
+
+#[map(name = "PFW_LOG_RATE")]
+pub static PFW_LOG_RATE: Array<u64> = Array::with_max_entries(1, 0);
+
 /// The source tries, one per generation: the loader builds a fresh trie for each policy and
 /// swaps it into the inactive slot, and the kernel frees the old one once no packet uses it.
 pub type SourceTrie4 = LpmTrie<SourceKey4, PortEntry, { SOURCE_TRIE_ENTRIES as usize }>;
@@ -68,9 +128,15 @@ pub fn active_generation() -> u32 {
 /// Adds one to a per-CPU counter. Per-CPU slots need no atomics.
 #[inline(always)]
 pub fn bump(map: &PerCpuArray<u64>, index: u32) {
+    bump_by(map, index, 1);
+}
+
+/// Adds `n` to a per-CPU counter.
+#[inline(always)]
+pub fn bump_by(map: &PerCpuArray<u64>, index: u32, n: u64) {
     if let Some(slot) = map.get_ptr_mut(index) {
         // SAFETY: the pointer comes from a successful lookup and is this CPU's slot.
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }
 

@@ -264,15 +264,8 @@ impl IpHdr {
         self.v6
     }
 
-    /// Source and destination address, network order; IPv4 in the first four bytes.
-    #[inline(always)]
-    pub fn addrs(&self) -> ([u8; 16], [u8; 16]) {
-        let (src, dst) = self.addr_words();
-        (words_to_bytes(src), words_to_bytes(dst))
-    }
-
-    /// The same as four network-order words each, built word by word: LLVM turns a
-    /// zero-filled byte array into a call of compiler_builtins' byte-at-a-time `memset`,
+    /// Source and destination address as four network-order words each (IPv4 in the first),
+    /// built word by word: LLVM turns a zero-filled byte array into a call of compiler_builtins' byte-at-a-time `memset`,
     /// which cost a reply dozens of nanoseconds.
     #[inline(always)]
     pub fn addr_words(&self) -> ([u32; 4], [u32; 4]) {
@@ -322,12 +315,6 @@ fn bytes_to_words(a: [u8; 16]) -> [u32; 4] {
         u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
         u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
     ]
-}
-
-#[inline(always)]
-fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
-    // SAFETY: both are 16 plain bytes; every bit pattern is valid.
-    unsafe { core::mem::transmute(w) }
 }
 
 /// Which header a frame starts with: the device's link type, fixed per program.

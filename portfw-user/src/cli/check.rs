@@ -98,6 +98,42 @@ mod tests {
     }
 
     #[test]
+    fn defences_show_in_the_warnings_and_the_summary() {
+        let text = report(
+            "default: drop\nscan: {ports: 8, block: 2h}\nrules:\n  - allow: 7000-7100/udp\n    \
+             limit: 10/m\nknock:\n  - {name: d, sequence: [7001/udp, 7002/tcp], opens: 22/tcp}\n",
+        );
+        assert!(
+            text.contains(
+                "p\\u{1b}.yaml:2:25: warning: `scan` blocks for 2h with an empty `except`"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(":7:26: warning: knock 7001/udp of door `d` is also allowed by rule 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nscan guard: 8 distinct dropped ports within 5s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nknock door `d` (line 7): knocks [7001/udp, 7002/tcp]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("limit 10/m new connections per source; also a knock of door `d`"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  drop  22         the default, logged; allowed for a source that opened door `d`"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn the_summary_is_escaped() {
         let text = report("default: drop\ninterfaces: [\"e\\e]0;PWNED\\a\"]\n");
         assert!(

@@ -3,13 +3,16 @@
 use std::{net::IpAddr, process::ExitCode};
 
 use anyhow::{Context as _, bail};
-use portfw_common::{PortEntry, RULE_DEFAULT, action, port_flags};
+use portfw_common::{
+    PortEntry, RULE_BLOCKED, RULE_DEFAULT, RULE_DOOR, RULE_KNOCK, RULE_REPLY, RULE_SPA, action,
+    port_flags,
+};
 
 use super::{EXIT_ERROR, EXIT_OK, ExplainArgs, report_invalid, report_unfit};
 use crate::{
     compile::{self, reference},
     loader,
-    policy::{self, Policy, Protocol, escape},
+    policy::{self, DoorKind, Policy, Protocol, escape, format_duration},
 };
 
 /// `PORT[/PROTO]`, protocol tcp when absent.
@@ -49,13 +52,17 @@ fn verdict_line(
         (action::DROP, false) => "drop",
         _ => "allow",
     };
-    let by = if entry.rule == RULE_DEFAULT {
-        "the default".to_string()
-    } else {
-        match rule_name(entry.rule) {
-            Some(name) => format!("rule {} ({name})", entry.rule + 1),
-            None => format!("rule {}", entry.rule + 1),
-        }
+    let by = match entry.rule {
+        RULE_DEFAULT => "the default".to_string(),
+        RULE_KNOCK => "a knock port".to_string(),
+        RULE_SPA => "a single-packet knock port".to_string(),
+        RULE_DOOR => "an open knock door".to_string(),
+        RULE_BLOCKED => "the block table".to_string(),
+        RULE_REPLY => "the flow table".to_string(),
+        rule => match rule_name(rule) {
+            Some(name) => format!("rule {} ({name})", rule + 1),
+            None => format!("rule {}", rule + 1),
+        },
     };
     format!("{protocol} {source} -> port {port}: {verdict} by {by}")
 }
@@ -79,7 +86,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => return Ok(report_unfit(&file, &e, "the policy is invalid")),
             };
             let from_tables = compiled.lookup(protocol, port, source);
-            let decision = reference::evaluate(&policy, protocol, port, source);
+            let decision = reference::table_verdict(&policy, protocol, port, source);
             let name = |rule: u32| policy.rules.get(rule as usize).and_then(|r| r.name.clone());
             println!(
                 "{}",
@@ -88,10 +95,13 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             for line in trace(&policy, protocol, port, source) {
                 println!("  {line}");
             }
+            for line in defences(&policy, protocol, port, source, &from_tables) {
+                println!("  {line}");
+            }
             if from_tables.action == action::DROP && compiled.settings.replies == action::ALLOW {
                 println!("  {REPLY_NOTE}");
             }
-            let expected = decision.rule.map_or(RULE_DEFAULT, |r| r as u32);
+            let expected = decision.rule;
             if from_tables.rule != expected || from_tables.action != decision.action.to_kernel() {
                 eprintln!(
                     "portfw: internal error: the compiled tables say rule {} but first-match says \
@@ -209,10 +219,162 @@ fn trace(policy: &Policy, protocol: Protocol, port: u16, source: IpAddr) -> Vec<
     lines
 }
 
+/// What the active defences add to a packet's verdict: knocks, doors, limits, the scan
+/// guard. `entry` is what the tables say for it.
+fn defences(
+    policy: &Policy,
+    protocol: Protocol,
+    port: u16,
+    source: IpAddr,
+    entry: &PortEntry,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    let target = format!("{port}/{protocol}");
+    for door in &policy.doors {
+        let name = &door.name;
+        let (opens_proto, opens_port) = door.opens;
+        let opened_for = format_duration(door.open_for);
+        match &door.kind {
+            DoorKind::Sequence { steps, within } => {
+                if let Some(k) = steps.iter().position(|&s| s == (protocol, port)) {
+                    let packet = if protocol == Protocol::Tcp {
+                        "a SYN"
+                    } else {
+                        "a datagram"
+                    };
+                    lines.push(format!(
+                        "{target} is knock {} of {} of door `{name}`: {packet} from {source} \
+                         moves its sequence on (all within {}); the last knock opens \
+                         {opens_port}/{opens_proto} to {source} for {opened_for}",
+                        k + 1,
+                        steps.len(),
+                        format_duration(*within)
+                    ));
+                }
+            }
+            DoorKind::Spa { port: spa, .. } => {
+                if protocol == Protocol::Udp && *spa == port {
+                    lines.push(format!(
+                        "ahead of the rules, {target} is the single-packet knock port of door \
+                         `{name}`: datagrams pass to `portfw agent`, which opens {opens_port}/{opens_proto} to a \
+                         source with a good signature for {opened_for} (without a running \
+                         agent, nothing opens)"
+                    ));
+                }
+            }
+        }
+        if door.opens == (protocol, port) {
+            if entry.action == action::DROP {
+                lines.push(format!(
+                    "dropped unless {source} opened door `{name}` (then allowed for \
+                     {opened_for}; a connection made meanwhile lives on in the flow table)"
+                ));
+            } else {
+                lines.push(format!(
+                    "door `{name}` opens {target}, but the rules already allow it here: the \
+                     door changes nothing for {source}"
+                ));
+            }
+        }
+    }
+    let limit = policy
+        .rules
+        .get(entry.rule as usize)
+        .and_then(|r| r.limit.as_ref());
+    if let Some(limit) = limit
+        && entry.action == action::ALLOW
+    {
+        lines.push(format!(
+            "rule {} limits new connections (TCP SYNs; every datagram of other protocols) to \
+             {} per source (IPv6: per /64): over it they are dropped, counted as drop_limit",
+            entry.rule + 1,
+            limit.rate
+        ));
+    }
+    if let Some(scan) = &policy.scan {
+        if scan.all_except().any(|c| c.contains(source)) {
+            lines.push(format!(
+                "the scan guard never blocks {source}: it is in `scan: except`"
+            ));
+        } else if entry.action == action::DROP && entry.rule != RULE_KNOCK {
+            lines.push(format!(
+                "this drop counts for the scan guard: {} distinct dropped ports from {source} \
+                 within {} block it for {} (unless the host depends on it: gateways, resolvers \
+                 and own addresses are excepted when applied)",
+                scan.ports,
+                format_duration(scan.within),
+                format_duration(scan.block)
+            ));
+        }
+        lines.push(format!(
+            "if {source} is blocked (by the scan guard or `portfw block`), every packet from it \
+             is dropped first"
+        ));
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_target;
-    use crate::policy::Protocol;
+    use super::{defences, parse_target};
+    use crate::{
+        compile,
+        policy::{self, Protocol},
+    };
+
+    #[test]
+    fn defences_are_explained() {
+        let source = "\
+default: drop
+scan: {ports: 8, except: [192.0.2.0/24]}
+rules:
+  - allow: 443/tcp
+    limit: 5/10s
+knock:
+  - name: door
+    sequence: [7001/udp, 7002/tcp]
+    opens: 22/tcp
+  - name: spa
+    spa: {port: 62201/udp, key-file: k}
+    opens: 22/tcp
+";
+        let policy = policy::parse(source, "p.yaml")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .policy;
+        let compiled = compile::compile(&policy).unwrap_or_else(|e| panic!("{e}"));
+        let explain = |protocol, port, from: &str| {
+            let from = from.parse().unwrap_or_else(|e| panic!("{e}"));
+            let entry = compiled.lookup(protocol, port, from);
+            defences(&policy, protocol, port, from, &entry).join("\n")
+        };
+        let text = explain(Protocol::Udp, 7001, "198.51.100.1");
+        assert!(
+            text.contains("7001/udp is knock 1 of 2 of door `door`"),
+            "{text}"
+        );
+        assert!(!text.contains("counts for the scan guard"), "{text}");
+        let text = explain(Protocol::Tcp, 22, "198.51.100.1");
+        assert!(
+            text.contains("dropped unless 198.51.100.1 opened door `door`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dropped unless 198.51.100.1 opened door `spa`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("this drop counts for the scan guard"),
+            "{text}"
+        );
+        let text = explain(Protocol::Tcp, 443, "192.0.2.7");
+        assert!(text.contains("limits new connections (TCP SYNs; every datagram of other protocols) to 5/10s per source"), "{text}");
+        assert!(text.contains("never blocks 192.0.2.7"), "{text}");
+        let text = explain(Protocol::Udp, 62201, "198.51.100.1");
+        assert!(
+            text.contains("single-packet knock port of door `spa`"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn targets_parse_with_and_without_protocol() {

@@ -10,6 +10,7 @@ mod events;
 mod examples;
 mod explain;
 mod flows;
+mod knock;
 mod status;
 mod watchdog;
 
@@ -82,6 +83,13 @@ pub enum Command {
     /// Lift the block of a source address or prefix (`portfw block`'s or the scan guard's).
     #[command(after_help = block::UNBLOCK_EXAMPLES)]
     Unblock(block::UnblockArgs),
+    /// Write a new random key for single-packet knocks to FILE (mode 0600).
+    #[command(after_help = knock::KNOCK_KEY_EXAMPLES)]
+    KnockKey(knock::KnockKeyArgs),
+    /// Send a single-packet knock: one signed UDP datagram that has the host's `portfw agent`
+    /// open a knock door for this machine's address.
+    #[command(after_help = knock::KNOCK_EXAMPLES)]
+    Knock(knock::KnockArgs),
     /// Print the completion script for bash, zsh or fish to stdout.
     Completions(completions::CompletionsArgs),
     /// Print the man page portfw.8 to stdout, or write every page into a directory (the
@@ -245,6 +253,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Flows(args) => flows::run(args),
         Command::Block(args) => block::run_block(args),
         Command::Unblock(args) => block::run_unblock(args),
+        Command::KnockKey(args) => knock::run_key(args),
+        Command::Knock(args) => knock::run(args),
         Command::Completions(args) => completions::run(args),
         Command::Manpage(args) => completions::run_manpage(args),
     }

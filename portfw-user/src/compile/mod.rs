@@ -21,13 +21,14 @@ use std::{
 };
 
 use portfw_common::{
-    DoorDef, FlowTimeouts, MAX_SOURCE_GROUPS, NO_SOURCE_GROUP, PORT_TABLE_GEN_ENTRIES,
-    PORTS_PER_PROTO, PortEntry, RULE_DEFAULT, RuleLimit, SOURCE_TRIE_ENTRIES, Settings, SourceKey4,
-    SourceKey6, port_flags, settings_log, source_key4, source_key6,
+    DoorDef, FlowTimeouts, KnockStep, LogLimit, MAX_DOORS, MAX_SOURCE_GROUPS, NO_SOURCE_GROUP,
+    PORT_TABLE_GEN_ENTRIES, PORTS_PER_PROTO, PortEntry, RULE_DEFAULT, RULE_KNOCK, RULE_SPA,
+    RuleLimit, SOURCE_TRIE_ENTRIES, ScanSettings, Settings, SourceKey4, SourceKey6, door_kind,
+    guard, port_flags, settings_log, source_key4, source_key6,
 };
 pub use summary::summary;
 
-use crate::policy::{Action, LogMode, Policy, Protocol};
+use crate::policy::{Action, DoorKind, LogMode, Policy, Protocol, Rate};
 
 /// One generation of the kernel tables, ready for the loader to place.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,11 +205,79 @@ fn entry(rule: u32, action: Action, log: bool) -> PortEntry {
     }
 }
 
-/// The entry a rule gives the packets it decides.
-fn rule_entry(policy: &Policy, index: usize) -> PortEntry {
-    let rule = &policy.rules[index];
-    // Rule indices fit u32: parsing caps rules at MAX_RULES.
-    entry(index as u32, rule.action, rule.logs(policy.log))
+/// The entries rules give the packets they decide.
+struct RuleEntries<'p> {
+    policy: &'p Policy,
+    /// Per rule, its [`PortEntry::limit`]: `1 +` its index among the limited rules, or 0.
+    limit_of: Vec<u16>,
+}
+
+impl<'p> RuleEntries<'p> {
+    fn new(policy: &'p Policy) -> Self {
+        let mut next = 0u16;
+        let limit_of = policy
+            .rules
+            .iter()
+            .map(|rule| {
+                if rule.limit.is_some() {
+                    // Parsing caps limited rules at MAX_LIMITS, far below u16::MAX.
+                    next = next.saturating_add(1);
+                    next
+                } else {
+                    0
+                }
+            })
+            .collect();
+        Self { policy, limit_of }
+    }
+
+    /// The entry rule `index` gives the packets it decides.
+    fn rule(&self, index: usize) -> PortEntry {
+        let rule = &self.policy.rules[index];
+        // Rule indices fit u32: parsing caps rules at MAX_RULES.
+        PortEntry {
+            limit: self.limit_of[index],
+            ..entry(index as u32, rule.action, rule.logs(self.policy.log))
+        }
+    }
+
+    /// A knock port's own verdict, standing in for any drop there: the port stays closed,
+    /// and its drops count as knocks, never towards the scan guard.
+    fn knock(&self) -> PortEntry {
+        entry(RULE_KNOCK, Action::Drop, self.policy.log.logs(Action::Drop))
+    }
+}
+
+/// What the knock doors add to one port: the door it is a knock of ([`PortEntry::knocks`]:
+/// `1 +` the door), the doors that open it (bit `d`: door `d`; the kernel only asks whether
+/// it is non-zero), and whether it is a single-packet knock port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct DoorBits {
+    knocks: u8,
+    opens: u8,
+    spa: bool,
+}
+
+/// The door bits of every port that has any, by (protocol, port).
+fn door_ports(policy: &Policy) -> BTreeMap<(Protocol, u16), DoorBits> {
+    let mut ports: BTreeMap<(Protocol, u16), DoorBits> = BTreeMap::new();
+    for (d, door) in policy.doors.iter().take(MAX_DOORS as usize).enumerate() {
+        // One bit each: parsing caps doors at MAX_DOORS (8).
+        let bit = 1u8 << d;
+        match &door.kind {
+            DoorKind::Sequence { steps, .. } => {
+                for &step in steps {
+                    // Parsing lets a port knock for one door only.
+                    ports.entry(step).or_default().knocks = d as u8 + 1;
+                }
+            }
+            DoorKind::Spa { port, .. } => {
+                ports.entry((Protocol::Udp, *port)).or_default().spa = true
+            }
+        }
+        ports.entry(door.opens).or_default().opens |= bit;
+    }
+    ports
 }
 
 /// Capacities of the kernel tables the compiler must fit.
@@ -246,24 +315,59 @@ pub fn compile_with(policy: &Policy, limits: Limits) -> Result<CompiledPolicy, C
         max: limits.source_groups,
         ..Groups::default()
     };
+    let rules = RuleEntries::new(policy);
+    let door_ports = door_ports(policy);
 
     for protocol in Protocol::ALL {
         let base = index(protocol, 0);
         for class in classes(policy, protocol) {
-            let mut port_entry = match class.terminal {
-                Some(rule) => rule_entry(policy, rule),
+            let port_entry = match class.terminal {
+                Some(rule) => rules.rule(rule),
                 None => default,
             };
             let (head, tail) = split_at_large_sets(policy, &class.source_rules);
-            port_entry.group = groups.intern(head)?;
-            port_entry.tail = groups.intern(tail)?;
+            let plain = PortEntry {
+                group: groups.intern(head, DoorBits::default())?,
+                tail: groups.intern(tail, DoorBits::default())?,
+                ..port_entry
+            };
             let (low, high) = (usize::from(class.low), usize::from(class.high));
-            ports[base + low..=base + high].fill(port_entry);
+            ports[base + low..=base + high].fill(plain);
+            // Knock, opens and single-packet ports get entries (and groups) of their own.
+            for (&(_, port), &bits) in
+                door_ports.range((protocol, class.low)..=(protocol, class.high))
+            {
+                let special = if bits.spa {
+                    entry(RULE_SPA, Action::Allow, policy.log.logs(Action::Allow))
+                } else {
+                    let mut special = port_entry;
+                    if bits.knocks != 0 && special.action == Action::Drop.to_kernel() {
+                        special = rules.knock();
+                    }
+                    special.group = groups.intern(head, bits)?;
+                    special.tail = groups.intern(tail, bits)?;
+                    special.knocks = bits.knocks;
+                    special.opens = bits.opens;
+                    special
+                };
+                ports[base + usize::from(port)] = special;
+            }
         }
     }
 
-    let groups = groups.into_lists();
-    let (mut sources4, mut sources6) = sources::compile(policy, &groups);
+    let (groups, bits) = groups.into_lists();
+    let (mut sources4, mut sources6) = sources::compile(&rules, &groups, &bits);
+    if let Some(scan) = &policy.scan {
+        sources::except(scan, &mut sources4, &mut sources6);
+        // Every entry carries GUARD, so that a policy without defences reads nothing more.
+        ports.iter_mut().for_each(|e| e.flags |= port_flags::GUARD);
+        sources4
+            .iter_mut()
+            .for_each(|e| e.verdict.flags |= port_flags::GUARD);
+        sources6
+            .iter_mut()
+            .for_each(|e| e.verdict.flags |= port_flags::GUARD);
+    }
     if !policy.enforce {
         // Audit mode: every drop the tables hold passes as a would-drop. The flag rides on
         // the entry the kernel already reads, so enforcing costs nothing extra per packet.
@@ -299,8 +403,18 @@ pub fn compile_with(policy: &Policy, limits: Limits) -> Result<CompiledPolicy, C
         groups,
         sources4,
         sources6,
-        doors: Vec::new(),
-        limits: Vec::new(),
+        doors: doors(policy),
+        limits: policy
+            .rules
+            .iter()
+            .filter_map(|rule| rule.limit.as_ref())
+            .map(|limit| RuleLimit {
+                id: limit.id,
+                _pad: 0,
+                interval_ns: limit.rate.interval_ns(),
+                tolerance_ns: limit.rate.tolerance_ns(),
+            })
+            .collect(),
     })
 }
 
@@ -396,20 +510,31 @@ fn split_at_large_sets<'a>(policy: &Policy, rules: &'a [u32]) -> (&'a [u32], &'a
     }
 }
 
-/// Interns source-rule lists as group ids `1..`.
+/// Interns source-rule lists as group ids `1..`. A knock or opens port's group is its own
+/// (the list with the port's door bits), because its entries carry those bits and every
+/// port sharing a group shares its entries.
 #[derive(Default)]
 struct Groups {
     max: u32,
+    /// Groups of ports without door bits: almost all, looked up without an allocation.
     ids: HashMap<Vec<u32>, u16>,
+    door_ids: HashMap<(Vec<u32>, DoorBits), u16>,
     lists: Vec<Vec<u32>>,
+    bits: Vec<DoorBits>,
 }
 
 impl Groups {
-    fn intern(&mut self, rules: &[u32]) -> Result<u16, CompileError> {
+    fn intern(&mut self, rules: &[u32], bits: DoorBits) -> Result<u16, CompileError> {
         if rules.is_empty() {
             return Ok(NO_SOURCE_GROUP);
         }
-        if let Some(&id) = self.ids.get(rules) {
+        let plain = bits == DoorBits::default();
+        let known = if plain {
+            self.ids.get(rules)
+        } else {
+            self.door_ids.get(&(rules.to_vec(), bits))
+        };
+        if let Some(&id) = known {
             return Ok(id);
         }
         let id = u16::try_from(self.lists.len() + 1)
@@ -419,13 +544,83 @@ impl Groups {
                 groups: self.lists.len() + 1,
                 max: self.max,
             })?;
-        self.ids.insert(rules.to_vec(), id);
+        if plain {
+            self.ids.insert(rules.to_vec(), id);
+        } else {
+            self.door_ids.insert((rules.to_vec(), bits), id);
+        }
         self.lists.push(rules.to_vec());
+        self.bits.push(bits);
         Ok(id)
     }
 
-    fn into_lists(self) -> Vec<Vec<u32>> {
-        self.lists
+    fn into_lists(self) -> (Vec<Vec<u32>>, Vec<DoorBits>) {
+        (self.lists, self.bits)
+    }
+}
+
+/// The knock doors' kernel definitions, in policy order.
+fn doors(policy: &Policy) -> Vec<DoorInfo> {
+    policy
+        .doors
+        .iter()
+        .map(|door| {
+            let mut def = DoorDef {
+                id: door.id(),
+                open_ns: nanos(door.open_for),
+                opens_port: door.opens.1,
+                // Slots are 0..4.
+                opens_slot: door.opens.0.slot() as u8,
+                ..DoorDef::default()
+            };
+            let spa = match &door.kind {
+                DoorKind::Sequence { steps, within } => {
+                    def.kind = door_kind::SEQUENCE;
+                    // Parsing caps sequences at MAX_KNOCK_STEPS.
+                    def.steps = steps.len() as u8;
+                    def.within_ns = nanos(*within);
+                    for (slot, &(protocol, port)) in def.sequence.iter_mut().zip(steps) {
+                        *slot = KnockStep {
+                            port,
+                            slot: protocol.slot() as u8,
+                            _pad: 0,
+                        };
+                    }
+                    None
+                }
+                DoorKind::Spa { port, key_file } => {
+                    def.kind = door_kind::SPA;
+                    Some(SpaInfo {
+                        port: *port,
+                        key_file: key_file.clone(),
+                    })
+                }
+            };
+            DoorInfo {
+                name: door.name.clone(),
+                line: door.location.line,
+                def,
+                spa,
+            }
+        })
+        .collect()
+}
+
+/// `log-limit:` as two GCRA buckets: the global rate, and a quarter of it per source (at
+/// least one event per period), so that one flooding source cannot take the whole budget.
+pub fn log_limit(rate: Option<Rate>) -> LogLimit {
+    let Some(rate) = rate else {
+        return LogLimit::default();
+    };
+    let per_source = Rate {
+        count: (rate.count / 4).max(1),
+        per: rate.per,
+    };
+    LogLimit {
+        interval_ns: rate.interval_ns(),
+        tolerance_ns: rate.tolerance_ns(),
+        src_interval_ns: per_source.interval_ns(),
+        src_tolerance_ns: per_source.tolerance_ns(),
     }
 }
 
@@ -457,7 +652,23 @@ fn settings(policy: &Policy) -> Settings {
         icmp4_drop,
         icmp6_drop,
         flow_timeouts: flow_timeouts(&policy.flows),
-        ..Settings::default()
+        // The scan guard writes blocks, so it reads them too; the loader adds BLOCKS and NETS
+        // when `portfw block` has filled the tables.
+        guard: if policy.scan.is_some() {
+            guard::SCAN | guard::BLOCKS
+        } else {
+            0
+        },
+        scan: policy
+            .scan
+            .as_ref()
+            .map_or(ScanSettings::default(), |scan| ScanSettings {
+                ports: scan.ports,
+                _pad: 0,
+                within_ns: nanos(scan.within),
+                block_ns: nanos(scan.block),
+            }),
+        log_limit: log_limit(policy.log_limit),
     }
 }
 

@@ -11,10 +11,13 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use portfw_common::{SOURCE_GROUP_BITS, SourceKey4, SourceKey6, source_key4, source_key6};
+use portfw_common::{
+    PortEntry, RULE_SETTING, SCAN_EXCEPT_GROUP, SOURCE_GROUP_BITS, SourceKey4, SourceKey6, action,
+    source_key4, source_key6,
+};
 
-use super::{SourceEntry, rule_entry};
-use crate::policy::Policy;
+use super::{DoorBits, RuleEntries, SourceEntry};
+use crate::policy::{Action, ScanGuard};
 
 /// An address prefix as (bits, length); IPv4 lives in the low 32 bits.
 type Prefix = (u128, u8);
@@ -91,13 +94,25 @@ impl FamilyPrefixes {
 }
 
 /// The source-trie entries of every group, IPv4 and IPv6.
-pub fn compile(
-    policy: &Policy,
+/// `bits[g]` are group `g + 1`'s door bits: a knock port's drops are knocks, and an opens
+/// port's entries name the doors that open it.
+pub(super) fn compile(
+    entries: &RuleEntries<'_>,
     groups: &[Vec<u32>],
+    bits: &[DoorBits],
 ) -> (Vec<SourceEntry<SourceKey4>>, Vec<SourceEntry<SourceKey6>>) {
+    let policy = entries.policy;
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
-    for (index, rules) in groups.iter().enumerate() {
+    for ((index, rules), bits) in groups.iter().enumerate().zip(bits) {
+        let verdict = |rule: u32| {
+            let mut verdict = entries.rule(rule as usize);
+            if bits.knocks != 0 && verdict.action == Action::Drop.to_kernel() {
+                verdict = entries.knock();
+            }
+            verdict.opens = bits.opens;
+            verdict
+        };
         // Group ids start at 1 and were checked to fit u16 when interned.
         let group = (index + 1) as u16;
         let mut fam4 = FamilyPrefixes::new(32);
@@ -117,18 +132,51 @@ pub fn compile(
             v4.push(SourceEntry {
                 prefix_len: SOURCE_GROUP_BITS + u32::from(len),
                 key: source_key4(group, addr),
-                verdict: rule_entry(policy, rule as usize),
+                verdict: verdict(rule),
             });
         }
         for ((bits, len), rule) in fam6.entries() {
             v6.push(SourceEntry {
                 prefix_len: SOURCE_GROUP_BITS + u32::from(len),
                 key: source_key6(group, bits.to_be_bytes()),
-                verdict: rule_entry(policy, rule as usize),
+                verdict: verdict(rule),
             });
         }
     }
     (v4, v6)
+}
+
+/// The scan guard's except list under [`SCAN_EXCEPT_GROUP`]: any hit means excepted, so the
+/// verdict is a placeholder.
+pub(super) fn except(
+    scan: &ScanGuard,
+    v4: &mut Vec<SourceEntry<SourceKey4>>,
+    v6: &mut Vec<SourceEntry<SourceKey6>>,
+) {
+    let verdict = PortEntry {
+        rule: RULE_SETTING,
+        action: action::ALLOW,
+        ..PortEntry::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for cidr in scan.all_except() {
+        if !seen.insert(*cidr) {
+            continue;
+        }
+        let prefix_len = SOURCE_GROUP_BITS + u32::from(cidr.len);
+        match cidr.addr {
+            IpAddr::V4(a) => v4.push(SourceEntry {
+                prefix_len,
+                key: source_key4(SCAN_EXCEPT_GROUP, a.octets()),
+                verdict,
+            }),
+            IpAddr::V6(a) => v6.push(SourceEntry {
+                prefix_len,
+                key: source_key6(SCAN_EXCEPT_GROUP, a.octets()),
+                verdict,
+            }),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,10 +2,10 @@
 
 use std::fmt::Write as _;
 
-use portfw_common::{NO_SOURCE_GROUP, PortEntry, RULE_DEFAULT, port_flags};
+use portfw_common::{NO_SOURCE_GROUP, PortEntry, RULE_DEFAULT, RULE_KNOCK, RULE_SPA, port_flags};
 
-use super::{CompiledPolicy, PortRun, entry};
-use crate::policy::{Action, Policy, Protocol, format_duration};
+use super::{CompiledPolicy, PortRun, entry, log_limit};
+use crate::policy::{Action, DoorKind, Policy, Protocol, Rate, format_duration};
 
 /// A readable account of what `compiled` does, for `portfw check`.
 ///
@@ -42,12 +42,17 @@ pub fn summary(policy: &Policy, compiled: &CompiledPolicy) -> String {
         policy.icmp, policy.fragments, policy.other_ip, policy.non_ip
     );
     let _ = writeln!(out, "replies: {}", replies(policy));
+    defences(&mut out, policy);
     let runs = Protocol::ALL.map(|protocol| compiled.runs(protocol));
     // One width for every protocol keeps the rule column aligned down the whole listing.
     let width = runs
         .iter()
         .flatten()
-        .filter(|run| run.entry.rule != RULE_DEFAULT || run.entry.group != NO_SOURCE_GROUP)
+        .filter(|run| {
+            run.entry.rule != RULE_DEFAULT
+                || run.entry.group != NO_SOURCE_GROUP
+                || run.entry.knocks | run.entry.opens != 0
+        })
         .map(|run| port_span(run).len())
         .max()
         .unwrap_or(0);
@@ -72,21 +77,19 @@ pub fn summary(policy: &Policy, compiled: &CompiledPolicy) -> String {
         }
         for (run, list) in runs.iter().zip(&lists) {
             let own = &list[common.len()..];
-            if run.entry.rule == RULE_DEFAULT && own.is_empty() {
+            let doors = run.entry.knocks | run.entry.opens;
+            if run.entry.rule == RULE_DEFAULT && own.is_empty() && doors == 0 {
                 continue;
             }
             decided_any = true;
-            let label = if run.entry.rule == RULE_DEFAULT {
-                "the default".to_owned()
-            } else {
-                rule_label(compiled, run.entry.rule)
-            };
+            let label = entry_label(policy, compiled, &run.entry);
             let _ = writeln!(
                 out,
-                "  {:<5} {:<width$}  {label}{}",
+                "  {:<5} {:<width$}  {label}{}{}",
                 action_name(run.entry.action),
                 port_span(run),
-                logged(&run.entry)
+                logged(&run.entry),
+                door_notes(policy, &run.entry)
             );
             if !own.is_empty() {
                 let said: Vec<String> = own
@@ -222,5 +225,143 @@ fn logged(entry: &PortEntry) -> &'static str {
         ", logged"
     } else {
         ""
+    }
+}
+
+/// What decides a run: a rule, the default, a knock port or a single-packet port.
+fn entry_label(policy: &Policy, compiled: &CompiledPolicy, entry: &PortEntry) -> String {
+    match entry.rule {
+        RULE_DEFAULT => "the default".to_owned(),
+        RULE_KNOCK => format!("a knock of {}", door_names(policy, knock_bit(entry))),
+        RULE_SPA => "single-packet knocks, passed to `portfw agent`".to_owned(),
+        rule => {
+            let mut label = rule_label(compiled, rule);
+            if let Some(limit) = policy
+                .rules
+                .get(rule as usize)
+                .and_then(|r| r.limit.as_ref())
+            {
+                label.push_str(&format!(
+                    ", limit {} new connections per source",
+                    limit.rate
+                ));
+            }
+            label
+        }
+    }
+}
+
+/// "; a knock of door `a`; opened by door `b`", for the door bits an entry carries
+/// beyond its label.
+fn door_notes(policy: &Policy, entry: &PortEntry) -> String {
+    let mut notes = String::new();
+    if entry.knocks != 0 && entry.rule != RULE_KNOCK {
+        notes.push_str(&format!(
+            "; also a knock of {}",
+            door_names(policy, knock_bit(entry))
+        ));
+    }
+    if entry.opens != 0 {
+        let verb = if entry.action == Action::Allow.to_kernel() {
+            "; allowed anyway, so opening it changes nothing:"
+        } else {
+            "; allowed for a source that opened"
+        };
+        notes.push_str(&format!("{verb} {}", door_names(policy, entry.opens)));
+    }
+    notes
+}
+
+/// The bit of the door an entry knocks for ([`PortEntry::knocks`] is `1 +` the door).
+fn knock_bit(entry: &PortEntry) -> u8 {
+    entry
+        .knocks
+        .checked_sub(1)
+        .and_then(|d| 1u8.checked_shl(u32::from(d)))
+        .unwrap_or(0)
+}
+
+/// "door `a`" or "doors `a`, `b`" for a door bit mask.
+fn door_names(policy: &Policy, bits: u8) -> String {
+    let names: Vec<String> = policy
+        .doors
+        .iter()
+        .enumerate()
+        .filter(|(d, _)| bits & (1 << d) != 0)
+        .map(|(_, door)| format!("`{}`", door.name))
+        .collect();
+    let noun = if names.len() == 1 { "door" } else { "doors" };
+    format!("{noun} {}", names.join(", "))
+}
+
+/// The scan guard, the event cap and the knock doors, one line each.
+fn defences(out: &mut String, policy: &Policy) {
+    if let Some(scan) = &policy.scan {
+        let except = match scan.except_text.as_deref() {
+            Some(text) if !scan.except.is_empty() => format!("{text}, and"),
+            _ => "only".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "scan guard: {} distinct dropped ports within {} block a source (IPv6: its /64) \
+             for {}; except {except} the host's gateways, resolvers and own addresses \
+             (added when applied){}",
+            scan.ports,
+            format_duration(scan.within),
+            format_duration(scan.block),
+            if scan.protected.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<String> = scan.protected.iter().map(|c| c.to_string()).collect();
+                format!(": {}", list.join(", "))
+            }
+        );
+    }
+    match policy.log_limit {
+        Some(rate) => {
+            let bucket = log_limit(Some(rate));
+            let per_source = Rate {
+                count: (rate.count / 4).max(1),
+                per: rate.per,
+            };
+            let _ = writeln!(
+                out,
+                "log-limit: {rate} events, {per_source} per source; beyond it packets are \
+                 counted as suppressed{}",
+                if bucket.interval_ns == 0 {
+                    " (off)"
+                } else {
+                    ""
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(out, "log-limit: none (events are aggregated, not capped)");
+        }
+    }
+    for door in &policy.doors {
+        let (opens_proto, opens_port) = door.opens;
+        let how = match &door.kind {
+            DoorKind::Sequence { steps, within } => {
+                let knocks: Vec<String> = steps.iter().map(|(p, n)| format!("{n}/{p}")).collect();
+                format!(
+                    "knocks [{}] within {}",
+                    knocks.join(", "),
+                    format_duration(*within)
+                )
+            }
+            DoorKind::Spa { port, key_file } => format!(
+                "a single-packet knock on {port}/udp, verified by `portfw agent` with {}",
+                key_file.display()
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "knock door `{}` (line {}): {how}; opens {opens_port}/{opens_proto} for {} to the \
+             knocking source",
+            door.name,
+            door.location.line,
+            format_duration(door.open_for)
+        );
     }
 }

@@ -15,6 +15,7 @@ use portfw_common::{
 use super::{CompileError, Limits, PortRun, compile, compile_with, reference, summary};
 use crate::policy::{Policy, Protocol, parse};
 
+mod defences;
 mod property;
 
 fn parsed(source: &str) -> Policy {
@@ -469,6 +470,7 @@ test.yaml: 5 rules, first match wins; default drop, log drops
 interfaces: eth0
 icmp: allow, fragments: allow, other-ip: drop, non-ip: allow
 replies: allow (flows: max 262144, tcp 6h, closing 10s, udp 1m, icmp 30s)
+log-limit: 1000/s events, 250/s per source; beyond it packets are counted as suppressed
 tcp:
   allow 22         rule 1 (line 5)
   allow 53         rule 2 `dns` (line 6)
@@ -502,14 +504,15 @@ udplite:
     assert!(
         text.contains(
             "non-ip: allow\nreplies: allow (flows: max 1000, tcp 1d, closing 90s, udp 5m, \
-             icmp 2h)\ntcp:\n"
+             icmp 2h)\nlog-limit: 1000/s events, 250/s per source; beyond it packets are \
+             counted as suppressed\ntcp:\n"
         ),
         "{text}"
     );
     let stateless = parsed("default: drop\nreplies: drop\n");
     let text = summary(&stateless, &compile(&stateless).expect("compile"));
     assert!(
-        text.contains("non-ip: allow\nreplies: drop (stateless)\ntcp:\n"),
+        text.contains("non-ip: allow\nreplies: drop (stateless)\nlog-limit: 1000/s"),
         "{text}"
     );
 }

@@ -106,24 +106,32 @@ pub(super) fn link_detach(fd: BorrowedFd<'_>) -> io::Result<()> {
     sys_bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(drop)
 }
 
-/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a hash map (Linux 5.14+): takes `key`'s value out in
-/// one step, so that nothing the kernel adds to it between a read and a delete is lost.
-/// `None` when the key is absent.
-pub(super) fn map_lookup_and_delete<K: aya::Pod, V: aya::Pod>(
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a per-CPU hash map (Linux 5.14+): takes `key`'s
+/// value on each of `cpus` possible CPUs out in one step, so that nothing the kernel adds
+/// between a read and a delete is lost. `None` when the key is absent.
+pub(super) fn map_lookup_and_delete_percpu<K: aya::Pod, V: aya::Pod>(
     fd: BorrowedFd<'_>,
     key: &K,
-) -> io::Result<Option<V>> {
-    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    cpus: usize,
+) -> io::Result<Option<Vec<V>>> {
+    // The kernel lays per-CPU values out at 8-byte strides.
+    if !size_of::<V>().is_multiple_of(8) {
+        return Err(io::Error::other(format!(
+            "per-CPU values of {} bytes are not 8-byte strides",
+            size_of::<V>()
+        )));
+    }
+    // SAFETY: V is plain data, for which all zeroes is a valid value.
+    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; cpus];
     // SAFETY: an all-zero bpf_attr is valid for every command.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     // SAFETY: writing the BPF_MAP_*_ELEM member of the zeroed union.
     let elem = unsafe { &mut attr.__bindgen_anon_2 };
     elem.map_fd = fd.as_raw_fd() as u32;
     elem.key = std::ptr::from_ref(key) as u64;
-    elem.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
+    elem.__bindgen_anon_1.value = values.as_mut_ptr() as u64;
     match sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
-        // SAFETY: the kernel wrote a whole value (zeroed first, and V is plain data).
-        Ok(_) => Ok(Some(unsafe { value.assume_init() })),
+        Ok(_) => Ok(Some(values)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
     }

@@ -18,8 +18,8 @@ use std::{
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use portfw_common::{
     AGGREGATION_WINDOW_NS, AggKey, AggValue, BLOCK_NET_PREFIX_BITS, BLOCK_NETS_MAX, BLOCKS_MAX,
-    BlockNetKey, BlockValue, DefenceMaps, DoorKey, DoorValue, KnockState, LimitKey, SourceKey,
-    block_reason, guard,
+    BlockNetKey, BlockValue, DefenceMaps, DoorDef, DoorKey, DoorValue, KnockState, LimitKey,
+    SourceKey, block_reason, guard, opens_id,
 };
 use serde::Serialize;
 
@@ -88,10 +88,11 @@ where
     typed(pinned_optional(paths, name)?, name)
 }
 
-/// The state maps key a source by its full address.
+/// The state maps key a source by its full address. An IPv4 address mapped into IPv6 (as a
+/// dual-stack socket reports one) is keyed as the IPv4 address the kernel sees.
 pub fn source_key(addr: IpAddr) -> SourceKey {
     let mut key = SourceKey::default();
-    match addr {
+    match addr.to_canonical() {
         IpAddr::V4(a) => {
             key.family = 4;
             key.addr[..4].copy_from_slice(&a.octets());
@@ -282,7 +283,7 @@ pub(super) fn live_doors(
         .filter_map(Result::ok)
         .filter(|(_, value)| value.expires_ns > now)
         .map(|(key, value)| OpenDoor {
-            door: name(key.id),
+            door: name(value.door),
             source: key_addr(&key.source).to_string(),
             expires_in: seconds_left(value.expires_ns, now),
         })
@@ -308,8 +309,14 @@ impl Purge {
         }
     }
 
-    pub(super) fn keeps_door(&self, key: &DoorKey) -> bool {
+    /// Knock progress is keyed by its door's id.
+    pub(super) fn keeps_knock(&self, key: &DoorKey) -> bool {
         self.doors.contains(&key.id)
+    }
+
+    /// An open door is keyed by the port it opens; its value names the door.
+    pub(super) fn keeps_door(&self, value: &DoorValue) -> bool {
+        self.doors.contains(&value.door)
     }
 
     pub(super) fn keeps_block(&self, value: &BlockValue, now: u64) -> bool {
@@ -352,9 +359,10 @@ pub(super) fn purge_pinned(paths: &Paths, purge: &Purge) -> Result<Purged, Loade
     let mut purged = Purged::default();
     if let Some(mut doors) = pinned::<Doors>(paths, DefenceMaps::DOORS)? {
         let gone: Vec<DoorKey> = doors
-            .keys()
+            .iter()
             .filter_map(Result::ok)
-            .filter(|k| !purge.keeps_door(k))
+            .filter(|(_, v)| !purge.keeps_door(v))
+            .map(|(k, _)| k)
             .collect();
         for key in &gone {
             if doors.remove(key).is_ok() {
@@ -368,7 +376,7 @@ pub(super) fn purge_pinned(paths: &Paths, purge: &Purge) -> Result<Purged, Loade
         let gone: Vec<DoorKey> = knocks
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !purge.keeps_door(k))
+            .filter(|k| !purge.keeps_knock(k))
             .collect();
         for key in &gone {
             let _ = knocks.remove(key);
@@ -435,8 +443,8 @@ impl Carried {
         };
         carried.blocks.retain(|(_, v)| purge.keeps_block(v, now));
         carried.nets.retain(|(_, v)| purge.keeps_block(v, now));
-        carried.doors.retain(|(k, _)| purge.keeps_door(k));
-        carried.knocks.retain(|(k, _)| purge.keeps_door(k));
+        carried.doors.retain(|(_, v)| purge.keeps_door(v));
+        carried.knocks.retain(|(k, _)| purge.keeps_knock(k));
         carried
     }
 
@@ -667,14 +675,16 @@ pub fn unblock(cidr: Cidr) -> Result<UnblockOutcome, LoaderError> {
     })
 }
 
-/// For `portfw agent`: opens door `door_id` ([`DoorDef::id`](portfw_common::DoorDef), as
-/// [`applied_doors`] lists them) for `source` for `for_ns` nanoseconds, in the filter pinned
-/// at `paths` (`Paths::current()` for this namespace's). The door stays open for that
-/// source alone; connections it lets in outlive it through the flow table. Returns what was
-/// written (CLOCK_MONOTONIC nanoseconds).
+/// For `portfw agent`: opens `door` (a [`DoorDef`] of the running policy, as
+/// [`applied_doors`] or the compiled policy gives it) for `source` for `for_ns` nanoseconds
+/// (normally [`DoorDef::open_ns`]), in the filter pinned at `paths` (`Paths::current()` for
+/// this namespace's). The entry is keyed by the opened port ([`opens_id`]) and the full
+/// source address, and names the door; opening an open door again extends it. Connections
+/// it lets in outlive it through the flow table. Returns what was written
+/// (CLOCK_MONOTONIC nanoseconds, [`monotonic_ns`]).
 pub fn open_door(
     paths: &Paths,
-    door_id: u32,
+    door: &DoorDef,
     source: IpAddr,
     for_ns: u64,
 ) -> Result<DoorValue, LoaderError> {
@@ -684,9 +694,11 @@ pub fn open_door(
     let value = DoorValue {
         opened_ns: now,
         expires_ns: now.saturating_add(for_ns),
+        door: door.id,
+        _pad: 0,
     };
     let key = DoorKey {
-        id: door_id,
+        id: opens_id(door.opens_slot, door.opens_port),
         source: source_key(source),
     };
     doors.insert(key, value, 0).map_err(map_err(name))?;
@@ -705,9 +717,11 @@ pub fn applied_doors(paths: &Paths) -> Result<Vec<DoorRecord>, LoaderError> {
         .unwrap_or_default())
 }
 
-/// The event aggregation map (`PFW_LOG_AGG`), for the events reader.
+/// The event aggregation map (`PFW_LOG_AGG`, an LRU per-CPU hash: each CPU aggregates the
+/// packets of a key it sees), for the events reader.
 pub struct LogAggregation {
     map: Map,
+    cpus: usize,
 }
 
 /// For the events reader: the event aggregation of the filter pinned at `paths` (the
@@ -718,46 +732,68 @@ pub fn log_agg_map(paths: &Paths) -> Result<Option<LogAggregation>, LoaderError>
         return Ok(None);
     };
     let map = Map::from_map_data(data).map_err(map_err(name))?;
+    let cpus = aya::util::nr_cpus().map_err(|(what, source)| {
+        super::error::io_err(format!("counting CPUs ({what})"))(source)
+    })?;
     match map {
-        Map::HashMap(_) | Map::LruHashMap(_) => Ok(Some(LogAggregation { map })),
-        _ => Err(LoaderError::Internal(format!("{name} is not a hash map"))),
+        Map::PerCpuHashMap(_) | Map::PerCpuLruHashMap(_) => Ok(Some(LogAggregation { map, cpus })),
+        _ => Err(LoaderError::Internal(format!(
+            "{name} is not a per-CPU hash map"
+        ))),
+    }
+}
+
+/// One key's per-CPU values as one: the packets pending on every CPU, and the latest
+/// window any CPU started.
+fn merged(values: &[AggValue]) -> AggValue {
+    AggValue {
+        window_ns: values.iter().map(|v| v.window_ns).max().unwrap_or(0),
+        pending: values.iter().map(|v| v.pending).sum(),
+        _pad: 0,
     }
 }
 
 impl LogAggregation {
-    fn view(&self) -> Result<HashMap<&MapData, AggKey, AggValue>, LoaderError> {
-        HashMap::try_from(&self.map).map_err(map_err(DefenceMaps::LOG_AGG))
-    }
-
-    /// Every key and its value now (entries the kernel deletes meanwhile are left out).
+    /// Every key with its per-CPU values merged ([`AggValue::pending`] summed over CPUs,
+    /// the latest window); entries the kernel deletes meanwhile are left out.
     pub fn entries(&self) -> Result<Vec<(AggKey, AggValue)>, LoaderError> {
-        Ok(self.view()?.iter().filter_map(Result::ok).collect())
+        let view = aya::maps::PerCpuHashMap::<&MapData, AggKey, AggValue>::try_from(&self.map)
+            .map_err(map_err(DefenceMaps::LOG_AGG))?;
+        Ok(view
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, values)| (key, merged(&values)))
+            .collect())
     }
 
-    /// Takes `key`'s value out with `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (Linux 5.14+), so that
-    /// no packet the kernel counts into it is lost; `None` if the key is gone.
+    /// Takes `key` out with `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (Linux 5.14+), so that no
+    /// packet the kernel counts into it is lost, and returns its values merged over CPUs;
+    /// `None` if the key is gone.
     pub fn take(&self, key: &AggKey) -> Result<Option<AggValue>, LoaderError> {
-        let (Map::HashMap(data) | Map::LruHashMap(data)) = &self.map else {
+        let (Map::PerCpuHashMap(data) | Map::PerCpuLruHashMap(data)) = &self.map else {
             return Ok(None);
         };
-        bpfsys::map_lookup_and_delete(data.fd().as_fd(), key).map_err(|e| {
-            super::error::io_err(format!(
-                "taking an entry out of map {}",
-                DefenceMaps::LOG_AGG
-            ))(e)
-        })
+        let values = bpfsys::map_lookup_and_delete_percpu::<AggKey, AggValue>(
+            data.fd().as_fd(),
+            key,
+            self.cpus,
+        )
+        .map_err(super::error::io_err(format!(
+            "taking an entry out of map {}",
+            DefenceMaps::LOG_AGG
+        )))?;
+        Ok(values.map(|v| merged(&v)))
     }
 
     /// The quiet keys at `now_ns` (CLOCK_MONOTONIC, [`monotonic_ns`]): those with pending
-    /// packets whose window started more than two windows ago. Each is taken out of the map
-    /// and returned with its final value, to print as a flushed event whose count is
-    /// `pending`.
+    /// packets whose every CPU's window started more than two windows ago. Each is taken
+    /// out of the map and returned with its final, merged value, to print as a flushed event
+    /// whose count is `pending`.
     pub fn flush_quiet(&self, now_ns: u64) -> Result<Vec<(AggKey, AggValue)>, LoaderError> {
         let mut flushed = Vec::new();
         for (key, value) in self.entries()? {
-            if value.pending == 0
-                || now_ns.saturating_sub(value.window_ns) <= 2 * AGGREGATION_WINDOW_NS
-            {
+            let quiet = now_ns.saturating_sub(value.window_ns) > 2 * AGGREGATION_WINDOW_NS;
+            if value.pending == 0 || !quiet {
                 continue;
             }
             if let Some(value) = self.take(&key)?
@@ -864,8 +900,16 @@ mod tests {
             ..no_scan.clone()
         };
         assert!(scan.keeps_block(&block(block_reason::SCAN, 2_000), now));
-        assert!(no_scan.keeps_door(&door(7)));
-        assert!(!no_scan.keeps_door(&door(8)));
+        assert!(no_scan.keeps_knock(&door(7)));
+        assert!(!no_scan.keeps_knock(&door(8)));
+        let open = |door| DoorValue {
+            opened_ns: 1,
+            expires_ns: 2,
+            door,
+            _pad: 0,
+        };
+        assert!(no_scan.keeps_door(&open(7)));
+        assert!(!no_scan.keeps_door(&open(8)));
     }
 
     #[test]

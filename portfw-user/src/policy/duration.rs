@@ -163,6 +163,96 @@ fn unit_hint(number: &str, unit: &str) -> String {
     format!("; write `{number}{meant}`")
 }
 
+/// A rate as policies write it: `N/s`, `N/m`, `N/h`, `N/d` or `N/<duration>` (`5/10s`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rate {
+    /// How many in each `per`; at least 1.
+    pub count: u32,
+    pub per: Duration,
+}
+
+/// The fastest rate a policy may write: one per microsecond. Faster would leave the kernel's
+/// buckets a zero interval, which means no limit at all.
+pub const MAX_RATE_PER_SEC: u64 = 1_000_000;
+
+impl Rate {
+    /// Nanoseconds between two at this rate: `per / count`.
+    pub fn interval_ns(&self) -> u64 {
+        let per = u64::try_from(self.per.as_nanos()).unwrap_or(u64::MAX);
+        per / u64::from(self.count.max(1))
+    }
+
+    /// How far a GCRA bucket may run ahead: `(count - 1) * interval`, so that `count` may
+    /// arrive at once.
+    pub fn tolerance_ns(&self) -> u64 {
+        u64::from(self.count.saturating_sub(1)).saturating_mul(self.interval_ns())
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let per = format_duration(self.per);
+        // `5/1s` reads better as `5/s`.
+        let per = per
+            .strip_prefix('1')
+            .filter(|u| u.len() == 1)
+            .unwrap_or(&per);
+        write!(f, "{}/{per}", self.count)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum RateError {
+    #[error(
+        "cannot read rate `{0}`; expected COUNT/PERIOD, as in `100/s`, `6/30s`, `10/m` or `50/h`"
+    )]
+    Malformed(String),
+    #[error("the count of rate `{0}` must be a whole number from 1 to 4294967295")]
+    Count(String),
+    #[error("in rate `{text}`: {source}")]
+    Period {
+        text: String,
+        #[source]
+        source: DurationError,
+    },
+    #[error("rate `{0}` is faster than {MAX_RATE_PER_SEC} per second, the most supported")]
+    TooFast(String),
+}
+
+/// Parses a rate (the text of a YAML scalar): a count, `/`, then a unit alone (`s`, `m`,
+/// `h`, `d`: one of it) or a duration.
+pub fn parse_rate(text: &str) -> Result<Rate, RateError> {
+    let Some((count, per)) = text.split_once('/') else {
+        return Err(RateError::Malformed(text.to_owned()));
+    };
+    if count.is_empty() || per.is_empty() {
+        return Err(RateError::Malformed(text.to_owned()));
+    }
+    if !count.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RateError::Count(text.to_owned()));
+    }
+    let count = count
+        .parse::<u32>()
+        .ok()
+        .filter(|&c| c > 0)
+        .ok_or_else(|| RateError::Count(text.to_owned()))?;
+    let unit_alone = UNITS.iter().any(|(name, _)| *name == per);
+    let per = if unit_alone {
+        parse_duration(&format!("1{per}"))
+    } else {
+        parse_duration(per)
+    }
+    .map_err(|source| RateError::Period {
+        text: text.to_owned(),
+        source,
+    })?;
+    let rate = Rate { count, per };
+    if u128::from(count) * 1_000_000_000 > u128::from(MAX_RATE_PER_SEC) * per.as_nanos() {
+        return Err(RateError::TooFast(text.to_owned()));
+    }
+    Ok(rate)
+}
+
 /// `duration` in the largest unit that holds it exactly, as a policy would write it: `6h`,
 /// `10s`, `90m`, `1d`. Sub-second parts, which policies cannot write, are dropped.
 pub fn format_duration(duration: Duration) -> String {
@@ -329,5 +419,45 @@ mod tests {
             let parsed = parse_duration(text).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(format_duration(parsed), text);
         }
+    }
+
+    #[test]
+    fn rates() {
+        let rate = |t: &str| parse_rate(t).unwrap_or_else(|e| panic!("{t}: {e}"));
+        assert_eq!(
+            rate("5/10s"),
+            Rate {
+                count: 5,
+                per: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(rate("100/s").per, Duration::from_secs(1));
+        assert_eq!(rate("10/m").per, Duration::from_secs(60));
+        assert_eq!(rate("50/h").per, Duration::from_secs(3600));
+        assert_eq!(rate("3/d").per, Duration::from_secs(86_400));
+        assert_eq!(rate("6/30s").to_string(), "6/30s");
+        assert_eq!(rate("100/s").to_string(), "100/s");
+        assert_eq!(rate("100/1s").to_string(), "100/s");
+        assert_eq!(rate("5/10s").interval_ns(), 2_000_000_000);
+        assert_eq!(rate("5/10s").tolerance_ns(), 8_000_000_000);
+        assert_eq!(rate("1/m").tolerance_ns(), 0);
+        assert_eq!(rate("1000000/s").interval_ns(), 1_000);
+        let message = |t: &str| {
+            parse_rate(t)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(message("5").starts_with("cannot read rate `5`"));
+        assert!(message("/s").starts_with("cannot read rate"));
+        assert!(message("0/s").starts_with("the count of rate `0/s`"));
+        assert!(message("-1/s").starts_with("the count of rate"));
+        assert!(message("x/s").starts_with("the count of rate"));
+        assert_eq!(
+            message("5/10x"),
+            "in rate `5/10x`: unknown unit `x` in duration `10x`; expected `s`, `m`, `h` or `d`"
+        );
+        assert!(message("5/0s").ends_with("must be longer than zero"));
+        assert!(message("2000000/s").contains("faster than 1000000 per second"));
     }
 }

@@ -13,6 +13,7 @@ use portfw_common::{FLOWS_DEFAULT_MAX, action, ipproto, proto};
 use thiserror::Error;
 
 pub mod cidr;
+pub mod defences;
 pub mod diag;
 pub mod duration;
 mod file;
@@ -25,8 +26,11 @@ mod validate;
 mod yaml;
 
 pub use cidr::{Cidr, CidrError};
+pub use defences::{Door, DoorKind, LOG_LIMIT_DEFAULT, Limit, ScanGuard, protect_except};
 pub use diag::{Diagnostic, Diagnostics, Location, Severity, escape};
-pub use duration::{DurationError, MAX_DURATION, format_duration, parse_duration};
+pub use duration::{
+    DurationError, MAX_DURATION, Rate, RateError, format_duration, parse_duration, parse_rate,
+};
 pub use file::{POLICY_MAX_BYTES, SET_FILE_MAX_BYTES};
 pub use icmp::{IcmpMatch, IcmpPolicy};
 
@@ -186,6 +190,8 @@ pub struct Rule {
     pub from_text: Option<String>,
     /// The rule's own `log:`, which overrides the policy's log mode.
     pub log: Option<bool>,
+    /// `limit:`, new connections per source (allow rules only).
+    pub limit: Option<Limit>,
     pub location: Location,
     /// The rule as written, e.g. "allow ssh, 80/tcp" or "allow ssh from $admins".
     pub summary: String,
@@ -234,6 +240,12 @@ pub struct Policy {
     /// The set files read, in the order read, with what was read from each: the policy's
     /// hash ([`digest`]) covers them.
     pub set_files: Vec<SetFileRead>,
+    /// `scan:`, the port-scan guard.
+    pub scan: Option<ScanGuard>,
+    /// `log-limit:`: events at most at this rate; `None` for `log-limit: none`.
+    pub log_limit: Option<Rate>,
+    /// `knock:`, in the order written: door `d` is bit `d` of the kernel's door masks.
+    pub doors: Vec<Door>,
 }
 
 /// A set file as a policy was read with it.

@@ -17,6 +17,7 @@ use super::{
     yaml::{self, Entry, Node, ScalarKind, Tree, Value},
 };
 
+mod defences;
 mod flows;
 mod shadow;
 mod sources;
@@ -34,12 +35,15 @@ const TOP_KEYS: &[&str] = &[
     "replies",
     "flows",
     "enforce",
+    "scan",
+    "log-limit",
+    "knock",
 ];
-const RULE_KEYS: &[&str] = &["name", "allow", "drop", "from", "log"];
+const RULE_KEYS: &[&str] = &["name", "allow", "drop", "from", "log", "limit"];
 
 /// Linux's IFNAMSIZ less the terminating NUL.
 const MAX_INTERFACE_NAME: usize = 15;
-const MAX_RULE_NAME: usize = 64;
+pub(super) const MAX_RULE_NAME: usize = 64;
 /// How many port specs or sources a message quotes from a rule before eliding the rest.
 const ITEMS_QUOTED: usize = 4;
 
@@ -130,6 +134,9 @@ impl Validator<'_, '_, '_> {
             sets: Vec::new(),
             rules: Vec::new(),
             set_files: Vec::new(),
+            scan: None,
+            log_limit: Some(crate::policy::LOG_LIMIT_DEFAULT),
+            doors: Vec::new(),
         };
         let mut written = Vec::new();
         let Value::Mapping(entries) = &root.value else {
@@ -153,6 +160,7 @@ impl Validator<'_, '_, '_> {
         let mut default_given = false;
         let mut other_ip = None;
         let mut flows_key = None;
+        let mut doors = Vec::new();
         for entry in entries {
             match entry.key.as_str() {
                 "sets" => {}
@@ -177,9 +185,16 @@ impl Validator<'_, '_, '_> {
                     flows_key = Some(entry.key_location);
                     policy.flows = self.flows(entry);
                 }
+                "scan" => policy.scan = self.scan(entry),
+                "log-limit" => {
+                    policy.log_limit = self.log_limit(entry).unwrap_or(policy.log_limit);
+                }
+                "knock" => doors = self.knock(entry),
                 _ => self.unknown_key(entry, "", TOP_KEYS),
             }
         }
+        defences::knock_warnings(&policy, &doors, self);
+        policy.doors = doors.into_iter().map(|read| read.door).collect();
         if !default_given {
             self.reporter.error(
                 root.location,
@@ -412,22 +427,26 @@ impl Validator<'_, '_, '_> {
         let mut rules = Vec::with_capacity(items.len());
         let mut written = Vec::with_capacity(items.len());
         let mut names: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut limit_at = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
-            if let Some((rule, specs)) = self.rule(index + 1, item, &mut names) {
+            if let Some((rule, specs, at)) = self.rule(index + 1, item, &mut names) {
                 rules.push(rule);
                 written.push(specs);
+                limit_at.push(at);
             }
         }
+        defences::assign_limit_ids(&mut rules, &limit_at, self);
         (rules, written)
     }
 
     /// Checks rule `number` (1-based). `names` maps rule names seen so far to (number, line).
+    /// Also returns where its `limit` is written.
     fn rule(
         &mut self,
         number: usize,
         node: &Node,
         names: &mut HashMap<String, (usize, usize)>,
-    ) -> Option<(Rule, Written)> {
+    ) -> Option<(Rule, Written, Option<Location>)> {
         let Value::Mapping(entries) = &node.value else {
             self.invalid(
                 node,
@@ -439,10 +458,15 @@ impl Validator<'_, '_, '_> {
         let mut log = None;
         let mut verdict: Option<(Action, &Entry)> = None;
         let mut from = None;
+        let mut limit = None;
         let mut ok = true;
         for entry in entries {
             match entry.key.as_str() {
                 "name" => name = self.rule_name(number, entry, names),
+                "limit" => match self.rule_limit(number, entry) {
+                    Some(rate) => limit = Some((rate, entry.key_location)),
+                    None => ok = false,
+                },
                 "from" => match self.from(number, entry) {
                     Some(sources) => from = Some(sources),
                     None => ok = false,
@@ -490,6 +514,18 @@ impl Validator<'_, '_, '_> {
             return None;
         };
         let (ports, specs) = self.port_specs(number, entry)?;
+        if let Some((_, at)) = limit
+            && action == Action::Drop
+        {
+            self.reporter.error(
+                at,
+                format!(
+                    "`limit` applies to `allow` rules, and rule {number} drops: a limit caps \
+                     the new connections a rule lets through"
+                ),
+            );
+            return None;
+        }
         if !ok {
             return None;
         }
@@ -502,6 +538,9 @@ impl Validator<'_, '_, '_> {
             }
             None => (None, None),
         };
+        if let Some((rate, _)) = limit {
+            summary.push_str(&format!(" limit {rate}"));
+        }
         let rule = Rule {
             name,
             action,
@@ -509,10 +548,11 @@ impl Validator<'_, '_, '_> {
             from,
             from_text,
             log,
+            limit: limit.map(|(rate, _)| defences::limit(rate)),
             location: node.location,
             summary,
         };
-        Some((rule, specs))
+        Some((rule, specs, limit.map(|(_, at)| at)))
     }
 
     fn rule_name(

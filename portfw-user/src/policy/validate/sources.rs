@@ -53,6 +53,30 @@ pub(super) struct Sources {
     pub text: String,
 }
 
+/// Where a list of sources is written, for messages.
+enum Place {
+    Rule(usize),
+    ScanExcept,
+}
+
+impl Place {
+    /// The key, as messages start with it.
+    fn key(&self) -> String {
+        match self {
+            Place::Rule(number) => format!("`from` in rule {number}"),
+            Place::ScanExcept => "`except` in `scan`".to_owned(),
+        }
+    }
+
+    /// What the sources are added to.
+    fn name(&self) -> String {
+        match self {
+            Place::Rule(number) => format!("rule {number}"),
+            Place::ScanExcept => "`scan: except`".to_owned(),
+        }
+    }
+}
+
 /// One item of a `from:` list, in the order written.
 enum Source {
     Set(usize),
@@ -273,9 +297,24 @@ impl Validator<'_, '_, '_> {
 
     /// Reads a rule's `from:`. `None` when it has errors, which are reported.
     pub(super) fn from(&mut self, number: usize, entry: &Entry) -> Option<Sources> {
+        self.source_list(entry, &Place::Rule(number))
+    }
+
+    /// Reads `scan: except:`, which takes what `from:` does and may be empty.
+    pub(super) fn except(&mut self, entry: &Entry) -> Option<Sources> {
+        self.source_list(entry, &Place::ScanExcept)
+    }
+
+    fn source_list(&mut self, entry: &Entry, place: &Place) -> Option<Sources> {
         let value = &entry.value;
         let items = match &value.value {
             Value::Sequence(items) if items.is_empty() => {
+                if let Place::ScanExcept = place {
+                    return Some(Sources {
+                        cidrs: Vec::new(),
+                        text: "[]".to_owned(),
+                    });
+                }
                 self.reporter.error(
                     value.location,
                     "`from` is empty; omit it to match any source",
@@ -287,8 +326,9 @@ impl Validator<'_, '_, '_> {
                 self.invalid(
                     value,
                     format!(
-                        "`from` in rule {number} must be a set reference (`$name`), an \
-                         address, a CIDR or a list of them"
+                        "{} must be a set reference (`$name`), an address, a CIDR or a list of \
+                         them",
+                        place.key()
                     ),
                 );
                 return None;
@@ -297,7 +337,8 @@ impl Validator<'_, '_, '_> {
             Value::Scalar(_) => std::slice::from_ref(value),
         };
         let expected = format!(
-            "`from` in rule {number} expects a set reference (`$name`), an address or a CIDR"
+            "{} expects a set reference (`$name`), an address or a CIDR",
+            place.key()
         );
         let mut sources = Vec::with_capacity(items.len());
         let mut written = Written::default();
@@ -339,7 +380,9 @@ impl Validator<'_, '_, '_> {
             return None;
         }
         let set_name = |index: usize| &self.sets.defined[index].set.name;
-        if sources.is_empty() {
+        if sources.is_empty()
+            && let Place::Rule(number) = place
+        {
             if let Some(&(at, index)) = empty_sets.first() {
                 let message = format!(
                     "set `${}` is empty, so rule {number} could never match",
@@ -351,8 +394,9 @@ impl Validator<'_, '_, '_> {
         }
         for &(at, index) in &empty_sets {
             let message = format!(
-                "set `${}` is empty; it adds no sources to rule {number}",
-                set_name(index)
+                "set `${}` is empty; it adds no sources to {}",
+                set_name(index),
+                place.name()
             );
             self.reporter.warning(at, message);
         }

@@ -1,5 +1,6 @@
 //! Tests of policy validation: exact positions of errors, several errors at once, warnings.
 
+mod defences;
 mod flows;
 mod shadowing;
 mod sources;
@@ -154,14 +155,14 @@ fn unknown_keys_list_the_allowed_ones() {
         errors("defualt: drop\n"),
         [
             "1:1: unknown key `defualt`; expected one of: default, log, interfaces, sets, \
-             rules, icmp, fragments, other-ip, non-ip, replies, flows, enforce",
+             rules, icmp, fragments, other-ip, non-ip, replies, flows, enforce, scan, log-limit, knock",
             "1:1: missing required key `default`: the verdict for ports no rule names \
              (`allow` or `drop`)",
         ]
     );
     assert_eq!(
         errors("default: drop\nrules:\n  - allow: 22\n    port: 5\n"),
-        ["4:5: unknown key `port` in rule 1; expected one of: name, allow, drop, from, log"]
+        ["4:5: unknown key `port` in rule 1; expected one of: name, allow, drop, from, log, limit"]
     );
 }
 
@@ -290,7 +291,7 @@ fn top_level_shape_errors() {
         errors("- default: drop\n"),
         [
             "1:1: a policy is a mapping of keys (default, log, interfaces, sets, rules, icmp, \
-             fragments, other-ip, non-ip, replies, flows, enforce), but this is a list"
+             fragments, other-ip, non-ip, replies, flows, enforce, scan, log-limit, knock), but this is a list"
         ]
     );
     assert_eq!(
@@ -333,7 +334,7 @@ rules:
         [
             "1:10: `default` must be `allow` or `drop`, found `maybe`",
             "2:1: unknown key `logg`; expected one of: default, log, interfaces, sets, rules, icmp, \
-             fragments, other-ip, non-ip, replies, flows, enforce",
+             fragments, other-ip, non-ip, replies, flows, enforce, scan, log-limit, knock",
             "4:18: port 70000 is out of range 0-65535",
             "5:11: port range 9000-8000 is reversed; write the lower port first (8000-9000)",
             "7:12: unknown service `htp`; expected a port number, a range LOW-HIGH, a range \
@@ -353,7 +354,7 @@ policy.yaml:1:10: `default` must be `allow` or `drop`, found `maybe`
   1 | default: maybe
     |          ^
 policy.yaml:2:1: unknown key `logg`; expected one of: default, log, interfaces, sets, rules, icmp, \
-fragments, other-ip, non-ip, replies, flows, enforce
+fragments, other-ip, non-ip, replies, flows, enforce, scan, log-limit, knock
   2 | logg: all
     | ^
 policy.yaml:4:18: port 70000 is out of range 0-65535

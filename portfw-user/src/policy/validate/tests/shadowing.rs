@@ -238,6 +238,7 @@ fn ten_thousand_rules_check_quickly() {
             from_text: from.as_ref().map(|_| "x".to_owned()),
             from,
             log: None,
+            limit: None,
             location: Location::new(index + 1, 1),
             summary: String::new(),
         };

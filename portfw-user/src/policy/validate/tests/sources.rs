@@ -291,7 +291,7 @@ rules:
 fn from_is_an_allowed_rule_key() {
     assert_eq!(
         errors("default: drop\nrules:\n  - allow: 22\n    form: 10.0.0.1\n"),
-        ["4:5: unknown key `form` in rule 1; expected one of: name, allow, drop, from, log"]
+        ["4:5: unknown key `form` in rule 1; expected one of: name, allow, drop, from, log, limit"]
     );
 }
 
