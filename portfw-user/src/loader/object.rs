@@ -406,6 +406,8 @@ fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, Loade
             | Map::ArrayOfMaps(data)
             | Map::HashMap(data)
             | Map::LpmTrie(data)
+            | Map::PerCpuHashMap(data)
+            | Map::PerCpuLruHashMap(data)
             | Map::LruHashMap(data),
         ) => Ok(data),
         _ => Err(LoaderError::MissingMap(name)),
