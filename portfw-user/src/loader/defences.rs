@@ -1,7 +1,7 @@
 //! The active defences' state in the kernel, as user space handles it: the block tables
 //! (`portfw block`, the scan guard), open knock doors, what an apply carries over and
 //! purges, and the two entry points other parts call, [`open_door`] (`portfw agent`'s
-//! single-packet knocks) and [`log_agg_map`] (the events reader's flush of quiet keys).
+//! single-packet knocks) and `logagg::log_agg_map` (the events reader's flush of quiet keys).
 //!
 //! The state maps are pinned beside the flow table, outside the generations, so an in-place
 //! apply keeps them as they are; a fresh load copies them over (see [`Carried`]); `detach`
@@ -11,21 +11,18 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsFd as _,
     time::Duration,
 };
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use portfw_common::{
-    AGGREGATION_WINDOW_NS, AggKey, AggValue, BLOCK_NET_PREFIX_BITS, BLOCK_NETS_MAX, BLOCKS_MAX,
-    BlockNetKey, BlockValue, DefenceMaps, DoorDef, DoorKey, DoorValue, KnockState, LimitKey,
-    SourceKey, block_reason, guard, opens_id,
+    BLOCK_NET_PREFIX_BITS, BLOCK_NETS_MAX, BLOCKS_MAX, BlockNetKey, BlockValue, DefenceMaps,
+    DoorDef, DoorKey, DoorValue, KnockState, LimitKey, SourceKey, block_reason, guard, opens_id,
 };
 use serde::Serialize;
 
 use super::{
     bpffs::Paths,
-    bpfsys,
     error::{LoaderError, map_err},
     object::{monotonic_ns, open_tables, pinned_optional},
     query::loaded_state,
@@ -495,40 +492,6 @@ impl Carried {
     }
 }
 
-/// Whether the block tables hold an entry that `purge` keeps: the staged generation then
-/// needs its block lookups.
-pub(super) fn blocks_kept(
-    blocks: Option<&Blocks>,
-    nets: Option<&BlockNets>,
-    purge: &Purge,
-) -> (bool, bool) {
-    let now = monotonic_ns();
-    let hosts = blocks.is_some_and(|b| {
-        b.iter()
-            .filter_map(Result::ok)
-            .any(|(_, v)| purge.keeps_block(&v, now))
-    });
-    let nets = nets.is_some_and(|n| {
-        n.iter()
-            .filter_map(Result::ok)
-            .any(|(_, v)| purge.keeps_block(&v, now))
-    });
-    (hosts, nets)
-}
-
-/// The `guard` bits a generation is staged with: the policy's, plus a block lookup for each
-/// block table that holds entries, and always the hash's when the scan guard may fill it.
-pub(super) fn staged_guard(policy_guard: u8, hosts: bool, nets: bool) -> u8 {
-    let mut bits = policy_guard;
-    if hosts || policy_guard & guard::SCAN != 0 {
-        bits |= guard::BLOCKS;
-    }
-    if nets {
-        bits |= guard::NETS;
-    }
-    bits
-}
-
 /// What `portfw block` did.
 #[derive(Debug)]
 pub struct BlockOutcome {
@@ -717,230 +680,6 @@ pub fn applied_doors(paths: &Paths) -> Result<Vec<DoorRecord>, LoaderError> {
         .unwrap_or_default())
 }
 
-/// The event aggregation map (`PFW_LOG_AGG`, an LRU per-CPU hash: each CPU aggregates the
-/// packets of a key it sees), for the events reader.
-pub struct LogAggregation {
-    map: Map,
-    cpus: usize,
-}
-
-/// For the events reader: the event aggregation of the filter pinned at `paths` (the
-/// `Paths` that [`super::open_events`] returns); `None` when its kernel program has none.
-pub fn log_agg_map(paths: &Paths) -> Result<Option<LogAggregation>, LoaderError> {
-    let name = DefenceMaps::LOG_AGG;
-    let Some(data) = pinned_optional(paths, name)? else {
-        return Ok(None);
-    };
-    let map = Map::from_map_data(data).map_err(map_err(name))?;
-    let cpus = aya::util::nr_cpus().map_err(|(what, source)| {
-        super::error::io_err(format!("counting CPUs ({what})"))(source)
-    })?;
-    match map {
-        Map::PerCpuHashMap(_) | Map::PerCpuLruHashMap(_) => Ok(Some(LogAggregation { map, cpus })),
-        _ => Err(LoaderError::Internal(format!(
-            "{name} is not a per-CPU hash map"
-        ))),
-    }
-}
-
-/// One key's per-CPU values as one: the packets pending on every CPU, and the latest
-/// window any CPU started.
-fn merged(values: &[AggValue]) -> AggValue {
-    AggValue {
-        window_ns: values.iter().map(|v| v.window_ns).max().unwrap_or(0),
-        pending: values.iter().map(|v| v.pending).sum(),
-        _pad: 0,
-    }
-}
-
-impl LogAggregation {
-    /// Every key with its per-CPU values merged ([`AggValue::pending`] summed over CPUs,
-    /// the latest window); entries the kernel deletes meanwhile are left out.
-    pub fn entries(&self) -> Result<Vec<(AggKey, AggValue)>, LoaderError> {
-        let view = aya::maps::PerCpuHashMap::<&MapData, AggKey, AggValue>::try_from(&self.map)
-            .map_err(map_err(DefenceMaps::LOG_AGG))?;
-        Ok(view
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(key, values)| (key, merged(&values)))
-            .collect())
-    }
-
-    /// Takes `key` out with `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (Linux 5.14+), so that no
-    /// packet the kernel counts into it is lost, and returns its values merged over CPUs;
-    /// `None` if the key is gone.
-    pub fn take(&self, key: &AggKey) -> Result<Option<AggValue>, LoaderError> {
-        let (Map::PerCpuHashMap(data) | Map::PerCpuLruHashMap(data)) = &self.map else {
-            return Ok(None);
-        };
-        let values = bpfsys::map_lookup_and_delete_percpu::<AggKey, AggValue>(
-            data.fd().as_fd(),
-            key,
-            self.cpus,
-        )
-        .map_err(super::error::io_err(format!(
-            "taking an entry out of map {}",
-            DefenceMaps::LOG_AGG
-        )))?;
-        Ok(values.map(|v| merged(&v)))
-    }
-
-    /// The quiet keys at `now_ns` (CLOCK_MONOTONIC, [`monotonic_ns`]): those with pending
-    /// packets whose every CPU's window started more than two windows ago. Each is taken
-    /// out of the map and returned with its final, merged value, to print as a flushed event
-    /// whose count is `pending`.
-    pub fn flush_quiet(&self, now_ns: u64) -> Result<Vec<(AggKey, AggValue)>, LoaderError> {
-        let mut flushed = Vec::new();
-        for (key, value) in self.entries()? {
-            let quiet = now_ns.saturating_sub(value.window_ns) > 2 * AGGREGATION_WINDOW_NS;
-            if value.pending == 0 || !quiet {
-                continue;
-            }
-            if let Some(value) = self.take(&key)?
-                && value.pending > 0
-            {
-                flushed.push((key, value));
-            }
-        }
-        Ok(flushed)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cidr(text: &str) -> Cidr {
-        text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
-    }
-
-    #[test]
-    fn hosts_go_to_the_hash_and_ipv6_is_masked_to_its_64() {
-        let v4 = BlockTarget::of(cidr("198.51.100.7")).ok();
-        let Some(BlockTarget::Source(key)) = v4 else {
-            panic!("{v4:?}");
-        };
-        assert_eq!(key.family, 4);
-        assert_eq!(&key.addr[..4], &[198, 51, 100, 7]);
-        assert!(key.addr[4..].iter().all(|&b| b == 0));
-        assert_eq!(
-            v4.map(|t| t.cidr().to_string()).as_deref(),
-            Some("198.51.100.7/32")
-        );
-        for text in [
-            "2001:db8:1:2:3:4:5:6",
-            "2001:db8:1:2::/64",
-            "2001:db8:1:2:ff::/80",
-        ] {
-            let target = BlockTarget::of(cidr(text)).ok();
-            let Some(BlockTarget::Source(key)) = target else {
-                panic!("{text}: {target:?}");
-            };
-            assert_eq!(key.family, 6);
-            assert!(key.addr[8..].iter().all(|&b| b == 0), "{text}");
-            assert_eq!(
-                target.map(|t| t.cidr().to_string()).as_deref(),
-                Some("2001:db8:1:2::/64")
-            );
-        }
-    }
-
-    #[test]
-    fn other_prefixes_go_to_the_trie_after_the_family() {
-        let target = BlockTarget::of(cidr("10.1.2.3/8")).ok();
-        let Some(BlockTarget::Net(data, len)) = target else {
-            panic!("{target:?}");
-        };
-        assert_eq!(len, 8);
-        assert_eq!(&data[..8], &[4, 0, 0, 0, 10, 0, 0, 0]);
-        assert_eq!(
-            target.map(|t| t.cidr().to_string()).as_deref(),
-            Some("10.0.0.0/8")
-        );
-        let target = BlockTarget::of(cidr("2001:db8::/32")).ok();
-        let Some(BlockTarget::Net(data, 32)) = target else {
-            panic!("{target:?}");
-        };
-        assert_eq!(data[0], 6);
-        assert_eq!(&data[4..8], &[0x20, 0x01, 0x0d, 0xb8]);
-        assert_eq!(net_cidr(&data, 64).to_string(), "2001:db8::/32");
-        assert!(matches!(
-            BlockTarget::of(cidr("0.0.0.0/0")),
-            Err(LoaderError::BlockEverything(_))
-        ));
-        assert!(BlockTarget::of(cidr("::/0")).is_err());
-    }
-
-    #[test]
-    fn a_reapply_keeps_manual_blocks_and_its_own_doors() {
-        let block = |reason, expires_ns| BlockValue {
-            expires_ns,
-            created_ns: 1,
-            reason,
-            _pad: [0; 7],
-        };
-        let door = |id| DoorKey {
-            id,
-            source: source_key(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
-        };
-        let no_scan = Purge {
-            doors: [7].into(),
-            scan: false,
-        };
-        let now = 1_000;
-        assert!(no_scan.keeps_block(&block(block_reason::MANUAL, 0), now));
-        assert!(no_scan.keeps_block(&block(block_reason::MANUAL, 2_000), now));
-        assert!(
-            !no_scan.keeps_block(&block(block_reason::MANUAL, 999), now),
-            "expired"
-        );
-        assert!(!no_scan.keeps_block(&block(block_reason::SCAN, 2_000), now));
-        let scan = Purge {
-            scan: true,
-            ..no_scan.clone()
-        };
-        assert!(scan.keeps_block(&block(block_reason::SCAN, 2_000), now));
-        assert!(no_scan.keeps_knock(&door(7)));
-        assert!(!no_scan.keeps_knock(&door(8)));
-        let open = |door| DoorValue {
-            opened_ns: 1,
-            expires_ns: 2,
-            door,
-            _pad: 0,
-        };
-        assert!(no_scan.keeps_door(&open(7)));
-        assert!(!no_scan.keeps_door(&open(8)));
-    }
-
-    #[test]
-    fn the_staged_guard_looks_blocks_up_when_there_are_any() {
-        assert_eq!(staged_guard(0, false, false), 0);
-        assert_eq!(staged_guard(0, true, false), guard::BLOCKS);
-        assert_eq!(staged_guard(0, false, true), guard::NETS);
-        // The scan guard adds blocks at any time: its generation always looks them up.
-        assert_eq!(
-            staged_guard(guard::SCAN, false, false),
-            guard::SCAN | guard::BLOCKS
-        );
-    }
-
-    #[test]
-    fn expiry_is_rounded_down_to_the_millisecond() {
-        assert_eq!(seconds_left(10_000_999_999, 0), 10.0);
-        assert_eq!(seconds_left(5, 10), 0.0);
-        let shown = block_status(
-            cidr("198.51.100.7"),
-            &BlockValue {
-                expires_ns: 0,
-                created_ns: 0,
-                reason: block_reason::SCAN,
-                _pad: [0; 7],
-            },
-            5,
-        );
-        assert_eq!(
-            serde_json::to_value(&shown).unwrap_or_default(),
-            serde_json::json!({"address": "198.51.100.7/32", "reason": "scan", "expires_in": null})
-        );
-    }
-}
+#[path = "defences/tests.rs"]
+mod tests;

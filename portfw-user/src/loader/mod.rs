@@ -25,6 +25,7 @@ mod health;
 mod hostdeps;
 mod iface;
 mod interrupt;
+mod logagg;
 mod object;
 mod query;
 mod reattach;
@@ -40,14 +41,15 @@ pub use bpffs::{
     netns_inode,
 };
 pub use defences::{
-    BlockOutcome, BlockStatus, BlockTarget, LogAggregation, OpenDoor, UnblockOutcome,
-    applied_doors, block, key_addr, log_agg_map, masked_source_key, open_door, source_key, unblock,
+    BlockOutcome, BlockStatus, BlockTarget, OpenDoor, UnblockOutcome, applied_doors, block,
+    key_addr, masked_source_key, open_door, source_key, unblock,
 };
 pub use error::LoaderError;
 pub use flows::{FlowRecord, FlowTableStatus};
 pub use hostdeps::host_dependencies;
 pub use iface::{Link, ifname};
 pub use interrupt::PAUSE_ENV;
+pub use logagg::{LogAggregation, log_agg_map};
 pub use object::{Loaded, monotonic_ns, open_tables};
 pub use query::{
     AttachmentStatus, RunningPolicy, RunningVerdict, Status, TrialStatus, explain_running, flows,

@@ -16,8 +16,9 @@ use portfw_common::{
 };
 
 use super::{
-    defences::{BlockNets, Blocks, Purge, blocks_kept, required, staged_guard, typed},
+    defences::{BlockNets, Blocks, Purge, required, typed},
     error::{LoaderError, io_err, map_err},
+    object::monotonic_ns,
 };
 use crate::{
     compile::{CompiledPolicy, SourceEntry},
@@ -171,6 +172,40 @@ impl StageMaps {
             nets: typed(open(DefenceMaps::BLOCK_NETS)?, DefenceMaps::BLOCK_NETS)?,
         })
     }
+}
+
+/// Whether the block tables hold an entry that `purge` keeps: the staged generation then
+/// needs its block lookups.
+pub(super) fn blocks_kept(
+    blocks: Option<&Blocks>,
+    nets: Option<&BlockNets>,
+    purge: &Purge,
+) -> (bool, bool) {
+    let now = monotonic_ns();
+    let hosts = blocks.is_some_and(|b| {
+        b.iter()
+            .filter_map(Result::ok)
+            .any(|(_, v)| purge.keeps_block(&v, now))
+    });
+    let nets = nets.is_some_and(|n| {
+        n.iter()
+            .filter_map(Result::ok)
+            .any(|(_, v)| purge.keeps_block(&v, now))
+    });
+    (hosts, nets)
+}
+
+/// The `guard` bits a generation is staged with: the policy's, plus a block lookup for each
+/// block table that holds entries, and always the hash's when the scan guard may fill it.
+pub(super) fn staged_guard(policy_guard: u8, hosts: bool, nets: bool) -> u8 {
+    let mut bits = policy_guard;
+    if hosts || policy_guard & guard::SCAN != 0 {
+        bits |= guard::BLOCKS;
+    }
+    if nets {
+        bits |= guard::NETS;
+    }
+    bits
 }
 
 /// Source-trie entries putting `cidrs` in the scan guard's except group, where any hit
