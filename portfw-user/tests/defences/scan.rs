@@ -334,3 +334,99 @@ fn ipv6_scanners_are_blocked_by_their_64() {
     rig.portfw_ok(&["unblock", &o]);
     assert!(rig.reaches(other, SSH), "{other} after portfw unblock");
 }
+
+#[test]
+fn replies_allowed_ports_and_the_gateway_never_count_for_the_scan_guard() {
+    let mut rig = rig("df-scan-spare");
+    let (replier, allowed_scanner, control) = (rig.src(1), rig.src(2), rig.src(3));
+    let gateway = rig.src(0);
+    // The client's own address is the server's default gateway: a scan "from" it must not
+    // cut the host off.
+    rig.lab
+        .run(
+            crate::Side::Server,
+            ["ip", "route", "add", "default", "via", &gateway.to_string()],
+        )
+        .expect("a default route");
+    rig.lab
+        .start_responder_on(
+            crate::Side::Client,
+            &[5000, 5001, 5002, 5003, 5004, 5005],
+            &[],
+        )
+        .expect("client responder");
+    let _policy = rig.apply(
+        "scan.yaml",
+        "default: drop\nscan:\n  ports: 4\n  within: 10s\n  block: 1m\n\
+         rules:\n  - allow: ssh\n  - allow: 8000-8019/tcp\n",
+    );
+    let status = rig.status();
+    assert!(
+        list(&status, "host_except")
+            .iter()
+            .any(|a| a.as_str().map(crate::host) == Some(&gateway.to_string())),
+        "the gateway is not among the addresses the scan guard spares: {:#}",
+        status["host_except"]
+    );
+
+    // The host's own connections to six ports of one peer, and to six closed ones: their
+    // replies (and resets) pass through the flow table and count for nothing.
+    for port in 5000..5006u16 {
+        let seen = rig
+            .lab
+            .probe(
+                crate::Side::Server,
+                portfw_lab::Proto::Tcp,
+                replier.into(),
+                port,
+                crate::ANSWER,
+            )
+            .expect("probe");
+        assert!(
+            seen.is_open(),
+            "the host's connection to {replier}:{port}: {seen:?}"
+        );
+    }
+    for port in 5100..5106u16 {
+        rig.lab
+            .probe(
+                crate::Side::Server,
+                portfw_lab::Proto::Tcp,
+                replier.into(),
+                port,
+                Duration::from_secs(2),
+            )
+            .expect("probe");
+    }
+    // A scan of allowed ports only (nothing listens: resets come back) counts for nothing.
+    rig.tool(
+        "scan",
+        allowed_scanner,
+        &["--ports", "8000-8019", "--timeout", "0.8"],
+    );
+    // Nor does the gateway's scan of dropped ports.
+    rig.tool("scan", gateway, &["--ports", SCANNED, "--timeout", "0.8"]);
+    let status = rig.status();
+    assert!(
+        list(&status, "blocks").is_empty(),
+        "replies, allowed ports or the gateway's scan blocked someone: {:#}",
+        status["blocks"]
+    );
+    let [a, b, c] = parallel(vec![
+        Box::new(|| rig.reaches(replier, SSH)),
+        Box::new(|| rig.reaches(allowed_scanner, SSH)),
+        Box::new(|| rig.reaches(gateway, SSH)),
+    ])[..] else {
+        unreachable!()
+    };
+    assert!(
+        a && b && c,
+        "[replier, allowed-port scanner, gateway] reach ssh: {a} {b} {c}"
+    );
+    // The same scan from anyone else blocks.
+    rig.tool("scan", control, &["--ports", SCANNED, "--timeout", "0.8"]);
+    assert!(
+        block_of(&rig.status(), &control.to_string()).is_some(),
+        "the control scan did not block"
+    );
+}
