@@ -147,16 +147,22 @@ impl Rig {
 
     /// Makes `src` the source of the client's unbound sockets towards the server (knockd's
     /// `knock`, `portfw knock` and nmap's connect scan cannot bind an address): a host route
-    /// with a preferred source.
-    pub fn route_from(&self, src: Ipv4Addr) {
+    /// with a preferred source, in `src`'s family.
+    pub fn route_from(&self, src: impl Into<IpAddr>) {
+        let src: IpAddr = src.into();
+        let (family, host) = match src {
+            IpAddr::V4(_) => ("-4", format!("{}/32", self.server)),
+            IpAddr::V6(_) => ("-6", format!("{}/128", self.lab.server_v6())),
+        };
         self.lab
             .run(
                 Side::Client,
                 [
                     "ip",
+                    family,
                     "route",
                     "replace",
-                    &format!("{}/32", self.server),
+                    &host,
                     "dev",
                     self.lab.client_iface(),
                     "src",
@@ -164,6 +170,11 @@ impl Rig {
                 ],
             )
             .expect("route with a preferred source");
+    }
+
+    /// `portfw status`, as text.
+    pub fn status_text(&self) -> String {
+        String::from_utf8_lossy(&self.portfw_ok(&["status"]).stdout).into_owned()
     }
 
     /// Runs `tools.py COMMAND --src SRC --dst SERVER ARGS...` in the client namespace and

@@ -90,6 +90,11 @@ fn knock_sequences_open_the_door_for_the_knocker_alone() {
         .unwrap_or_else(|| panic!("no open door for {knocker}: {:#}", status["doors"]));
     let left = seconds(&door["expires_in"]).expect("expires_in");
     assert!(left > 0.0 && left <= 4.5, "a 4 s door: {door}");
+    let shown = rig.status_text();
+    assert!(
+        shown.contains("door") && shown.contains(&knocker.to_string()),
+        "portfw status does not show the open door:\n{shown}"
+    );
     assert!(
         door_of(&status, "door", &bystander.to_string()).is_none(),
         "a door for the bystander: {:#}",
@@ -223,7 +228,7 @@ fn a_connection_opened_through_a_door_outlives_it() {
 #[test]
 fn an_ipv6_knock_opens_the_door_for_its_address_alone() {
     let rig = rig("df-knock-v6", 0, "4s");
-    let [knocker, neighbour, _] = rig.v6_sources();
+    let [knocker, neighbour, knockd] = rig.v6_sources();
     py_knock(&rig, knocker, SEQUENCE, 0.05);
     let [inside, outside] = parallel(vec![
         Box::new(|| rig.reaches(knocker, OPENS)),
@@ -239,5 +244,21 @@ fn an_ipv6_knock_opens_the_door_for_its_address_alone() {
     assert!(
         door_of(&rig.status(), "door", &knocker.to_string()).is_some(),
         "the IPv6 door is listed"
+    );
+    // knockd's client over IPv6.
+    rig.route_from(knockd);
+    let server = rig.lab.server_v6().to_string();
+    let out = rig
+        .lab
+        .client([
+            "timeout", "20", "knock", "-6", "-v", &server, "7001:udp", "7002", "7003:udp",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run knock -6");
+    assert!(out.status.success(), "knock -6: {}", crate::text(&out));
+    assert!(
+        rig.reaches(knockd, OPENS),
+        "knockd's knock -6 in order did not open the door"
     );
 }

@@ -202,6 +202,11 @@ fn manual_blocks_and_unblocks() {
     let t = target.to_string();
     rig.portfw_ok(&["block", &t, "--for", "5s"]);
     let ends = assert_blocked(&rig, target, other, "manual", "portfw block --for 5s");
+    let shown = rig.status_text();
+    assert!(
+        shown.contains(&t),
+        "portfw status does not show the block of {t}:\n{shown}"
+    );
     let left = ends.saturating_duration_since(Instant::now());
     assert!(
         left > Duration::from_secs(2),

@@ -6,7 +6,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    net::Ipv4Addr,
+    net::IpAddr,
     os::unix::fs::PermissionsExt as _,
     path::Path,
     process::Stdio,
@@ -90,10 +90,12 @@ fn udp_listening(rig: &Rig, port: u16) -> bool {
         .is_ok_and(|out| !out.trim().is_empty())
 }
 
-/// `portfw knock SERVER --door spa --key-file KEY EXTRA...` from `src` (by route).
-fn knock(rig: &Rig, src: Ipv4Addr, key: &Path, extra: &[&str]) {
+/// `portfw knock SERVER --door spa --key-file KEY EXTRA...` from `src` (by route), to the
+/// server's address of `src`'s family.
+fn knock(rig: &Rig, src: impl Into<IpAddr>, key: &Path, extra: &[&str]) {
+    let src: IpAddr = src.into();
     rig.route_from(src);
-    let server = rig.server.to_string();
+    let server = rig.server_for(src).to_string();
     let key = key.display().to_string();
     let mut args = vec![
         PORTFW,
@@ -121,7 +123,7 @@ fn knock(rig: &Rig, src: Ipv4Addr, key: &Path, extra: &[&str]) {
 
 /// After a knock that should open nothing: the agent has had time to judge it, and `src`
 /// still meets silence.
-fn stays_closed(rig: &Rig, src: Ipv4Addr) -> bool {
+fn stays_closed(rig: &Rig, src: impl Into<IpAddr>) -> bool {
     thread::sleep(Duration::from_millis(500));
     rig.silent(src, OPENS)
 }
@@ -298,5 +300,32 @@ fn single_packet_knocks_open_the_door_only_when_signed_fresh_and_new() {
     assert!(
         stays_closed(&rig, late),
         "a knock opened the door after the agent stopped"
+    );
+}
+
+#[test]
+fn an_ipv6_single_packet_knock_opens_the_door_for_its_address() {
+    let mut rig = Rig::new("df-spa-v6", 0);
+    let [knocker, neighbour, _] = rig.v6_sources();
+    rig.start_echo(OPENS);
+    let dir = TempDir::new("spa-v6");
+    let key = dir.join("knock.key");
+    rig.portfw_ok(&["knock-key", &key.display().to_string()]);
+    let file = dir.join("spa.yaml");
+    fs::write(&file, policy(rig.lab.server_iface(), &key)).expect("policy");
+    let _agent = Agent::start(&mut rig, &file);
+    wait_for(
+        Duration::from_secs(20),
+        "the agent listens on the SPA port",
+        || udp_listening(&rig, SPA_PORT),
+    );
+    knock(&rig, knocker, &key, &[]);
+    assert!(
+        rig.reaches(knocker, OPENS),
+        "an IPv6 knock with the right key did not open the door"
+    );
+    assert!(
+        rig.silent(neighbour, OPENS),
+        "the door opened for {neighbour}, another address of the knocker's /64"
     );
 }
