@@ -435,3 +435,29 @@ fn replies_allowed_ports_and_the_gateway_never_count_for_the_scan_guard() {
         "the control scan did not block"
     );
 }
+
+#[test]
+fn a_scan_slower_than_the_window_is_not_blocked() {
+    let rig = rig("df-scan-slow");
+    let (slow, fast) = (rig.src(1), rig.src(2));
+    let _policy = rig.apply(
+        "scan.yaml",
+        "default: drop\nscan:\n  ports: 4\n  within: 2s\n  block: 1m\nrules:\n  - allow: ssh\n",
+    );
+    // Six dropped ports a second apart: never four within 2 s.
+    for port in 4000..4006u16 {
+        rig.tool("scan", slow, &["--ports", &port.to_string(), "--udp"]);
+        thread::sleep(Duration::from_millis(1000));
+    }
+    assert!(
+        block_of(&rig.status(), &slow.to_string()).is_none(),
+        "a scan of one port a second blocked its source under `ports: 4, within: 2s`"
+    );
+    assert!(rig.reaches(slow, SSH), "the slow scanner reaches ssh");
+    // The same ports at once block.
+    rig.tool("scan", fast, &["--ports", "4000-4005", "--udp"]);
+    assert!(
+        block_of(&rig.status(), &fast.to_string()).is_some(),
+        "four ports at once did not block"
+    );
+}
