@@ -118,7 +118,7 @@ pub struct RuleLimit {
 /// IPv6 sources by their /64 (the rest zeroed), since one host commonly holds a whole /64;
 /// doors and the log aggregation use the full address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceKey {
     pub family: u8,
     pub _pad: [u8; 3],
@@ -213,7 +213,7 @@ const _: () = assert!(core::mem::size_of::<LimitKey>() == 24);
 /// Key of the knock progress map (`id`: the door's [`DoorDef::id`]) and of the open-door
 /// map (`id`: [`opens_id`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DoorKey {
     /// [`DoorDef::id`].
     pub id: u32,

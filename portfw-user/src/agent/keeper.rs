@@ -113,6 +113,13 @@ impl Keeper {
         }
     }
 
+    /// The knock doors of the policy this agent put in force; `None` when it keeps no
+    /// policy file (it follows the running filter).
+    pub fn doors(&self) -> Option<&[compile::DoorInfo]> {
+        self.file.as_ref()?;
+        Some(self.good.as_ref().map_or(&[], |g| &g.compiled.doors))
+    }
+
     /// The files whose change means a new policy: the policy file and its set files.
     pub fn inputs(&self) -> Vec<PathBuf> {
         self.file

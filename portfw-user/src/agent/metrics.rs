@@ -6,7 +6,10 @@
 //! becomes a label, so the number of series is bounded by the policy's rules.
 use std::{
     fmt,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use prometheus_client::{
@@ -51,6 +54,11 @@ pub fn packet_labels(name: &str) -> Option<(&'static str, &'static str)> {
         "fragment_drop" => ("drop", "fragment"),
         "allow_reply" => ("allow", "reply"),
         "allow_related" => ("allow", "related"),
+        "drop_blocked" => ("drop", "blocked"),
+        "drop_limit" => ("drop", "limit"),
+        "drop_knock" => ("drop", "knock"),
+        "allow_door" => ("allow", "door"),
+        "allow_spa" => ("allow", "spa"),
         "would_drop_rule" => ("would-drop", "rule"),
         "would_drop_default" => ("would-drop", "default"),
         "would_drop_malformed" => ("would-drop", "malformed"),
@@ -58,6 +66,9 @@ pub fn packet_labels(name: &str) -> Option<(&'static str, &'static str)> {
         "would_drop_non_ip" => ("would-drop", "non-ip"),
         "would_drop_other_ip" => ("would-drop", "other-ip"),
         "would_drop_fragment" => ("would-drop", "fragment"),
+        "would_drop_blocked" => ("would-drop", "blocked"),
+        "would_drop_limit" => ("would-drop", "limit"),
+        "would_drop_knock" => ("would-drop", "knock"),
         _ => return None,
     })
 }
@@ -65,6 +76,93 @@ pub fn packet_labels(name: &str) -> Option<(&'static str, &'static str)> {
 /// Kernel counters that are not packet verdicts, each its own metric.
 const EVENTS_LOST: &str = "events_lost";
 const FLOWS_CREATED: &str = "flows_created";
+/// The same, of the active defences: (counter, metric, help).
+const DEFENCE_COUNTERS: [(&str, &str, &str); 5] = [
+    (
+        "scan_blocks",
+        "portfw_scan_blocks",
+        "Sources the scan guard blocked.",
+    ),
+    (
+        "doors_opened",
+        "portfw_knock_doors_opened",
+        "Knock sequences completed (doors the kernel opened).",
+    ),
+    (
+        "blocks_full",
+        "portfw_blocks_refused",
+        "Blocks refused because the block table was full.",
+    ),
+    (
+        "events_aggregated",
+        "portfw_events_aggregated",
+        "Logged packets folded into another event's count.",
+    ),
+    (
+        "events_suppressed",
+        "portfw_events_suppressed",
+        "Logged packets in no event: over log-limit, or lost to a full ring buffer.",
+    ),
+];
+
+/// What became of a single-packet knock that reached the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpaOutcome {
+    /// Verified: the door is open for its source.
+    Opened,
+    /// The HMAC did not match the door's key.
+    BadMac,
+    /// The timestamp was too far from the agent's clock.
+    Stale,
+    /// The nonce was seen before.
+    Replay,
+    /// No single-packet door of that name at that port.
+    UnknownDoor,
+    /// Not a knock.
+    Malformed,
+    /// Verified, but the door could not be opened: no key file, no filter loaded, a map
+    /// error, a full replay cache.
+    Failed,
+}
+
+impl SpaOutcome {
+    pub const ALL: [Self; 7] = [
+        Self::Opened,
+        Self::BadMac,
+        Self::Stale,
+        Self::Replay,
+        Self::UnknownDoor,
+        Self::Malformed,
+        Self::Failed,
+    ];
+
+    /// Its `outcome` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::BadMac => "bad-mac",
+            Self::Stale => "stale",
+            Self::Replay => "replay",
+            Self::UnknownDoor => "unknown-door",
+            Self::Malformed => "malformed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// The agent's single-packet knock counts, by outcome.
+#[derive(Debug, Default)]
+pub struct SpaCounters([AtomicU64; SpaOutcome::ALL.len()]);
+
+impl SpaCounters {
+    pub fn add(&self, outcome: SpaOutcome) {
+        self.0[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, outcome: SpaOutcome) -> u64 {
+        self.0[outcome as usize].load(Ordering::Relaxed)
+    }
+}
 
 /// What one scrape reports.
 #[derive(Debug)]
@@ -76,6 +174,8 @@ struct Snapshot {
     in_sync: bool,
     refusals: u64,
     applies: u64,
+    /// Single-packet knocks by outcome.
+    spa: Vec<(&'static str, u64)>,
 }
 
 /// One metric family: its descriptor, then each series.
@@ -138,6 +238,16 @@ impl Collector for Snapshot {
                 one(ConstCounter::new(self.applies)),
             )?;
         }
+        family(
+            &mut e,
+            "portfw_spa_knocks",
+            "Single-packet knocks the agent received, by outcome (opened, bad-mac, stale, \
+             replay, unknown-door, malformed, failed).",
+            MetricType::Counter,
+            self.spa
+                .iter()
+                .map(|(outcome, n)| ([("outcome", *outcome)], ConstCounter::new(*n))),
+        )?;
         let Some(status) = &self.status else {
             return Ok(());
         };
@@ -183,6 +293,15 @@ impl Collector for Snapshot {
             MetricType::Counter,
             one(ConstCounter::new(counter(EVENTS_LOST))),
         )?;
+        for (name, metric, help) in DEFENCE_COUNTERS {
+            family(
+                &mut e,
+                metric,
+                help,
+                MetricType::Counter,
+                one(ConstCounter::new(counter(name))),
+            )?;
+        }
         family(
             &mut e,
             "portfw_policy_generation",
@@ -325,6 +444,10 @@ pub fn render(shared: &Shared) -> String {
         policy_file: shared.policy_file.clone(),
         refusals: shared.refusals.load(Ordering::Relaxed),
         applies: shared.applies.load(Ordering::Relaxed),
+        spa: SpaOutcome::ALL
+            .iter()
+            .map(|&o| (o.name(), shared.spa.get(o)))
+            .collect(),
         status,
     };
     let mut registry = Registry::default();
@@ -382,12 +505,18 @@ pub fn readiness(shared: &Shared) -> (bool, String) {
 mod tests {
     use portfw_common::counter::NAMES;
 
-    use super::{EVENTS_LOST, FLOWS_CREATED, packet_labels};
+    use super::{
+        DEFENCE_COUNTERS, EVENTS_LOST, FLOWS_CREATED, SpaCounters, SpaOutcome, packet_labels,
+    };
 
     #[test]
     fn every_kernel_counter_is_exported() {
         for name in NAMES {
-            if name.starts_with("reserved") || name == EVENTS_LOST || name == FLOWS_CREATED {
+            if name.starts_with("reserved")
+                || name == EVENTS_LOST
+                || name == FLOWS_CREATED
+                || DEFENCE_COUNTERS.iter().any(|(n, _, _)| *n == name)
+            {
                 continue;
             }
             assert!(
@@ -405,5 +534,42 @@ mod tests {
             Some(("would-drop", "other-ip"))
         );
         assert_eq!(packet_labels("events_lost"), None);
+        assert_eq!(packet_labels("drop_blocked"), Some(("drop", "blocked")));
+        assert_eq!(packet_labels("allow_spa"), Some(("allow", "spa")));
+    }
+
+    #[test]
+    fn spa_outcomes_are_counted_apart() {
+        let counters = SpaCounters::default();
+        counters.add(SpaOutcome::Opened);
+        counters.add(SpaOutcome::Replay);
+        counters.add(SpaOutcome::Replay);
+        assert_eq!(counters.get(SpaOutcome::Opened), 1);
+        assert_eq!(counters.get(SpaOutcome::Replay), 2);
+        assert_eq!(counters.get(SpaOutcome::BadMac), 0);
+        let names: Vec<&str> = SpaOutcome::ALL.iter().map(|o| o.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "opened",
+                "bad-mac",
+                "stale",
+                "replay",
+                "unknown-door",
+                "malformed",
+                "failed"
+            ]
+        );
+    }
+
+    #[test]
+    fn spa_knocks_are_exported_without_a_filter() {
+        let shared = super::Shared::default();
+        shared.spa.add(SpaOutcome::BadMac);
+        let body = super::render(&shared);
+        assert!(
+            body.contains("portfw_spa_knocks_total{outcome=\"bad-mac\"} 1"),
+            "{body}"
+        );
     }
 }

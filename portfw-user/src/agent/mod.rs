@@ -5,14 +5,15 @@
 //! endpoint (`http`, `metrics`) runs on a thread of its own and reads the pinned maps at
 //! scrape time. Stopping the agent never touches the filter: the pins keep it in force.
 //!
-//! Extension point: single-packet knock verification (the "Active defences" issue) will be
-//! one more source in the loop's `select!`, next to the watcher: a task reading the knock
-//! ring buffer, checking each knock's HMAC and timestamp, and opening its door in a pinned
-//! map through the loader. It shares [`Shared`] with the metrics for its counters.
+//! Single-packet knocks (`spa`) are one more source in the loop's `select!`: tasks reading
+//! the SPA doors' UDP sockets hand each datagram to the loop, which checks it and opens its
+//! door in the pinned door table. They follow the doors of the policy in force, and share
+//! [`Shared`] with the metrics for their counts.
 mod http;
 mod keeper;
 pub mod log;
 pub mod metrics;
+mod spa;
 mod watch;
 
 use std::{
@@ -63,6 +64,8 @@ pub struct Shared {
     refused: AtomicBool,
     refusals: AtomicU64,
     applies: AtomicU64,
+    /// Single-packet knocks, by outcome.
+    spa: metrics::SpaCounters,
     /// What one scrape leaves for the next.
     scrape: Mutex<metrics::ScrapeCache>,
 }
@@ -85,6 +88,31 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Which SPA doors the knock listener serves: the kept policy's once applied, or the
+/// running filter's.
+#[derive(Default)]
+struct Doors {
+    /// Policies applied when last synced: a new apply reads the key files again.
+    applies: u64,
+    running: spa::RunningDoors,
+}
+
+impl Doors {
+    fn sync(&mut self, keeper: &keeper::Keeper, knocks: &mut spa::Listener, shared: &Shared) {
+        let applies = shared.applies.load(std::sync::atomic::Ordering::Relaxed);
+        let fresh = applies != self.applies;
+        self.applies = applies;
+        match keeper.doors() {
+            Some(doors) => knocks.configure(spa::SpaDoor::of(doors), fresh),
+            None => {
+                if let Some(doors) = self.running.refresh() {
+                    knocks.configure(doors, true);
+                }
+            }
+        }
+    }
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -139,7 +167,7 @@ async fn event_loop(config: Config, shared: Arc<Shared>) -> anyhow::Result<()> {
         Some(_) => Some(watch::Watcher::new(wake_tx)?),
         None => None,
     };
-    let mut keeper = keeper::Keeper::new(&config, shared);
+    let mut keeper = keeper::Keeper::new(&config, shared.clone());
     keeper.start();
     let rewatch = |watcher: &mut Option<watch::Watcher>, keeper: &keeper::Keeper| {
         if let Some(w) = watcher {
@@ -149,6 +177,9 @@ async fn event_loop(config: Config, shared: Arc<Shared>) -> anyhow::Result<()> {
         }
     };
     rewatch(&mut watcher, &keeper);
+    let (mut knocks, mut datagrams) = spa::Listener::new(shared.clone());
+    let mut doors = Doors::default();
+    doors.sync(&keeper, &mut knocks, &shared);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first event of a burst, and when to read the files.
@@ -163,7 +194,9 @@ async fn event_loop(config: Config, shared: Arc<Shared>) -> anyhow::Result<()> {
                 log::info("SIGHUP: reading the policy again", &[]);
                 keeper.examine(true);
                 rewatch(&mut watcher, &keeper);
+                doors.sync(&keeper, &mut knocks, &shared);
             }
+            Some(datagram) = datagrams.recv() => knocks.handle(datagram),
             Some(()) = wake.recv() => {
                 let now = Instant::now();
                 let first = burst.map_or(now, |(first, _)| first);
@@ -173,10 +206,13 @@ async fn event_loop(config: Config, shared: Arc<Shared>) -> anyhow::Result<()> {
                 burst = None;
                 keeper.examine(false);
                 rewatch(&mut watcher, &keeper);
+                doors.sync(&keeper, &mut knocks, &shared);
             }
             _ = tick.tick() => {
                 keeper.tick();
                 rewatch(&mut watcher, &keeper);
+                doors.sync(&keeper, &mut knocks, &shared);
+                knocks.tick();
             }
         }
     };

@@ -1,7 +1,8 @@
-//! `portfw events`: stream the running filter's drop and allow events.
+//! `portfw events`: stream the running filter's drop and allow events, with the kernel's
+//! aggregated counts, the events its rate cap suppressed, and the quiet keys it still held.
 use std::{
     fs,
-    io::{self, Write as _},
+    io::{self, Write},
     process::ExitCode,
     time::{Duration, SystemTime},
 };
@@ -16,8 +17,12 @@ use tokio::{
 
 use super::{EXIT_OK, EventsArgs};
 use crate::{
-    events::{decode, human_line, mono_to_wall_offset},
+    events::{
+        SuppressedSummary, decode, flushed_event, human_line, mono_to_wall_offset,
+        pinned::{Aggregation, Suppressed, active_generation},
+    },
     loader::{self, Paths, State},
+    spa::door::monotonic_ns,
 };
 
 /// The rule names of each generation's policy, as `apply` recorded them.
@@ -117,6 +122,119 @@ pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(stream(args))
 }
 
+/// How often quiet aggregation keys are flushed and suppressed events summed up.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether to go on reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Go,
+    /// `--count` reached, or the reader of our output went away.
+    Stop,
+}
+
+/// Everything that turns kernel records into lines.
+struct Printer<W: Write> {
+    out: W,
+    json: bool,
+    offset: i128,
+    rules: RuleNames,
+    ifnames: IfNames,
+    suppressed: Suppressed,
+    /// Suppressed packets read from the counter and not yet reported.
+    unreported: u64,
+    aggregation: Aggregation,
+    paths: Paths,
+    /// Records printed, against `--count`.
+    seen: u64,
+    count: Option<u64>,
+}
+
+impl<W: Write> Printer<W> {
+    fn write(&mut self, line: &str) -> Flow {
+        if writeln!(self.out, "{line}").is_err() {
+            // The reader went away (for example `| head`): stop quietly.
+            return Flow::Stop;
+        }
+        self.seen += 1;
+        if self.count.is_some_and(|n| self.seen >= n) {
+            let _ = self.out.flush();
+            return Flow::Stop;
+        }
+        Flow::Go
+    }
+
+    /// Reads the suppressed counter's growth into `unreported`.
+    fn read_suppressed(&mut self) {
+        self.unreported = self.unreported.saturating_add(self.suppressed.take());
+    }
+
+    fn event(&mut self, event: &Event, flushed: bool) -> anyhow::Result<Flow> {
+        let iface = if flushed {
+            None
+        } else {
+            self.ifnames.name(event.ifindex)
+        };
+        let rules = &self.rules;
+        let mut view = decode(
+            event,
+            self.offset,
+            |_| iface.clone(),
+            |i| rules.get(event.generation, i),
+        );
+        if flushed {
+            view.mark_flushed();
+        }
+        if self.unreported > 0 {
+            view.suppressed = Some(std::mem::take(&mut self.unreported));
+        }
+        let line = if self.json {
+            serde_json::to_string(&view)?
+        } else {
+            human_line(&view)
+        };
+        Ok(self.write(&line))
+    }
+
+    /// Once a second, and when stopping (`all`): flushes the aggregation keys gone quiet
+    /// (all that hold packets, when stopping), then reports what was suppressed and no event
+    /// carried.
+    fn flush(&mut self, all: bool) -> anyhow::Result<Flow> {
+        self.read_suppressed();
+        if self.aggregation.exists() {
+            let now = monotonic_ns();
+            let flushed = self.aggregation.flush(now, all);
+            if !flushed.is_empty() {
+                self.rules.refresh();
+                let generation = active_generation(&self.paths).unwrap_or(0);
+                for f in flushed {
+                    let event = flushed_event(&f.key, f.pending, now, generation);
+                    if self.event(&event, true)? == Flow::Stop {
+                        return Ok(Flow::Stop);
+                    }
+                }
+            }
+        }
+        if self.unreported > 0 {
+            let time_ns = (i128::from(monotonic_ns()) + self.offset).max(0) as u64;
+            let summary = SuppressedSummary::new(time_ns, std::mem::take(&mut self.unreported));
+            let line = if self.json {
+                serde_json::to_string(&summary)?
+            } else {
+                summary.human_line()
+            };
+            if self.write(&line) == Flow::Stop {
+                return Ok(Flow::Stop);
+            }
+        }
+        Ok(if self.out.flush().is_err() {
+            Flow::Stop
+        } else {
+            Flow::Go
+        })
+    }
+}
+
 async fn stream(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let (ring, paths) = loader::open_events()?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
@@ -124,28 +242,46 @@ async fn stream(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("watching the event ring buffer")?;
-    let offset = mono_to_wall_offset();
-    let mut rules = RuleNames::new(paths);
-    let mut ifnames = IfNames::default();
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let deadline = args
         .timeout
         .map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
     let never = Instant::now() + Duration::from_secs(100 * 365 * 86400);
-    let mut seen = 0u64;
-    let mut out = io::BufWriter::new(io::stdout().lock());
     if args.count == Some(0) {
         return Ok(ExitCode::from(EXIT_OK));
     }
+    let mut printer = Printer {
+        out: io::BufWriter::new(io::stdout().lock()),
+        json: args.json,
+        offset: mono_to_wall_offset(),
+        rules: RuleNames::new(paths.clone()),
+        ifnames: IfNames::default(),
+        suppressed: Suppressed::open(&paths),
+        unreported: 0,
+        aggregation: Aggregation::open(&paths),
+        paths,
+        seen: 0,
+        count: args.count,
+    };
+    let mut flush = tokio::time::interval_at(Instant::now() + FLUSH_EVERY, FLUSH_EVERY);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             _ = tokio::time::sleep_until(deadline.unwrap_or(never)) => break,
+            _ = flush.tick() => {
+                if printer.flush(false)? == Flow::Stop {
+                    return Ok(ExitCode::from(EXIT_OK));
+                }
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
-                rules.refresh();
+                printer.rules.refresh();
+                // Once per batch rather than per event: the growth rides on the batch's
+                // first event.
+                printer.read_suppressed();
                 let ring = guard.get_inner_mut();
                 while let Some(item) = ring.next() {
                     if item.len() < size_of::<Event>() {
@@ -155,36 +291,20 @@ async fn stream(args: EventsArgs) -> anyhow::Result<ExitCode> {
                     // read_unaligned makes no alignment assumption.
                     let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
                     drop(item);
-                    let iface = ifnames.name(event.ifindex);
-                    let view = decode(
-                        &event,
-                        offset,
-                        |_| iface.clone(),
-                        |i| rules.get(event.generation, i),
-                    );
-                    let line = if args.json {
-                        serde_json::to_string(&view)?
-                    } else {
-                        human_line(&view)
-                    };
-                    if writeln!(out, "{line}").is_err() {
-                        // The reader went away (for example `| head`): stop quietly.
-                        return Ok(ExitCode::from(EXIT_OK));
-                    }
-                    seen += 1;
-                    if args.count.is_some_and(|n| seen >= n) {
-                        let _ = out.flush();
+                    if printer.event(&event, false)? == Flow::Stop {
                         return Ok(ExitCode::from(EXIT_OK));
                     }
                 }
                 guard.clear_ready();
-                if out.flush().is_err() {
+                if printer.out.flush().is_err() {
                     return Ok(ExitCode::from(EXIT_OK));
                 }
             }
         }
     }
-    let _ = out.flush();
+    // What is still pending in the kernel, and suppressed, is reported before leaving, so
+    // that the counts and suppressed totals of a run add up to the packets logged.
+    printer.flush(true)?;
     Ok(ExitCode::from(EXIT_OK))
 }
 

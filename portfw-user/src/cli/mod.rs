@@ -9,6 +9,7 @@ mod events;
 mod examples;
 mod explain;
 mod flows;
+mod knock;
 mod status;
 mod watchdog;
 
@@ -74,6 +75,13 @@ pub enum Command {
     /// replies pass under `replies: allow` even where the rules drop.
     #[command(after_help = examples::FLOWS)]
     Flows(FlowsArgs),
+    /// Write a new random key for single-packet knocks to FILE (mode 0600).
+    #[command(after_help = knock::KNOCK_KEY_EXAMPLES)]
+    KnockKey(knock::KnockKeyArgs),
+    /// Send a single-packet knock: one signed UDP datagram that has the host's `portfw agent`
+    /// open a knock door for this machine's address.
+    #[command(after_help = knock::KNOCK_EXAMPLES)]
+    Knock(knock::KnockArgs),
     /// Print the completion script for bash, zsh or fish to stdout.
     Completions(completions::CompletionsArgs),
     /// Print the man page portfw.8 to stdout, or write every page into a directory (the
@@ -235,6 +243,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Flows(args) => flows::run(args),
+        Command::KnockKey(args) => knock::run_key(args),
+        Command::Knock(args) => knock::run(args),
         Command::Completions(args) => completions::run(args),
         Command::Manpage(args) => completions::run_manpage(args),
     }

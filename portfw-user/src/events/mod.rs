@@ -1,8 +1,12 @@
-//! Decoding and rendering of the kernel's drop/allow event records.
+//! Decoding and rendering of the kernel's drop/allow event records (and `pinned`: the
+//! kernel state the reader reads beside them).
+pub mod pinned;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use portfw_common::{
-    Event, RULE_DEFAULT, RULE_MALFORMED, RULE_REPLY, RULE_SETTING, action, ipproto,
+    AggKey, Event, RULE_BLOCKED, RULE_DEFAULT, RULE_DOOR, RULE_KNOCK, RULE_MALFORMED, RULE_REPLY,
+    RULE_SETTING, RULE_SPA, action, ipproto, reason,
 };
 use serde::Serialize;
 
@@ -19,6 +23,14 @@ pub enum DecidedBy {
     Malformed,
     /// A reply to, or an ICMP error about, a flow the host opened (`replies: allow`).
     Reply,
+    /// The source is in the block table (the scan guard or `portfw block`).
+    Blocked,
+    /// A knock port of a knock sequence, which no rule names.
+    Knock,
+    /// A single-packet knock's port, passed to `portfw agent`.
+    Spa,
+    /// A knock door the source opened.
+    Door,
 }
 
 impl DecidedBy {
@@ -28,9 +40,42 @@ impl DecidedBy {
             RULE_SETTING => Self::Setting,
             RULE_MALFORMED => Self::Malformed,
             RULE_REPLY => Self::Reply,
+            RULE_BLOCKED => Self::Blocked,
+            RULE_KNOCK => Self::Knock,
+            RULE_SPA => Self::Spa,
+            RULE_DOOR => Self::Door,
             n => Self::Rule(n),
         }
     }
+
+    /// How a person reads it, for what is not a rule.
+    pub fn describe(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Rule(_) => return None,
+            Self::Default => "default",
+            Self::Setting => "setting",
+            Self::Malformed => "malformed",
+            Self::Reply => "reply to a flow the host opened",
+            Self::Blocked => "blocked source",
+            Self::Knock => "knock",
+            Self::Spa => "single-packet knock",
+            Self::Door => "knock door open",
+        })
+    }
+}
+
+/// The name of an event's [`reason`], `None` for [`reason::NONE`].
+pub fn reason_name(value: u8) -> Option<&'static str> {
+    Some(match value {
+        reason::BLOCKED => "blocked",
+        reason::LIMIT => "limit",
+        reason::KNOCK => "knock",
+        reason::DOOR => "door",
+        reason::SPA => "spa",
+        reason::SCAN => "scan",
+        reason::NONE => return None,
+        _ => "other",
+    })
 }
 
 /// An event, decoded and ready to print.
@@ -54,6 +99,75 @@ pub struct EventView {
     pub src_port: Option<u16>,
     pub dst_port: Option<u16>,
     pub tcp_flags: Vec<&'static str>,
+    /// Packets this event stands for: 1, or more when the kernel aggregated repeats of the
+    /// same (source, port, protocol, verdict, rule) within a second.
+    pub count: u32,
+    /// What beyond the rule decided: `blocked`, `limit`, `knock`, `door`, `spa`, `scan`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// Logged packets in no event (over `log-limit`, or lost to a full ring) since the
+    /// reader's last report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
+    /// Packets of a key that went quiet, flushed by the reader from the kernel's
+    /// aggregation table rather than sent by the kernel: no interface, destination address,
+    /// source port or TCP flags.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub flushed: bool,
+}
+
+/// A record saying only that events were suppressed, when no event carried the news.
+#[derive(Clone, Debug, Serialize)]
+pub struct SuppressedSummary {
+    pub summary: bool,
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    pub suppressed: u64,
+}
+
+impl SuppressedSummary {
+    pub fn new(time_ns: u64, suppressed: u64) -> Self {
+        Self {
+            summary: true,
+            time_ns,
+            suppressed,
+        }
+    }
+
+    /// `12:00:01.123 (+40 suppressed)`.
+    pub fn human_line(&self) -> String {
+        format!("{} (+{} suppressed)", clock(self.time_ns), self.suppressed)
+    }
+}
+
+impl EventView {
+    /// Marks the view of a [`flushed_event`]: the aggregation key has no interface,
+    /// destination address, source port or TCP flags, so none is shown.
+    pub fn mark_flushed(&mut self) {
+        self.flushed = true;
+        self.iface = "-".into();
+        self.dst = None;
+        self.src_port = None;
+        self.tcp_flags.clear();
+    }
+}
+
+/// The event a flushed aggregation key stands for: its `pending` packets, at
+/// `timestamp_ns` (CLOCK_MONOTONIC), judged by `generation`.
+pub fn flushed_event(key: &AggKey, pending: u32, timestamp_ns: u64, generation: u8) -> Event {
+    Event {
+        timestamp_ns,
+        rule: key.rule,
+        verdict: key.verdict,
+        ip_version: key.family,
+        protocol: key.protocol,
+        dst_port: key.dst_port,
+        src_addr: key.src,
+        generation,
+        reason: key.reason,
+        count: pending,
+        ..Event::default()
+    }
 }
 
 const TCP_FLAG_NAMES: [(u8, &str); 8] = [
@@ -162,6 +276,10 @@ pub fn decode(
         } else {
             Vec::new()
         },
+        count: event.count.max(1),
+        reason: reason_name(event.reason),
+        suppressed: None,
+        flushed: false,
     }
 }
 
@@ -170,7 +288,8 @@ fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> String {
         (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
         (Some(a), Some(p)) => format!("{a}:{p}"),
         (Some(a), None) => a.to_string(),
-        (None, _) => "?".into(),
+        (None, Some(p)) => format!("*:{p}"),
+        (None, None) => "?".into(),
     }
 }
 
@@ -236,13 +355,15 @@ pub fn human_line(view: &EventView) -> String {
             (Some(n), None) => format!("rule {n}"),
             _ => "rule ?".into(),
         },
-        DecidedBy::Default => "default".into(),
-        DecidedBy::Setting => "setting".into(),
-        DecidedBy::Malformed => "malformed".into(),
-        DecidedBy::Reply => "reply to a flow the host opened".into(),
+        other => other.describe().unwrap_or("?").into(),
+    };
+    let count = if view.count > 1 {
+        format!(" ×{}", view.count)
+    } else {
+        String::new()
     };
     let mut line = format!(
-        "{} {} {} {} {} -> {} {decided}",
+        "{} {} {}{count} {} {} -> {} {decided}",
         clock(view.time_ns),
         escape(&view.iface),
         view.verdict.to_uppercase(),
@@ -250,8 +371,22 @@ pub fn human_line(view: &EventView) -> String {
         endpoint(view.src, view.src_port),
         endpoint(view.dst, view.dst_port),
     );
+    // The rule markers name these already.
+    let said = matches!(
+        (&view.decided_by, view.reason),
+        (DecidedBy::Blocked, Some("blocked"))
+            | (DecidedBy::Knock, Some("knock"))
+            | (DecidedBy::Spa, Some("spa"))
+            | (DecidedBy::Door, Some("door"))
+    );
+    if let Some(reason) = view.reason.filter(|_| !said) {
+        line.push_str(&format!(" ({reason})"));
+    }
     if !view.tcp_flags.is_empty() {
         line.push_str(&format!(" [{}]", view.tcp_flags.join(",")));
+    }
+    if let Some(n) = view.suppressed.filter(|&n| n > 0) {
+        line.push_str(&format!(" (+{n} suppressed)"));
     }
     line
 }
@@ -363,6 +498,113 @@ mod tests {
         );
         assert_eq!(verdict_name(action::ALLOW), "allow");
         assert_eq!(verdict_name(action::DROP), "drop");
+    }
+
+    #[test]
+    fn defence_markers_are_named() {
+        for (rule, by, text) in [
+            (RULE_BLOCKED, DecidedBy::Blocked, "blocked source"),
+            (RULE_KNOCK, DecidedBy::Knock, "knock"),
+            (RULE_SPA, DecidedBy::Spa, "single-packet knock"),
+            (RULE_DOOR, DecidedBy::Door, "knock door open"),
+        ] {
+            let mut e = sample();
+            e.rule = rule;
+            let view = decode(&e, 0, |_| None, |_| None);
+            assert_eq!(view.decided_by, by);
+            assert_eq!(view.rule, None);
+            assert!(
+                human_line(&view).ends_with(&format!("{text} [SYN]")),
+                "{}",
+                human_line(&view)
+            );
+        }
+        let mut e = sample();
+        e.rule = RULE_BLOCKED;
+        let json = serde_json::to_value(decode(&e, 0, |_| None, |_| None)).unwrap_or_default();
+        assert_eq!(json["decided_by"], "blocked");
+    }
+
+    #[test]
+    fn counts_reasons_and_suppressed_in_json() {
+        let view = decode(&sample(), 0, |_| None, |_| None);
+        let json = serde_json::to_value(&view).unwrap_or_default();
+        // An event from an older kernel object (count 0) stands for its one packet.
+        assert_eq!(json["count"], 1);
+        assert!(json.get("reason").is_none(), "{json}");
+        assert!(json.get("suppressed").is_none(), "{json}");
+        assert!(json.get("flushed").is_none(), "{json}");
+        let mut e = sample();
+        e.count = 42;
+        e.reason = reason::LIMIT;
+        let mut view = decode(&e, 0, |_| None, |_| None);
+        view.suppressed = Some(7);
+        view.flushed = true;
+        let json = serde_json::to_value(&view).unwrap_or_default();
+        assert_eq!(json["count"], 42);
+        assert_eq!(json["reason"], "limit");
+        assert_eq!(json["suppressed"], 7);
+        assert_eq!(json["flushed"], true);
+        for (value, name) in [
+            (reason::BLOCKED, "blocked"),
+            (reason::KNOCK, "knock"),
+            (reason::DOOR, "door"),
+            (reason::SPA, "spa"),
+            (reason::SCAN, "scan"),
+        ] {
+            assert_eq!(reason_name(value), Some(name));
+        }
+        assert_eq!(reason_name(reason::NONE), None);
+    }
+
+    #[test]
+    fn text_shows_aggregated_counts_and_suppressed() {
+        let mut e = sample();
+        e.count = 1;
+        let one = human_line(&decode(&e, 0, |_| Some("eth0".into()), |_| None));
+        assert!(!one.contains('×'), "{one}");
+        e.count = 250;
+        e.reason = reason::LIMIT;
+        let mut view = decode(&e, 0, |_| Some("eth0".into()), |_| None);
+        view.suppressed = Some(12);
+        let line = human_line(&view);
+        let rest = line.split_once(' ').map(|(_, r)| r).unwrap_or_default();
+        assert_eq!(
+            rest,
+            "eth0 DROP ×250 tcp 10.0.0.1:51234 -> 10.0.0.2:8080 rule 3 (limit) [SYN] (+12 suppressed)"
+        );
+        let summary = SuppressedSummary::new(5_000_000_000, 99);
+        assert!(summary.human_line().ends_with(" (+99 suppressed)"));
+        let json = serde_json::to_value(&summary).unwrap_or_default();
+        assert_eq!(json["summary"], true);
+        assert_eq!(json["suppressed"], 99);
+    }
+
+    #[test]
+    fn flushed_keys_read_as_events() {
+        let mut key = AggKey {
+            rule: 2,
+            dst_port: 8080,
+            protocol: ipproto::TCP,
+            verdict: action::DROP,
+            reason: reason::NONE,
+            family: 4,
+            ..AggKey::default()
+        };
+        key.src[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let e = flushed_event(&key, 17, 9, 1);
+        assert_eq!((e.count, e.generation, e.timestamp_ns), (17, 1, 9));
+        let mut view = decode(&e, 0, |_| None, |i| (i == 2).then(|| "web".into()));
+        view.mark_flushed();
+        let line = human_line(&view);
+        let rest = line.split_once(' ').map(|(_, r)| r).unwrap_or_default();
+        assert_eq!(rest, "- DROP ×17 tcp 10.0.0.1 -> *:8080 rule 3 (web)");
+        let json = serde_json::to_value(&view).unwrap_or_default();
+        assert_eq!(json["count"], 17);
+        assert_eq!(json["flushed"], true);
+        assert_eq!(json["dst"], serde_json::Value::Null);
+        assert_eq!(json["src_port"], serde_json::Value::Null);
+        assert_eq!(json["dst_port"], 8080);
     }
 
     #[test]
