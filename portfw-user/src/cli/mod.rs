@@ -1,6 +1,7 @@
 //! The `portfw` command line: argument definitions and dispatch to one module per subcommand.
 mod agent;
 mod apply;
+mod block;
 mod check;
 mod completions;
 mod confirm;
@@ -75,6 +76,13 @@ pub enum Command {
     /// replies pass under `replies: allow` even where the rules drop.
     #[command(after_help = examples::FLOWS)]
     Flows(FlowsArgs),
+    /// Block a source address or prefix: every packet from it is dropped, for a while or
+    /// until `portfw unblock`.
+    #[command(after_help = block::BLOCK_EXAMPLES)]
+    Block(block::BlockArgs),
+    /// Lift the block of a source address or prefix (`portfw block`'s or the scan guard's).
+    #[command(after_help = block::UNBLOCK_EXAMPLES)]
+    Unblock(block::UnblockArgs),
     /// Write a new random key for single-packet knocks to FILE (mode 0600).
     #[command(after_help = knock::KNOCK_KEY_EXAMPLES)]
     KnockKey(knock::KnockKeyArgs),
@@ -243,6 +251,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Flows(args) => flows::run(args),
+        Command::Block(args) => block::run_block(args),
+        Command::Unblock(args) => block::run_unblock(args),
         Command::KnockKey(args) => knock::run_key(args),
         Command::Knock(args) => knock::run(args),
         Command::Completions(args) => completions::run(args),

@@ -108,6 +108,7 @@ fn print_text(status: &loader::Status) {
             }
         }
     }
+    print_defences(status);
     let f = &status.flows;
     println!(
         "flows: {} live, {} entries of {} (replies {}); {} recorded since load, {} evicted",
@@ -125,6 +126,48 @@ fn print_text(status: &loader::Status) {
     println!("counters (packets since load):");
     for (name, value) in &status.counters {
         println!("  {name:<16} {value}");
+    }
+}
+
+/// Blocks shown in text; `--json` lists them all.
+const BLOCKS_SHOWN: usize = 100;
+
+fn print_defences(status: &loader::Status) {
+    if !status.host_except.is_empty() {
+        println!(
+            "scan guard: never blocks the {} addresses the host depends on (gateways, \
+             nameservers, own addresses): {}",
+            status.host_except.len(),
+            status.host_except.join(", ")
+        );
+    }
+    if !status.blocks.is_empty() {
+        println!("blocked sources: {}", status.blocks.len());
+        for b in status.blocks.iter().take(BLOCKS_SHOWN) {
+            let until = match b.expires_in {
+                None => "until `portfw unblock`".to_string(),
+                Some(secs) => format!("expires in {}", ago(secs.ceil() as u64)),
+            };
+            println!("  {:<43} {:<7} {until}", b.address, b.reason);
+        }
+        if status.blocks.len() > BLOCKS_SHOWN {
+            println!(
+                "  ... and {} more (`portfw status --json` lists them all)",
+                status.blocks.len() - BLOCKS_SHOWN
+            );
+        }
+    }
+    if !status.doors.is_empty() {
+        println!("open knock doors: {}", status.doors.len());
+        for d in &status.doors {
+            println!(
+                "  {:<16} for {:<39} closes in {}",
+                // The door's name comes from the policy's author.
+                escape(&d.door),
+                d.source,
+                ago(d.expires_in.ceil() as u64)
+            );
+        }
     }
 }
 

@@ -2,21 +2,25 @@
 //! update), attaching to interfaces, `detach`, and removing pins.
 use std::path::{Path, PathBuf};
 
-use portfw_common::ABI_VERSION;
+use portfw_common::{ABI_VERSION, guard};
 
 use super::{
     attach::{Mode, attach_interface, attach_pinned, detach_pinned_link, unpin_link},
     bpffs::{EGRESS_LINK_PREFIX, LINK_PREFIX, Paths, create_pin_root, ensure_mounted, pin_root},
+    defences::{Carried, DEFENCE_MAPS, Purge, purge_pinned},
     error::LoaderError,
     fsafe::Dir,
     health::{belongs_here, is_leftover, leftover_candidates, problem, temp_pins},
+    hostdeps::host_dependencies,
     iface::{Link, ifindex, link_type},
     interrupt::Signals,
-    object::{Loaded, flow_map_size, open_tables, pinned_flow_map_size, pinned_flows},
-    state::{AttachMode, Attachment, PolicyRecord, State},
+    object::{
+        Loaded, flow_map_size, object_has_map, open_tables, pinned_flow_map_size, pinned_flows,
+    },
+    state::{AttachMode, Attachment, DefenceRecord, PolicyRecord, State},
     trial::{self, TrialError, TrialRequest},
 };
-use crate::compile::CompiledPolicy;
+use crate::{compile::CompiledPolicy, policy::Cidr};
 
 /// What one `apply` asks for.
 pub struct ApplyRequest<'a> {
@@ -117,6 +121,14 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
         link_type(iface)?;
     }
     let record = PolicyRecord::new(req.file, req.source, req.set_files, req.compiled);
+    // The scan guard never blocks what the host depends on: a spoofed scan "from" its
+    // gateway or resolver must not cut it off.
+    let host_except = if req.compiled.settings.guard & guard::SCAN != 0 {
+        host_dependencies()
+    } else {
+        Vec::new()
+    };
+    let defence = DefenceRecord::new(req.compiled, &host_except);
     let signals = Signals::catch()?;
     let paths = Paths::current()?;
     paths.check()?;
@@ -157,14 +169,29 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
     } else {
         None
     };
+    // A filter loaded by a portfw whose kernel program lacked maps this one has (the active
+    // defences' state maps) is reloaded, so that every map the program uses is pinned.
+    let maps_pinned = || {
+        DEFENCE_MAPS
+            .iter()
+            .all(|name| !object_has_map(name) || paths.map(name).exists())
+    };
     let mut outcome = match state {
         Some(state)
             if ours
                 && loaded
+                && maps_pinned()
                 && state.abi == ABI_VERSION
                 && pinned_entries == Some(flow_entries) =>
         {
-            update(&paths, state, req, record, &signals)?
+            update(
+                &paths,
+                state,
+                req,
+                (record, defence.clone()),
+                &host_except,
+                &signals,
+            )?
         }
         previous => {
             if req.trial.is_some() && loaded {
@@ -183,18 +210,32 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
                 }
                 .into());
             }
-            // The flow table cannot be resized in place: carry its flows over to the new one.
+            // The flow table cannot be resized in place: carry its flows over to the new one,
+            // and the defences' state (blocks, open doors, limits) with them.
             let mut carried = Vec::new();
+            let mut defences = Carried::default();
             if let (Some(old), Some(state)) = (pinned_entries, &previous)
                 && ours
                 && state.abi == ABI_VERSION
             {
                 carried = pinned_flows(&paths).unwrap_or_default();
-                notes.push(format!(
-                    "the flow table was resized ({old} to {flow_entries} entries) and its \
-                     {} flows carried over",
-                    carried.len()
-                ));
+                defences = Carried::read(&paths, &Purge::of(req.compiled));
+                notes.push(if old == flow_entries {
+                    format!(
+                        "reloaded the kernel program, which now has the active defences' maps; \
+                         its {} flows carried over",
+                        carried.len()
+                    )
+                } else {
+                    format!(
+                        "the flow table was resized ({old} to {flow_entries} entries) and its \
+                         {} flows carried over",
+                        carried.len()
+                    )
+                });
+                if !defences.is_empty() {
+                    notes.push("blocks, open knock doors and limit state carried over".into());
+                }
             } else if previous.is_some() && !ours {
                 notes.push(format!(
                     "removed the filter records that a deleted network namespace left in {} \
@@ -216,12 +257,55 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
                 }
                 State::remove(&paths.state)?;
             }
-            fresh(&paths, req, record, &carried, &signals, replacing && ours)?
+            let carry = Carry {
+                flows: &carried,
+                defences: &defences,
+                host_except: &host_except,
+            };
+            fresh(
+                &paths,
+                req,
+                (record, defence.clone()),
+                carry,
+                &signals,
+                replacing && ours,
+            )?
         }
     };
+    if !host_except.is_empty() {
+        notes.push(format!(
+            "scan guard: never blocks the {} addresses the host depends on (its gateways, \
+             nameservers and own addresses): {}",
+            host_except.len(),
+            record_list(&defence.host_except)
+        ));
+    }
     notes.append(&mut outcome.notes);
     outcome.notes = notes;
     Ok(outcome)
+}
+
+/// At most a few items of `items`, for a note.
+fn record_list(items: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut text = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        text.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    text
+}
+
+/// What a fresh load takes over from the filter it replaces, and adds to the policy.
+struct Carry<'a> {
+    flows: &'a [(portfw_common::FlowKey, portfw_common::FlowValue)],
+    defences: &'a Carried,
+    /// The addresses the scan guard never blocks.
+    host_except: &'a [Cidr],
 }
 
 /// Removes the pins and state that dead namespaces left behind (each holds megabytes of
@@ -261,8 +345,8 @@ fn reclaim_dead_namespaces(paths: &Paths) -> Vec<String> {
 fn fresh(
     paths: &Paths,
     req: ApplyRequest<'_>,
-    record: PolicyRecord,
-    flows: &[(portfw_common::FlowKey, portfw_common::FlowValue)],
+    (record, defence): (PolicyRecord, DefenceRecord),
+    carry: Carry<'_>,
     signals: &Signals,
     replacing: bool,
 ) -> Result<ApplyOutcome, LoaderError> {
@@ -282,9 +366,11 @@ fn fresh(
     let mut guard = TempPins(Some(tmp_name.clone()));
 
     let mut loaded = Loaded::load_sized(req.compiled.flows_max)?;
-    let generation = loaded.tables.stage(req.compiled)?;
+    // Before staging: the blocks carried over decide whether the generation looks them up.
+    loaded.restore_defences(carry.defences)?;
+    let generation = loaded.tables.stage_with(req.compiled, carry.host_except)?;
     loaded.tables.switch_to(generation);
-    loaded.restore_flows(flows)?;
+    loaded.restore_flows(carry.flows)?;
     loaded.calibrate_clock()?;
     point("fresh-loaded")?;
     let tmp_paths = Paths {
@@ -316,8 +402,10 @@ fn fresh(
         attachments: attachments.clone(),
         generations: Default::default(),
         trial: req.trial.as_ref().map(|t| t.record(generation, None, &[])),
+        defences: Default::default(),
     };
     state.generations[generation as usize] = Some(record.clone());
+    state.defences[generation as usize] = Some(defence);
     state.write(&paths.state)?;
     // Past rolling back: the record is on file, the rename is all that is left.
     signals.pause("fresh-recorded");
@@ -374,12 +462,13 @@ fn update(
     paths: &Paths,
     mut state: State,
     req: ApplyRequest<'_>,
-    record: PolicyRecord,
+    (record, defence): (PolicyRecord, DefenceRecord),
+    host_except: &[Cidr],
     signals: &Signals,
 ) -> Result<ApplyOutcome, LoaderError> {
     remove_orphan_links(paths, &state)?;
     let mut tables = open_tables(paths)?;
-    let generation = tables.stage(req.compiled)?;
+    let generation = tables.stage_with(req.compiled, host_except)?;
     signals.check("update-staged")?;
     // What a trial's rollback puts back: the interfaces as they are before it.
     let before = state.attachments.clone();
@@ -417,6 +506,7 @@ fn update(
         // description is on file, and so is every interface attached. So is a trial, before
         // its policy is in force.
         state.generations[generation as usize] = Some(record.clone());
+        state.defences[generation as usize] = Some(defence.clone());
         if let Some(t) = &req.trial {
             state.trial = Some(t.record(generation, Some(tables.active()), &before));
         }
@@ -449,6 +539,14 @@ fn update(
     }
     tables.switch_to(generation);
     signals.pause("update-switched");
+    // Once the new policy is in force: the state of doors it no longer has, and scan blocks
+    // when it has no `scan:`, go. Best effort: the kernel never reads what is left.
+    let notes = match purge_pinned(paths, &Purge::of(req.compiled)) {
+        Ok(purged) => purged.notes(),
+        Err(e) => vec![format!(
+            "could not remove the defence state the new policy no longer uses: {e}"
+        )],
+    };
 
     let mut detached = Vec::new();
     for old in unwanted {
@@ -465,7 +563,7 @@ fn update(
         policy: record,
         attachments,
         detached,
-        notes: Vec::new(),
+        notes,
     })
 }
 

@@ -1,7 +1,8 @@
 //! The few bpf(2) commands aya 0.14 does not expose: opening a pin relative to a directory
 //! descriptor (`BPF_F_PATH_FD`), where a link is attached (`BPF_OBJ_GET_INFO_BY_FD`, whose
 //! interface index aya's `LinkInfo` keeps to itself), and detaching a link at once
-//! (`BPF_LINK_DETACH`) rather than when bpffs gets round to freeing its unlinked pin.
+//! (`BPF_LINK_DETACH`) rather than when bpffs gets round to freeing its unlinked pin, and
+//! taking a value out of a hash map (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`).
 use std::{
     ffi::CString,
     io,
@@ -103,4 +104,35 @@ pub(super) fn link_detach(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     attr.link_detach.link_fd = fd.as_raw_fd() as u32;
     sys_bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a per-CPU hash map (Linux 5.14+): takes `key`'s
+/// value on each of `cpus` possible CPUs out in one step, so that nothing the kernel adds
+/// between a read and a delete is lost. `None` when the key is absent.
+pub(super) fn map_lookup_and_delete_percpu<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    key: &K,
+    cpus: usize,
+) -> io::Result<Option<Vec<V>>> {
+    // The kernel lays per-CPU values out at 8-byte strides.
+    if !size_of::<V>().is_multiple_of(8) {
+        return Err(io::Error::other(format!(
+            "per-CPU values of {} bytes are not 8-byte strides",
+            size_of::<V>()
+        )));
+    }
+    // SAFETY: V is plain data, for which all zeroes is a valid value.
+    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; cpus];
+    // SAFETY: an all-zero bpf_attr is valid for every command.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_MAP_*_ELEM member of the zeroed union.
+    let elem = unsafe { &mut attr.__bindgen_anon_2 };
+    elem.map_fd = fd.as_raw_fd() as u32;
+    elem.key = std::ptr::from_ref(key) as u64;
+    elem.__bindgen_anon_1.value = values.as_mut_ptr() as u64;
+    match sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+        Ok(_) => Ok(Some(values)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
 }

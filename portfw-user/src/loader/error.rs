@@ -88,6 +88,18 @@ pub enum LoaderError {
         portfw_common::MAX_RULES
     )]
     TooManyRules { rules: usize },
+    #[error(
+        "the kernel program has no map {map}, which {needs} needs: it was built without the \
+         active defences (a filter loaded by an older portfw is reloaded by `portfw apply`)"
+    )]
+    DefenceMapMissing { map: &'static str, needs: String },
+    #[error(
+        "the block table {map} is full ({max} entries); unblock some sources, or wait for \
+         timed blocks to expire"
+    )]
+    BlockTableFull { map: &'static str, max: u32 },
+    #[error("refusing to block {0}: that is every source, the host's own gateway included")]
+    BlockEverything(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -7,7 +7,9 @@
 //! live), `iface`, `state` (what apply recorded) and `tables` (the memory-mapped policy
 //! tables); then `object` (the kernel object and its maps), `attach` (links to interfaces),
 //! `health` (whether the records are this namespace's and its links really attached) and
-//! `flows` (reading the flow table); then `apply` (changing the filter) and `query` (asking
+//! `flows` (reading the flow table), `hostdeps` (the addresses the scan guard never blocks)
+//! and `defences` (the active defences' state: blocks, doors, what a re-apply keeps, the
+//! entry points of `portfw agent` and the events reader); then `apply` (changing the filter) and `query` (asking
 //! it), which do not import each other. Beside `apply`: `reattach` (the pinned programs onto
 //! an interface again) and `trial` (`apply --try`'s rollback, which `apply` consults first
 //! and which undoes a fresh load with `apply`'s own detach).
@@ -15,12 +17,15 @@ mod apply;
 mod attach;
 mod bpffs;
 mod bpfsys;
+mod defences;
 mod error;
 mod flows;
 mod fsafe;
 mod health;
+mod hostdeps;
 mod iface;
 mod interrupt;
+mod logagg;
 mod object;
 mod query;
 mod reattach;
@@ -35,18 +40,26 @@ pub use bpffs::{
     BPFFS, BPFFS_MOUNT_OPTIONS, PIN_ROOT, Paths, STATE_ROOT, ensure_mounted, netns_cookie,
     netns_inode,
 };
+pub use defences::{
+    BlockOutcome, BlockStatus, BlockTarget, OpenDoor, UnblockOutcome, applied_doors, block,
+    key_addr, masked_source_key, open_door, source_key, unblock,
+};
 pub use error::LoaderError;
 pub use flows::{FlowRecord, FlowTableStatus};
+pub use hostdeps::host_dependencies;
 pub use iface::{Link, ifname};
 pub use interrupt::PAUSE_ENV;
-pub use object::{Loaded, open_tables};
+pub use logagg::{LogAggregation, log_agg_map};
+pub use object::{Loaded, monotonic_ns, open_tables};
 pub use query::{
     AttachmentStatus, RunningPolicy, RunningVerdict, Status, TrialStatus, explain_running, flows,
     open_events, running_policy, status,
 };
 pub use reattach::reattach;
 pub use scrape::StatusCache;
-pub use state::{AttachMode, Attachment, PolicyRecord, RuleRecord, State, Trial};
+pub use state::{
+    AttachMode, Attachment, DefenceRecord, DoorRecord, PolicyRecord, RuleRecord, State, Trial,
+};
 pub use tables::Tables;
 pub use trial::{
     Confirmed, RolledBack, TrialError, TrialRequest, confirm, roll_back_due, trial_recorded,

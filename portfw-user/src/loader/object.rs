@@ -16,9 +16,10 @@ use portfw_common::{
 use super::{
     attach::Programs,
     bpffs::Paths,
+    defences::{Carried, DEFENCE_MAPS},
     error::{LoaderError, io_err, map_err, program_err},
     iface::Link,
-    tables::Tables,
+    tables::{StageMaps, Tables},
 };
 
 /// The kernel program, built by build.rs for the bpf target.
@@ -89,8 +90,20 @@ impl Loaded {
             map_data(&ebpf, MapNames::RULE_HITS)?,
             reopen(map_data(&ebpf, MapNames::SOURCES4)?, MapNames::SOURCES4)?,
             reopen(map_data(&ebpf, MapNames::SOURCES6)?, MapNames::SOURCES6)?,
+            StageMaps::open(|name| optional_map(&ebpf, name))?,
         )?;
         Ok(Self { ebpf, tables })
+    }
+
+    /// Defence map `name` of this object (a handle of its own), `None` when the object has
+    /// none (one built before the active defences).
+    pub fn defence_map(&self, name: &'static str) -> Result<Option<MapData>, LoaderError> {
+        optional_map(&self.ebpf, name)
+    }
+
+    /// Puts the defence state a fresh apply carries over into this object's (empty) maps.
+    pub(super) fn restore_defences(&self, carried: &Carried) -> Result<(), LoaderError> {
+        carried.restore(|name| self.defence_map(name))
     }
 
     /// The production program pair for devices of `link`, to attach or pin them.
@@ -335,6 +348,15 @@ impl Loaded {
                 .map_err(io::Error::other)
                 .map_err(io_err(format!("pinning map {name}")))?;
         }
+        // The defences' maps, those the object has, beside the flow table.
+        for name in DEFENCE_MAPS {
+            if self.ebpf.map(name).is_some() {
+                map_data(&self.ebpf, name)?
+                    .pin(dir.join(name))
+                    .map_err(io::Error::other)
+                    .map_err(io_err(format!("pinning map {name}")))?;
+            }
+        }
         Ok(())
     }
 }
@@ -359,8 +381,9 @@ fn program_names(link: Link) -> (&'static str, &'static str) {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds, which the flow table's clock follows.
-pub(super) fn monotonic_ns() -> u64 {
+/// CLOCK_MONOTONIC in nanoseconds, which the flow table's clock (and every timestamp of the
+/// defence maps) follows.
+pub fn monotonic_ns() -> u64 {
     // SAFETY: an all-zero timespec is valid and clock_gettime fills it.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: a valid pointer; CLOCK_MONOTONIC always exists on Linux.
@@ -387,16 +410,51 @@ fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, Loade
             | Map::PerCpuArray(data)
             | Map::RingBuf(data)
             | Map::ArrayOfMaps(data)
+            | Map::HashMap(data)
+            | Map::LpmTrie(data)
+            | Map::PerCpuHashMap(data)
+            | Map::PerCpuLruHashMap(data)
             | Map::LruHashMap(data),
         ) => Ok(data),
         _ => Err(LoaderError::MissingMap(name)),
     }
 }
 
+/// A handle of its own on map `name` of `ebpf`; `None` when the object has no such map.
+fn optional_map(ebpf: &Ebpf, name: &'static str) -> Result<Option<MapData>, LoaderError> {
+    if ebpf.map(name).is_none() {
+        return Ok(None);
+    }
+    reopen(map_data(ebpf, name)?, name).map(Some)
+}
+
+/// Whether the embedded kernel object defines map `name`: its name then sits in the
+/// object's string table. Cheaper than parsing the object, for `apply` to tell whether a
+/// running filter lacks maps that this portfw's program has.
+pub(super) fn object_has_map(name: &str) -> bool {
+    !name.is_empty()
+        && PROGRAM
+            .windows(name.len() + 1)
+            .any(|w| w[..name.len()] == *name.as_bytes() && w[name.len()] == 0)
+}
+
 /// A second, owned handle on a map that `Ebpf` owns: aya's typed maps want ownership.
 fn reopen(data: &MapData, name: &'static str) -> Result<MapData, LoaderError> {
     let info = data.info().map_err(map_err(name))?;
     MapData::from_id(info.id()).map_err(map_err(name))
+}
+
+/// Map `name` of the filter pinned at `paths`, `None` when it is not pinned there (a filter
+/// whose kernel program lacks it).
+pub(super) fn pinned_optional(
+    paths: &Paths,
+    name: &'static str,
+) -> Result<Option<MapData>, LoaderError> {
+    let path = paths.map(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    MapData::from_pin(path).map(Some).map_err(map_err(name))
 }
 
 /// Map `name` of the filter pinned at `paths`.
@@ -427,6 +485,7 @@ pub fn open_tables(paths: &Paths) -> Result<Tables, LoaderError> {
         &pinned_map(paths, MapNames::RULE_HITS)?,
         pinned_map(paths, MapNames::SOURCES4)?,
         pinned_map(paths, MapNames::SOURCES6)?,
+        StageMaps::open(|name| pinned_optional(paths, name))?,
     )
 }
 
@@ -492,4 +551,24 @@ pub(super) fn pinned_settings(
 /// configured `flows: max:`.
 pub(super) fn flow_map_slack() -> Result<u32, LoaderError> {
     Ok(flow_map_entries(0, possible_cpus()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PROGRAM, object_has_map};
+
+    #[test]
+    fn the_object_is_searched_for_whole_map_names() {
+        // Built with AYA_BUILD_SKIP, there is no object to search.
+        if PROGRAM.is_empty() {
+            return;
+        }
+        assert!(object_has_map(portfw_common::MapNames::FLOWS));
+        assert!(
+            !object_has_map("PFW_FLOW"),
+            "a prefix of a name is not a name"
+        );
+        assert!(!object_has_map("PFW_NO_SUCH_MAP"));
+        assert!(!object_has_map(""));
+    }
 }

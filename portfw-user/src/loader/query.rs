@@ -8,11 +8,14 @@ use portfw_common::{PortEntry, action, counter};
 
 use super::{
     bpffs::{Paths, pin_root},
+    defences::{BlockStatus, OpenDoor, live_blocks, live_doors},
     error::LoaderError,
     flows::{FlowRecord, FlowTableStatus, live_flows, table_status},
     fsafe::Dir,
     health::{belongs_here, problem, temp_pins},
-    object::{open_tables, pinned_active, pinned_counters, pinned_events, pinned_settings},
+    object::{
+        monotonic_ns, open_tables, pinned_active, pinned_counters, pinned_events, pinned_settings,
+    },
     state::{Attachment, PolicyRecord, State, Trial},
 };
 
@@ -71,6 +74,14 @@ pub struct Status {
     pub audit: bool,
     /// A policy on trial (`apply --try`), rolled back at its deadline unless confirmed.
     pub trial: Option<TrialStatus>,
+    /// The sources blocked now (by the scan guard or `portfw block`), by address; expired
+    /// blocks are left out.
+    pub blocks: Vec<BlockStatus>,
+    /// The knock doors open now, and for which source.
+    pub doors: Vec<OpenDoor>,
+    /// The addresses the host depends on that the running policy's scan guard never blocks
+    /// (added to its `except` by apply); empty without `scan:`.
+    pub host_except: Vec<String>,
 }
 
 impl Status {
@@ -194,6 +205,7 @@ pub(super) fn status_of(
     let rule_hits = open_tables(paths)?.rule_hits(rules);
     let counters = pinned_counters(paths)?;
     let pins = Dir::open(&paths.pins)?;
+    let now = monotonic_ns();
     Ok(Status {
         netns: paths.netns,
         pins: paths.pins.clone(),
@@ -230,6 +242,12 @@ pub(super) fn status_of(
                 .map_or(0, |d| d.as_secs_f64().ceil() as u64);
             TrialStatus::new(state, t, now)
         }),
+        blocks: live_blocks(paths, now)?,
+        doors: live_doors(paths, state, now)?,
+        host_except: state
+            .defences(running.generation)
+            .map(|d| d.host_except.clone())
+            .unwrap_or_default(),
     })
 }
 

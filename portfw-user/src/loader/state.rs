@@ -18,7 +18,7 @@ use super::{
     iface::{Link, ifname},
 };
 use crate::{
-    compile::{CompiledPolicy, RuleInfo},
+    compile::{CompiledPolicy, DoorInfo, RuleInfo},
     policy::{self, SetFileRead},
 };
 
@@ -94,6 +94,65 @@ pub struct PolicyRecord {
     pub applied_at: u64,
     pub default: String,
     pub rules: Vec<RuleRecord>,
+}
+
+/// The active defences of the policy loaded into one generation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct DefenceRecord {
+    /// The policy's knock doors, so that `status` names open doors and `portfw agent`
+    /// finds a single-packet door's id, port and key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub knock_doors: Vec<DoorRecord>,
+    /// The addresses the host depends on (gateways, nameservers, its own addresses) that
+    /// apply added to the scan guard's `except`, as prefixes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_except: Vec<String>,
+}
+
+impl DefenceRecord {
+    pub fn new(compiled: &CompiledPolicy, host_except: &[crate::policy::Cidr]) -> Self {
+        Self {
+            knock_doors: compiled.doors.iter().map(DoorRecord::from).collect(),
+            host_except: host_except.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// A knock door as applied.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct DoorRecord {
+    pub name: String,
+    /// [`portfw_common::DoorDef::id`]: keys its open doors and knock progress.
+    pub id: u32,
+    /// `sequence` or `spa`.
+    pub kind: String,
+    /// How long a knock opens it for (`for:`), in nanoseconds.
+    pub open_ns: u64,
+    /// A single-packet door's UDP port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spa_port: Option<u16>,
+    /// A single-packet door's key file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+}
+
+impl From<&DoorInfo> for DoorRecord {
+    fn from(door: &DoorInfo) -> Self {
+        Self {
+            name: door.name.clone(),
+            id: door.def.id,
+            kind: match &door.spa {
+                Some(_) => "spa",
+                None => "sequence",
+            }
+            .to_string(),
+            open_ns: door.def.open_ns,
+            spa_port: door.spa.as_ref().map(|s| s.port),
+            key_file: door.spa.as_ref().map(|s| s.key_file.display().to_string()),
+        }
+    }
 }
 
 impl PolicyRecord {
@@ -174,6 +233,10 @@ pub struct State {
     /// The pending trial, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trial: Option<Trial>,
+    /// The active defences of each generation's policy, indexed by generation. Absent from
+    /// files written before them.
+    #[serde(default)]
+    pub defences: [Option<DefenceRecord>; GENERATIONS as usize],
 }
 
 /// The directory of `path` (checked, and created when `create`) and the file's name in it.
@@ -232,6 +295,13 @@ impl State {
             (Some(dir), name) => dir.remove_file(&name),
             (None, _) => Ok(()),
         }
+    }
+
+    /// The defences of `generation`'s policy, if on file.
+    pub fn defences(&self, generation: u32) -> Option<&DefenceRecord> {
+        self.defences
+            .get(generation as usize)
+            .and_then(Option::as_ref)
     }
 
     /// The record of `generation`, if one is on file.
