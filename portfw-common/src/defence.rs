@@ -127,6 +127,39 @@ pub struct SourceKey {
 
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
 
+impl SourceKey {
+    /// The key of `addr`; with `by_64`, an IPv6 address by its /64 (blocks, the scan guard,
+    /// limits). An IPv4 address mapped into IPv6, as a dual-stack socket reports one, is
+    /// keyed as the IPv4 address the kernel sees.
+    pub fn of(addr: core::net::IpAddr, by_64: bool) -> Self {
+        let mut key = Self::default();
+        match addr.to_canonical() {
+            core::net::IpAddr::V4(a) => {
+                key.family = 4;
+                key.addr[..4].copy_from_slice(&a.octets());
+            }
+            core::net::IpAddr::V6(a) => {
+                key.family = 6;
+                key.addr = a.octets();
+                if by_64 {
+                    key.addr[8..].fill(0);
+                }
+            }
+        }
+        key
+    }
+
+    /// The address the key names (the /64's first address for a masked IPv6 key).
+    pub fn addr(&self) -> core::net::IpAddr {
+        if self.family == 6 {
+            core::net::IpAddr::V6(core::net::Ipv6Addr::from(self.addr))
+        } else {
+            let a = self.addr;
+            core::net::IpAddr::V4(core::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+        }
+    }
+}
+
 /// Why a source is blocked.
 pub mod block_reason {
     /// The scan guard blocked it.

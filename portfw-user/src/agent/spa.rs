@@ -24,9 +24,7 @@ use crate::{
     compile::{self, DoorInfo},
     loader::{self, Paths},
     policy,
-    spa::{
-        Key, ReplayCache, SpaError, key::readable_by_others, open_door, packet, replay::Admission,
-    },
+    spa::{Key, ReplayCache, SpaError, key::readable_by_others, packet, replay::Admission},
 };
 
 /// Refusals logged in one second at most.
@@ -439,7 +437,7 @@ impl Listener {
                 return self.failed(&door, &source.to_string(), anyhow::Error::from(e));
             }
         };
-        match open_door(&paths, &door.def, source, door.def.open_ns) {
+        match loader::open_door(&paths, &door.def, source, door.def.open_ns) {
             Ok(value) => {
                 self.paths = Some(paths);
                 self.count(SpaOutcome::Opened);

@@ -21,8 +21,7 @@ use crate::{
         SuppressedSummary, decode, flushed_event, human_line, mono_to_wall_offset,
         pinned::{Aggregation, Suppressed, active_generation},
     },
-    loader::{self, Paths, State},
-    spa::door::monotonic_ns,
+    loader::{self, Paths, State, monotonic_ns},
 };
 
 /// The rule names of each generation's policy, as `apply` recorded them.

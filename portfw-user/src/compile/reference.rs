@@ -264,21 +264,7 @@ fn opened(door: &Door, source: IpAddr, now: u64) -> (DoorKey, DoorValue) {
 
 /// A source as the state maps key it; `masked`: IPv6 by its /64 (blocks, scan, limits).
 pub fn source_key(source: IpAddr, masked: bool) -> SourceKey {
-    let mut key = SourceKey::default();
-    match source {
-        IpAddr::V4(a) => {
-            key.family = 4;
-            key.addr[..4].copy_from_slice(&a.octets());
-        }
-        IpAddr::V6(a) => {
-            key.family = 6;
-            key.addr = a.octets();
-            if masked {
-                key.addr[8..].fill(0);
-            }
-        }
-    }
-    key
+    SourceKey::of(source, masked)
 }
 
 /// A packet with ports, as [`judge`] sees it.

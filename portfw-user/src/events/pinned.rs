@@ -6,14 +6,16 @@
 //! reader then only reads the ring.
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    os::fd::{AsFd as _, BorrowedFd},
 };
 
 use aya::maps::{HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuHashMap};
-use aya_obj::generated::{bpf_attr, bpf_cmd};
 use portfw_common::{AGGREGATION_WINDOW_NS, AggKey, AggValue, DefenceMaps, MapNames, counter};
 
-use crate::loader::Paths;
+use crate::loader::{
+    Paths,
+    bpfsys::{map_delete, map_lookup_and_delete_percpu},
+};
 
 /// The `events_suppressed` counter, summed over CPUs, and how much of it was reported.
 pub struct Suppressed {
@@ -156,7 +158,7 @@ impl Aggregation {
         let mut flushed = Vec::new();
         for key in due_keys {
             let taken = if self.atomic {
-                match lookup_and_delete(fd, &key, slots) {
+                match map_lookup_and_delete_percpu::<AggKey, AggValue>(fd, &key, slots.max(1)) {
                     Err(e) if unsupported(&e) => {
                         self.atomic = false;
                         lookup_then_delete(table, fd, &key)
@@ -191,61 +193,8 @@ fn lookup_then_delete(table: &Table, fd: BorrowedFd<'_>, key: &AggKey) -> Option
         Table::Shared(map) => vec![map.get(key, 0).ok()?],
     };
     // Through the raw call: aya's remove needs the map mutably, for no reason here.
-    delete(fd, key).ok()?;
+    map_delete(fd, key).ok()?;
     Some(values)
-}
-
-fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
-    // SAFETY: `attr` is a whole, initialised bpf_attr that outlives the call; the kernel reads
-    // (and for lookups writes through the value pointer) at most size_of::<bpf_attr>() bytes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            std::ptr::from_mut(attr),
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// BPF_MAP_LOOKUP_AND_DELETE_ELEM, which aya 0.14 offers for queues and stacks only: the
-/// value (`slots` of them: one per possible CPU of a per-CPU map) as it was when the kernel
-/// removed the key, or `None` when it was gone already.
-fn lookup_and_delete(
-    fd: BorrowedFd<'_>,
-    key: &AggKey,
-    slots: usize,
-) -> io::Result<Option<Vec<AggValue>>> {
-    // The kernel writes each CPU's value at an 8-byte stride, which AggValue's size is.
-    const _: () = assert!(size_of::<AggValue>().is_multiple_of(8));
-    let mut values = vec![AggValue::default(); slots.max(1)];
-    // SAFETY: an all-zero bpf_attr is valid for every command.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing the map element member of the zeroed union.
-    let elem = unsafe { &mut attr.__bindgen_anon_2 };
-    elem.map_fd = fd.as_raw_fd() as u32;
-    elem.key = std::ptr::from_ref(key) as u64;
-    elem.__bindgen_anon_1.value = values.as_mut_ptr() as u64;
-    match sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
-        Ok(()) => Ok(Some(values)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn delete(fd: BorrowedFd<'_>, key: &AggKey) -> io::Result<()> {
-    // SAFETY: an all-zero bpf_attr is valid for every command.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing the map element member of the zeroed union.
-    let elem = unsafe { &mut attr.__bindgen_anon_2 };
-    elem.map_fd = fd.as_raw_fd() as u32;
-    elem.key = std::ptr::from_ref(key) as u64;
-    sys_bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr)
 }
 
 /// The generation the kernel reads now, to name the rules of flushed keys (which, unlike

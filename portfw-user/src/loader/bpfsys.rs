@@ -109,7 +109,7 @@ pub(super) fn link_detach(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a per-CPU hash map (Linux 5.14+): takes `key`'s
 /// value on each of `cpus` possible CPUs out in one step, so that nothing the kernel adds
 /// between a read and a delete is lost. `None` when the key is absent.
-pub(super) fn map_lookup_and_delete_percpu<K: aya::Pod, V: aya::Pod>(
+pub(crate) fn map_lookup_and_delete_percpu<K: aya::Pod, V: aya::Pod>(
     fd: BorrowedFd<'_>,
     key: &K,
     cpus: usize,
@@ -135,4 +135,15 @@ pub(super) fn map_lookup_and_delete_percpu<K: aya::Pod, V: aya::Pod>(
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// `BPF_MAP_DELETE_ELEM` through a shared reference (aya's `remove` wants the map mutably).
+pub(crate) fn map_delete<K: aya::Pod>(fd: BorrowedFd<'_>, key: &K) -> io::Result<()> {
+    // SAFETY: an all-zero bpf_attr is valid for every command.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_MAP_*_ELEM member of the zeroed union.
+    let elem = unsafe { &mut attr.__bindgen_anon_2 };
+    elem.map_fd = fd.as_raw_fd() as u32;
+    elem.key = std::ptr::from_ref(key) as u64;
+    sys_bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
 }

@@ -1,18 +1,14 @@
 //! The active defences' state in the kernel, as user space handles it: the block tables
 //! (`portfw block`, the scan guard), open knock doors, what an apply carries over and
 //! purges, and the two entry points other parts call, [`open_door`] (`portfw agent`'s
-//! single-packet knocks) and `logagg::log_agg_map` (the events reader's flush of quiet keys).
+//! single-packet knocks).
 //!
 //! The state maps are pinned beside the flow table, outside the generations, so an in-place
 //! apply keeps them as they are; a fresh load copies them over (see [`Carried`]); `detach`
 //! removes them with the other pins. A kernel object without them (one built before the
 //! defences) still loads: each handle is an `Option`, and only a policy or a command that
 //! needs a missing map fails, with [`LoaderError::DefenceMapMissing`].
-use std::{
-    collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use portfw_common::{
@@ -85,44 +81,19 @@ where
     typed(pinned_optional(paths, name)?, name)
 }
 
-/// The state maps key a source by its full address. An IPv4 address mapped into IPv6 (as a
-/// dual-stack socket reports one) is keyed as the IPv4 address the kernel sees.
+/// The state maps key a source by its full address (doors, events).
 pub fn source_key(addr: IpAddr) -> SourceKey {
-    let mut key = SourceKey::default();
-    match addr.to_canonical() {
-        IpAddr::V4(a) => {
-            key.family = 4;
-            key.addr[..4].copy_from_slice(&a.octets());
-        }
-        IpAddr::V6(a) => {
-            key.family = 6;
-            key.addr = a.octets();
-        }
-    }
-    key
+    SourceKey::of(addr, false)
 }
 
 /// The block table, the scan guard and the limits key an IPv6 source by its /64.
 pub fn masked_source_key(addr: IpAddr) -> SourceKey {
-    let mut key = source_key(addr);
-    if key.family == 6 {
-        key.addr[8..].fill(0);
-    }
-    key
+    SourceKey::of(addr, true)
 }
 
 /// The address a key names.
 pub fn key_addr(key: &SourceKey) -> IpAddr {
-    if key.family == 6 {
-        IpAddr::V6(Ipv6Addr::from(key.addr))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(
-            key.addr[0],
-            key.addr[1],
-            key.addr[2],
-            key.addr[3],
-        ))
-    }
+    key.addr()
 }
 
 /// Where a block of a prefix goes: IPv4 /32 and IPv6 /64 to /128 into the hash of sources

@@ -16,7 +16,7 @@
 mod apply;
 mod attach;
 mod bpffs;
-mod bpfsys;
+pub(crate) mod bpfsys;
 mod defences;
 mod error;
 mod flows;
@@ -25,7 +25,6 @@ mod health;
 mod hostdeps;
 mod iface;
 mod interrupt;
-mod logagg;
 mod object;
 mod query;
 mod reattach;
@@ -49,7 +48,6 @@ pub use flows::{FlowRecord, FlowTableStatus};
 pub use hostdeps::host_dependencies;
 pub use iface::{Link, ifname};
 pub use interrupt::PAUSE_ENV;
-pub use logagg::{LogAggregation, log_agg_map};
 pub use object::{Loaded, monotonic_ns, open_tables};
 pub use query::{
     AttachmentStatus, RunningPolicy, RunningVerdict, Status, TrialStatus, explain_running, flows,

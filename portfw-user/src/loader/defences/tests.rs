@@ -1,4 +1,6 @@
 //! Unit tests of the defence state helpers: block targets, purge selection, guard bits.
+use std::net::Ipv4Addr;
+
 use super::*;
 use crate::loader::tables::staged_guard;
 
