@@ -13,7 +13,7 @@ use std::{net::Ipv4Addr, process::ExitCode};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuHashMap},
+    maps::{HashMap, Map, MapData, PerCpuHashMap},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use common::{
@@ -23,11 +23,11 @@ use common::{
 };
 use portfw::{
     compile::{self, CompiledPolicy},
-    loader::Loaded,
+    loader::{Loaded, monotonic_ns},
 };
 use portfw_common::{
-    AggKey, AggValue, BlockValue, DefenceMaps, DoorDef, DoorKey, DoorValue, MAX_DOORS, MAX_LIMITS,
-    PROGRAM_NAME, RuleLimit, SourceKey, block_reason, counter, opens_id, proto,
+    AggKey, AggValue, BlockValue, DefenceMaps, DoorKey, DoorValue, PROGRAM_NAME, SourceKey,
+    block_reason, counter, opens_id, proto,
 };
 use portfw_lab::{Lab, Rng, Side};
 
@@ -165,57 +165,33 @@ fn compile_policy(yaml: &str, what: &str) -> Result<CompiledPolicy> {
     compile::compile(&parsed.policy).with_context(|| format!("compiling {what}"))
 }
 
+/// Loads the programs and installs `compiled` as `apply` does: the tables with the
+/// generation's door and limit definitions, and the jiffies clock the defences read.
 fn load(compiled: &CompiledPolicy, what: &str) -> Result<Loaded> {
     let mut loaded = Loaded::load().context("loading the programs (needs root)")?;
-    let generation = loaded
+    loaded
         .tables
         .install(compiled)
         .with_context(|| format!("installing {what}"))?;
-    stage_defs(&mut loaded, compiled, generation)?;
-    // As `portfw apply` does: the defences and the flow table read the jiffies clock.
     loaded.calibrate_clock()?;
     Ok(loaded)
 }
 
-/// Writes the generation's door and limit definitions, as `apply` does.
-fn stage_defs(loaded: &mut Loaded, compiled: &CompiledPolicy, generation: u32) -> Result<()> {
-    if !compiled.doors.is_empty() {
-        let mut defs: Array<&mut MapData, DoorDef> =
-            Array::try_from(loaded.map_mut(DefenceMaps::DOOR_DEFS)?)?;
-        for (d, door) in compiled.doors.iter().enumerate() {
-            defs.set(generation * MAX_DOORS + d as u32, door.def, 0)?;
-        }
-    }
-    if !compiled.limits.is_empty() {
-        let mut defs: Array<&mut MapData, RuleLimit> =
-            Array::try_from(loaded.map_mut(DefenceMaps::LIMIT_DEFS)?)?;
-        for (i, limit) in compiled.limits.iter().enumerate() {
-            defs.set(generation * MAX_LIMITS + i as u32, limit, 0)?;
-        }
-    }
-    Ok(())
-}
-
-fn monotonic_ns() -> u64 {
-    // SAFETY: an all-zero timespec is valid and clock_gettime fills it.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// A handle of its own on defence map `name` of `loaded`, as aya's `variant`.
+fn defence_map(loaded: &Loaded, name: &'static str, variant: fn(MapData) -> Map) -> Result<Map> {
+    let data = loaded
+        .defence_map(name)?
+        .with_context(|| format!("the kernel object has no {name}"))?;
+    Ok(variant(data))
 }
 
 fn source4(addr: Ipv4Addr) -> SourceKey {
-    let mut key = SourceKey {
-        family: 4,
-        ..Default::default()
-    };
-    key.addr[..4].copy_from_slice(&addr.octets());
-    key
+    SourceKey::of(addr.into(), true)
 }
 
 /// Fills the block table with the blocked source and `others` random IPv4 sources, as the
 /// scan guard would (an expiry, reason SCAN); returns the entries written.
-fn seed_blocks(loaded: &mut Loaded, others: usize) -> Result<usize> {
+fn seed_blocks(loaded: &Loaded, others: usize) -> Result<usize> {
     let now = monotonic_ns();
     let block = BlockValue {
         expires_ns: now + FAR_NS,
@@ -223,8 +199,8 @@ fn seed_blocks(loaded: &mut Loaded, others: usize) -> Result<usize> {
         reason: block_reason::SCAN,
         _pad: [0; 7],
     };
-    let mut blocks: HashMap<&mut MapData, SourceKey, BlockValue> =
-        HashMap::try_from(loaded.map_mut(DefenceMaps::BLOCKS)?)?;
+    let mut blocks: HashMap<MapData, SourceKey, BlockValue> =
+        HashMap::try_from(defence_map(loaded, DefenceMaps::BLOCKS, Map::HashMap)?)?;
     blocks
         .insert(source4(BLOCKED), block, 0)
         .context("seeding PFW_BLOCKS")?;
@@ -245,11 +221,11 @@ fn seed_blocks(loaded: &mut Loaded, others: usize) -> Result<usize> {
 }
 
 /// Opens 22/tcp for the benchmark source, as the knock sequence would.
-fn seed_door(loaded: &mut Loaded, compiled: &CompiledPolicy) -> Result<()> {
+fn seed_door(loaded: &Loaded, compiled: &CompiledPolicy) -> Result<()> {
     let door = compiled.doors.first().context("the policy has no door")?;
     let now = monotonic_ns();
-    let mut doors: HashMap<&mut MapData, DoorKey, DoorValue> =
-        HashMap::try_from(loaded.map_mut(DefenceMaps::DOORS)?)?;
+    let mut doors: HashMap<MapData, DoorKey, DoorValue> =
+        HashMap::try_from(defence_map(loaded, DefenceMaps::DOORS, Map::LruHashMap)?)?;
     let key = DoorKey {
         id: opens_id(proto::TCP as u8, DOOR),
         source: source4(Endpoints::test().src4),
@@ -290,10 +266,17 @@ fn drain(loaded: &mut Loaded) -> Result<u64> {
     Ok(n)
 }
 
-/// The aggregation key the logged drop left, to delete it between single runs.
-fn agg_key(loaded: &mut Loaded) -> Result<AggKey> {
-    let agg: PerCpuHashMap<&mut MapData, AggKey, AggValue> =
-        PerCpuHashMap::try_from(loaded.map_mut(DefenceMaps::LOG_AGG)?)?;
+/// The aggregation table of `loaded`.
+fn agg_map(loaded: &Loaded) -> Result<PerCpuHashMap<MapData, AggKey, AggValue>> {
+    Ok(PerCpuHashMap::try_from(defence_map(
+        loaded,
+        DefenceMaps::LOG_AGG,
+        Map::PerCpuLruHashMap,
+    )?)?)
+}
+
+/// The one aggregation key the logged drop left, to delete it between single runs.
+fn agg_key(agg: &PerCpuHashMap<MapData, AggKey, AggValue>) -> Result<AggKey> {
     let mut keys = agg.keys();
     let key = keys
         .next()
@@ -303,12 +286,6 @@ fn agg_key(loaded: &mut Loaded) -> Result<AggKey> {
         "PFW_LOG_AGG holds more than the one key of the benchmark drop"
     );
     Ok(key)
-}
-
-fn forget(loaded: &mut Loaded, key: &AggKey) -> Result<()> {
-    let mut agg: PerCpuHashMap<&mut MapData, AggKey, AggValue> =
-        PerCpuHashMap::try_from(loaded.map_mut(DefenceMaps::LOG_AGG)?)?;
-    agg.remove(key).context("deleting the aggregation key")
 }
 
 fn run() -> Result<()> {
@@ -339,14 +316,14 @@ fn run() -> Result<()> {
     let mut loaded = Vec::new();
     for spec in &specs {
         let compiled = compile_policy(&spec.yaml, &spec.row)?;
-        let mut l = load(&compiled, &spec.row)?;
+        let l = load(&compiled, &spec.row)?;
         match spec.seed {
             Seed::Nothing => {}
             Seed::Blocks(others) => {
-                let n = seed_blocks(&mut l, others)?;
+                let n = seed_blocks(&l, others)?;
                 println!("  {}: {n} blocks seeded", spec.row);
             }
-            Seed::DoorOpen => seed_door(&mut l, &compiled)?,
+            Seed::DoorOpen => seed_door(&l, &compiled)?,
         }
         loaded.push(l);
     }
@@ -515,6 +492,7 @@ fn run() -> Result<()> {
     let floor_drop = floors.xdp(FLOOR_DROP)?;
     let drop_frame = &packets[1].frame;
     let mut agg_key_cache: Option<AggKey> = None;
+    let mut agg = agg_map(&unlimited)?;
     for rep in 0..=reps {
         // Repetition 0 warms caches and the CPU clock up and is not recorded.
         let n = if rep == 0 { repeat / 10 } else { repeat };
@@ -572,7 +550,7 @@ fn run() -> Result<()> {
             None => {
                 time_xdp(unlimited.xdp(PROGRAM_NAME)?, drop_frame, 1)?;
                 drain(&mut unlimited)?;
-                let k = agg_key(&mut unlimited)?;
+                let k = agg_key(&agg)?;
                 agg_key_cache = Some(k);
                 k
             }
@@ -585,7 +563,7 @@ fn run() -> Result<()> {
             s_floor += time_xdp(floor_drop, drop_frame, 1)?.1;
             s_plain += time_xdp(loaded[0].xdp(PROGRAM_NAME)?, drop_frame, 1)?.1;
             s_agg += time_xdp(logged.xdp(PROGRAM_NAME)?, drop_frame, 1)?.1;
-            forget(&mut unlimited, &key)?;
+            agg.remove(&key).context("deleting the aggregation key")?;
             s_event += time_xdp(unlimited.xdp(PROGRAM_NAME)?, drop_frame, 1)?.1;
             if (r + 1) % RING_CHUNK == 0 {
                 events += drain(&mut unlimited)?;

@@ -601,6 +601,7 @@ fn run() -> Result<()> {
             reps,
             ramp,
             window,
+            args.perf.as_deref(),
         )?;
     }
     report.write(&args.out)?;
@@ -625,6 +626,7 @@ fn defences(
     reps: usize,
     ramp: Duration,
     window: Duration,
+    perf: Option<&Path>,
 ) -> Result<()> {
     // The resets to the spoofed sources go back to the generator's side, where they are
     // dropped, as replies to a real spoofed flood would go nowhere.
@@ -733,7 +735,15 @@ fn defences(
             let measured = (|| -> Result<Vec<Sample>> {
                 let mut samples = Vec::new();
                 for flow in &flows {
-                    let s = measure(lab, injector, flow, ramp, window, None)
+                    let perf = perf.map(|dir| PerfOut {
+                        dir,
+                        name: format!(
+                            "defences-{rep}-{}-{}",
+                            slug(&config.label()),
+                            slug(flow.label)
+                        ),
+                    });
+                    let s = measure(lab, injector, flow, ramp, window, perf)
                         .with_context(|| format!("{} under {}", flow.label, config.label()))?;
                     let defended =
                         matches!(config, Config::PortfwDefended | Config::NftNetdevDefended);

@@ -147,12 +147,6 @@ impl Loaded {
         HashMap::try_from(map).map_err(map_err(MapNames::FLOWS))
     }
 
-    /// Map `name` of the object, to read or seed it through aya's typed maps (the
-    /// benchmarks seed the defences' state maps: blocks, open doors, limit definitions).
-    pub fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, LoaderError> {
-        self.ebpf.map_mut(name).ok_or(LoaderError::MissingMap(name))
-    }
-
     /// Puts `flows` into this object's (empty) flow table.
     pub(super) fn restore_flows(
         &mut self,
