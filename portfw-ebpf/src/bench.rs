@@ -49,6 +49,69 @@ pub fn bench_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// The first of the addresses `bench_tx_spoof` sends from (198.19.0.0, outside every lab's
+/// own 198.18.X.0/24), and how many there are.
+const SPOOF_BASE: u32 = 0xc613_0000;
+const SPOOF_SOURCES: u32 = 10_000;
+/// Bytes `bench_tx_spoof` reads: Ethernet, an IPv4 header without options, and TCP up to
+/// the end of its checksum.
+const SPOOF_SPAN: usize = 14 + 20 + 18;
+
+/// The load generator for floods from many sources: `bench_tx`, after giving each IPv4 TCP
+/// frame a source drawn at random from SPOOF_SOURCES addresses from SPOOF_BASE on, with the
+/// IPv4 and TCP checksums updated (the stack checks them on what the filter lets through).
+/// Live frames may or may not be reset between runs, so the old address is read from the
+/// frame each time and the checksums are adjusted from it.
+#[xdp]
+pub fn bench_tx_spoof(ctx: XdpContext) -> u32 {
+    spoof(&ctx);
+    xdp_action::XDP_TX
+}
+
+#[inline(always)]
+fn spoof(ctx: &XdpContext) {
+    let start = ctx.data();
+    if start + SPOOF_SPAN > ctx.data_end() {
+        return;
+    }
+    let p = start as *mut u8;
+    // SAFETY: every offset below is inside the SPOOF_SPAN bytes checked above; the
+    // address is read and written bytewise (a frame's IPv4 header is not 4-byte aligned).
+    unsafe {
+        if *p.add(12) != 0x08 || *p.add(13) != 0x00 || *p.add(14) != 0x45 || *p.add(23) != 6 {
+            return;
+        }
+        let old = u32::from_be_bytes([*p.add(26), *p.add(27), *p.add(28), *p.add(29)]);
+        let new = SPOOF_BASE + aya_ebpf::helpers::bpf_get_prandom_u32() % SPOOF_SOURCES;
+        let bytes = new.to_be_bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            *p.add(26 + i) = *b;
+        }
+        refold(p.add(24), old, new);
+        refold(p.add(14 + 20 + 16), old, new);
+    }
+}
+
+/// RFC 1624's incremental update of the big-endian checksum at `at` for a 32-bit word of
+/// the summed data changed from `old` to `new`: HC' = ~(~HC + ~m + m').
+///
+/// # Safety
+/// `at` and `at + 1` must be inside the packet.
+#[inline(always)]
+unsafe fn refold(at: *mut u8, old: u32, new: u32) {
+    // SAFETY: the caller's bounds.
+    let sum = unsafe { u16::from_be_bytes([*at, *at.add(1)]) };
+    let mut acc = u32::from(!sum) + (!old >> 16) + (!old & 0xffff) + (new >> 16) + (new & 0xffff);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    let out = !(acc as u16);
+    // SAFETY: the caller's bounds.
+    unsafe {
+        *at = (out >> 8) as u8;
+        *at.add(1) = out as u8;
+    }
+}
+
 /// portfw's header walk and nothing else: malformed frames get `XDP_DROP`, everything else
 /// `XDP_PASS`. Its verdict is not the policy's; only its cost is of interest.
 #[xdp]

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// The benchmark binaries of portfw-user/benches, in the order they run.
-pub const BENCHES: [&str; 4] = ["kernel", "load", "control", "flows"];
+pub const BENCHES: [&str; 5] = ["kernel", "load", "control", "flows", "defences"];
 
 pub fn run(quick: bool) -> Result<()> {
     util::require_root("bench")?;

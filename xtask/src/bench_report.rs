@@ -480,6 +480,70 @@ fn goals() -> Vec<Goal> {
                 .collect(),
         },
         Goal {
+            statement: "Defences: without defence keys, the allowed port ≤ 1.6 × the floor (benches/defences.rs)",
+            checks: vec![(
+                "defences-ratio",
+                "portfw, no defence keys ÷ floor",
+                TCP_ALLOWED,
+                AtMost,
+                1.6,
+            )],
+        },
+        Goal {
+            statement: "Defences: with `scan:`, the allowed port ≤ 2.0 × the floor, at 1 and at 100,000 blocked sources",
+            checks: vec![
+                (
+                    "defences-ratio",
+                    "portfw, scan:, 1 blocked source ÷ floor",
+                    TCP_ALLOWED,
+                    AtMost,
+                    2.0,
+                ),
+                (
+                    "defences-ratio",
+                    "portfw, scan:, 100,000 blocked sources ÷ floor",
+                    TCP_ALLOWED,
+                    AtMost,
+                    2.0,
+                ),
+            ],
+        },
+        Goal {
+            statement: "Defences: a `limit:` and a knock door cost nothing on the other ports (within 5% of the policy without them)",
+            checks: [TCP_ALLOWED, TCP_DROPPED]
+                .into_iter()
+                .map(|c| {
+                    (
+                        "defences-vs-plain",
+                        "portfw, limit: on 443/tcp, knock door opening 22/tcp ÷ no defence keys",
+                        c,
+                        AtMost,
+                        1.05,
+                    )
+                })
+                .collect(),
+        },
+        Goal {
+            statement: "Defences: a logged drop during a flood (aggregated) costs ≤ 27 ns, a third of the 81 ns an event cost before aggregation",
+            checks: vec![(
+                "defences-log",
+                "flood: cost of a logged drop",
+                TCP_DROPPED,
+                AtMost,
+                27.0,
+            )],
+        },
+        Goal {
+            statement: "Defences: the same, against an event written measured the same way in the same run (single runs): ≤ 1/3",
+            checks: vec![(
+                "defences-log-ratio",
+                "aggregated drop's cost ÷ event's cost",
+                TCP_DROPPED,
+                AtMost,
+                1.0 / 3.0,
+            )],
+        },
+        Goal {
             statement: "Under load: portfw native drops at least as many packets per CPU-second as xdp-filter",
             checks: [FLOOD_TCP, FLOOD_UDP]
                 .into_iter()
@@ -518,6 +582,10 @@ fn render_goals(results: &Results) -> String {
         let mut figures = Vec::new();
         let mut met = true;
         for (table, row, col, cmp, bound) in &goal.checks {
+            let unit = match results.table(table).and_then(|t| t["unit"].as_str()) {
+                Some("×") | None => "×".to_owned(),
+                Some(u) => format!(" {}", u.split('/').next().unwrap_or(u)),
+            };
             let cell = results.table(table).and_then(|t| cell_of(t, row, col));
             let Some(cell) = cell else {
                 figures.push(format!("{col}: missing"));
@@ -531,7 +599,7 @@ fn render_goals(results: &Results) -> String {
             };
             met &= ok;
             figures.push(format!(
-                "{col}: **{}×** ({}–{}) {}",
+                "{col}: **{}{unit}** ({}–{}) {}",
                 num(m),
                 num(lo),
                 num(hi),
@@ -573,6 +641,7 @@ pub fn render(results: &Results) -> Result<String> {
         ("load", "### Throughput under load"),
         ("control", "### Control plane and events"),
         ("flows", "### Replies to the host's own connections"),
+        ("defences", "### Active defences"),
     ];
     for (bench, heading) in sections {
         let _ = writeln!(out, "{heading}\n");
