@@ -127,13 +127,21 @@ pub fn port_entry(generation: u32, slot: u32, dst_port: u16) -> Option<&'static 
 /// is still dropped. Each step after the rules runs only for entries that ask for it.
 #[inline(always)]
 fn ports(ctx: &XdpContext, packet: &Packet, generation: u32, entry: &PortEntry) -> Judgement {
-    // The common path: an allowed port with no source rules and no defences.
+    // The common path: an allowed port with no source rules, knocks or limit; under a scan
+    // guard (or while blocks exist) it pays the block lookup and nothing else.
     if entry.action != action::DROP
         && entry.group == NO_SOURCE_GROUP
-        && entry.flags & port_flags::GUARD == 0
         && entry.knocks == 0
         && entry.limit == 0
     {
+        if entry.flags & port_flags::GUARD != 0 {
+            if let Some(hdr) = packet.ip() {
+                let s = settings(generation);
+                if pfw_blocked(&Who::of(hdr, packet), u32::from(s.guard)) != 0 {
+                    return blocked(s);
+                }
+            }
+        }
         return of_entry(entry);
     }
     let Some(hdr) = packet.ip() else {
