@@ -42,8 +42,9 @@ pub fn emit(ctx: &XdpContext, packet: &Packet, judgement: &Judgement, generation
         None => (0, 0, 0, 0, [0; 4], [0; 4]),
     };
     let mut event = EventWords {
-        // SAFETY: a plain helper call with no arguments.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        // Stamped only if the event is written: a repeat folded into an aggregate needs no
+        // clock read but the coarse one.
+        timestamp_ns: 0,
         ifindex: ctx.ingress_ifindex() as u32,
         rule: judgement.rule,
         verdict_version_protocol_flags: u32::from(judgement.action)
@@ -86,6 +87,8 @@ pub extern "C" fn portfw_log(event: *mut EventWords, generation: u32) -> u32 {
         return 0;
     };
     event.count = count;
+    // SAFETY: a plain helper call with no arguments.
+    event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
     entry.write(*event);
     entry.submit(0);
     1

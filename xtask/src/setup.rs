@@ -33,6 +33,9 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "hping3",
     "netsniff-ng",
+    // tests/defences: knockd's `knock` client against the knock sequences (the knockd
+    // daemon it brings is not started: Debian ships it disabled).
+    "knockd",
     // `cargo xtask bench`: veth offloads and the plots of BENCHMARKS.md.
     "ethtool",
     "python3-matplotlib",

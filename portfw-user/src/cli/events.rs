@@ -19,7 +19,7 @@ use super::{EXIT_OK, EventsArgs};
 use crate::{
     events::{
         SuppressedSummary, decode, flushed_event, human_line, mono_to_wall_offset,
-        pinned::{Aggregation, Suppressed, active_generation},
+        pinned::{Aggregation, Suppressed, active_generation, log_rate},
     },
     loader::{self, Paths, State, monotonic_ns},
 };
@@ -206,7 +206,16 @@ impl<W: Write> Printer<W> {
             if !flushed.is_empty() {
                 self.rules.refresh();
                 let generation = active_generation(&self.paths).unwrap_or(0);
+                // A flushed event is an event under `log-limit` like the kernel's: one round
+                // (a second) prints at most the cap's worth, and the rest are counted as
+                // suppressed, so that many keys going quiet at once stay a bounded stream.
+                let mut budget = log_rate(&self.paths).unwrap_or(u64::MAX);
                 for f in flushed {
+                    if budget == 0 {
+                        self.unreported = self.unreported.saturating_add(u64::from(f.pending));
+                        continue;
+                    }
+                    budget -= 1;
                     let event = flushed_event(&f.key, f.pending, now, generation);
                     if self.event(&event, true)? == Flow::Stop {
                         return Ok(Flow::Stop);

@@ -205,6 +205,18 @@ pub fn active_generation(paths: &Paths) -> Option<u8> {
     active.get(&0, 0).ok().and_then(|g| u8::try_from(g).ok())
 }
 
+/// The running policy's `log-limit` in events per second (at least 1), or `None` without a
+/// cap: the reader holds its flushed events to it too, so that a flood of keys that each go
+/// quiet cannot flood the stream through the flush.
+pub fn log_rate(paths: &Paths) -> Option<u64> {
+    let generation = u32::from(active_generation(paths)?);
+    let data = MapData::from_pin(paths.map(MapNames::SETTINGS)).ok()?;
+    let settings =
+        aya::maps::Array::<MapData, portfw_common::Settings>::try_from(Map::Array(data)).ok()?;
+    let interval = settings.get(&generation, 0).ok()?.log_limit.interval_ns;
+    (interval != 0).then(|| (1_000_000_000 / interval).max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

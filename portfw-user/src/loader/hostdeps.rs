@@ -101,7 +101,8 @@ pub fn host_dependencies() -> Vec<Cidr> {
     all.extend(own_addresses());
     all.into_iter()
         .filter(|a| !a.is_loopback() && !a.is_unspecified())
-        .map(Cidr::host)
+        // Blocks key IPv6 sources by their /64: only the whole /64 keeps an address safe.
+        .map(crate::policy::protecting_prefix)
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect()

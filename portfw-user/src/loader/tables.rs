@@ -210,9 +210,8 @@ pub(super) fn staged_guard(policy_guard: u8, hosts: bool, nets: bool) -> u8 {
 
 /// Source-trie entries putting `cidrs` in the scan guard's except group, where any hit
 /// means "never block" (the verdict is not read).
-// TODO(defences-policy): switch to the policy helper's function for adding host prefixes
-// to `scan: except:` once it is on main; until then the loader adds them to the compiled
-// entries itself.
+// The loader adds them at staging rather than through `policy::protect_except`, so that the
+// compiled policy stays the file's, and `status` shows the addresses apart from it.
 pub(super) fn except_entries(
     cidrs: &[Cidr],
 ) -> (Vec<SourceEntry<SourceKey4>>, Vec<SourceEntry<SourceKey6>>) {

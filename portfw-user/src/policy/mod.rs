@@ -26,7 +26,9 @@ mod validate;
 mod yaml;
 
 pub use cidr::{Cidr, CidrError};
-pub use defences::{Door, DoorKind, LOG_LIMIT_DEFAULT, Limit, ScanGuard, protect_except};
+pub use defences::{
+    Door, DoorKind, LOG_LIMIT_DEFAULT, Limit, ScanGuard, protect_except, protecting_prefix,
+};
 pub use diag::{Diagnostic, Diagnostics, Location, Severity, escape};
 pub use duration::{
     DurationError, MAX_DURATION, Rate, RateError, format_duration, parse_duration, parse_rate,
