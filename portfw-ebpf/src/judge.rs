@@ -127,28 +127,21 @@ pub fn port_entry(generation: u32, slot: u32, dst_port: u16) -> Option<&'static 
 /// is still dropped. Each step after the rules runs only for entries that ask for it.
 #[inline(always)]
 fn ports(ctx: &XdpContext, packet: &Packet, generation: u32, entry: &PortEntry) -> Judgement {
-    // The common path: an allowed port with no source rules, knocks or limit; under a scan
-    // guard (or while blocks exist) it pays the block lookup and nothing else.
-    if entry.action != action::DROP
-        && entry.group == NO_SOURCE_GROUP
+    let guarded = entry.flags & port_flags::GUARD != 0;
+    // The common path: a port without source rules or defences is its entry's verdict, and
+    // a drop there only asks the flow table. Nothing is copied off the packet.
+    if entry.group == NO_SOURCE_GROUP
+        && !guarded
         && entry.knocks == 0
         && entry.limit == 0
+        && entry.opens == 0
     {
-        if entry.flags & port_flags::GUARD != 0 {
-            if let Some(hdr) = packet.ip() {
-                let s = settings(generation);
-                if pfw_blocked(&Who::of(hdr, packet), u32::from(s.guard)) != 0 {
-                    return blocked(s);
-                }
-            }
-        }
-        return of_entry(entry);
+        return unanswered(ctx, packet, generation, of_entry(entry));
     }
     let Some(hdr) = packet.ip() else {
         return malformed(settings(generation));
     };
     let who = Who::of(hdr, packet);
-    let guarded = entry.flags & port_flags::GUARD != 0;
     if guarded {
         let s = settings(generation);
         if pfw_blocked(&who, u32::from(s.guard)) != 0 {
@@ -180,14 +173,32 @@ fn ports(ctx: &XdpContext, packet: &Packet, generation: u32, entry: &PortEntry) 
             reason: reason::DOOR,
         };
     }
-    // The flow table is read only for what the rules drop, so an allowed port costs what
-    // it did without it.
+    let judgement = unanswered(ctx, packet, generation, judgement);
+    if judgement.action == action::DROP
+        && guarded
+        && settings(generation).guard & guard::SCAN != 0
+        && decided.rule != RULE_KNOCK
+    {
+        pfw_scan(&who, generation);
+    }
+    judgement
+}
+
+/// A drop by the rules, unless the flow table says the packet answers the host: the table
+/// is read only for what the rules drop, so an allowed port costs what it did without it.
+#[inline(always)]
+fn unanswered(
+    ctx: &XdpContext,
+    packet: &Packet,
+    generation: u32,
+    judgement: Judgement,
+) -> Judgement {
+    if judgement.action != action::DROP {
+        return judgement;
+    }
     let s = settings(generation);
     if s.replies == action::ALLOW && flows::is_reply(ctx, packet, s) {
         return reply(s, counter::ALLOW_REPLY);
-    }
-    if guarded && s.guard & guard::SCAN != 0 && decided.rule != RULE_KNOCK {
-        pfw_scan(&who, generation);
     }
     judgement
 }
@@ -244,26 +255,25 @@ fn of_entry(entry: &PortEntry) -> Judgement {
 /// A packet from a blocked source: dropped whatever the rules say.
 #[inline(always)]
 fn blocked(s: &Settings) -> Judgement {
-    Judgement {
-        action: action::DROP,
-        rule: RULE_BLOCKED,
-        counter: counter::DROP_BLOCKED,
-        log: s.log & settings_log::DROP != 0,
-        audit: s.audit != 0,
-        reason: reason::BLOCKED,
-    }
+    defence_drop(s, RULE_BLOCKED, counter::DROP_BLOCKED, reason::BLOCKED)
 }
 
 /// A new connection over its rule's limit: dropped, under the rule, with its own counter.
 #[inline(always)]
 fn limited(s: &Settings, allowed: Judgement) -> Judgement {
+    defence_drop(s, allowed.rule, counter::DROP_LIMIT, reason::LIMIT)
+}
+
+/// A drop decided by a defence: logged as the policy logs drops, a would-drop in audit mode.
+#[inline(always)]
+fn defence_drop(s: &Settings, rule: u32, counter: u32, reason: u8) -> Judgement {
     Judgement {
         action: action::DROP,
-        rule: allowed.rule,
-        counter: counter::DROP_LIMIT,
+        rule,
+        counter,
         log: s.log & settings_log::DROP != 0,
         audit: s.audit != 0,
-        reason: reason::LIMIT,
+        reason,
     }
 }
 
