@@ -10,7 +10,7 @@ pub use defence::*;
 
 /// Bumped whenever a map layout or the meaning of a field changes, so that `portfw apply`
 /// knows it must load a fresh program instead of updating maps in place.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Verdict actions stored in the tables.
 pub mod action {
@@ -242,6 +242,10 @@ pub struct FlowTimeouts {
     /// or half the shortest timeout when that is shorter, so that a busy flow is always
     /// refreshed before it could expire.
     pub refresh_ns: u64,
+    /// How long the flow cache may trust a flow the table vouched for: [`FLOW_CACHE_NS`], or
+    /// half of `refresh_ns` when that is shorter (0 turns the cache off). The cache never
+    /// outlives the flow's own timeout.
+    pub cache_ns: u64,
 }
 
 impl FlowTimeouts {
@@ -261,6 +265,15 @@ impl FlowTimeouts {
             shortest / 2
         } else {
             FLOW_REFRESH_NS
+        }
+    }
+
+    /// [`FlowTimeouts::cache_ns`] for a refresh interval.
+    pub const fn cache_for(refresh_ns: u64) -> u64 {
+        if refresh_ns / 2 < FLOW_CACHE_NS {
+            refresh_ns / 2
+        } else {
+            FLOW_CACHE_NS
         }
     }
 
@@ -514,7 +527,31 @@ pub struct Clock {
     pub offset_ns: u64,
     /// Written by the calibration program: jiffies when it last ran.
     pub sample: u64,
+    /// Bumped by the loader whenever it writes the flow table or this clock: the flow cache
+    /// ([`FLOW_CACHE_SLOTS`]) trusts only what it remembered under the current epoch.
+    pub epoch: u64,
 }
+
+/// Slots of the per-CPU exact-match cache in front of the flow table: a busy flow's packets
+/// are recognised without the hash lookup, for at most [`FlowTimeouts::cache_ns`] after the
+/// table last vouched for it.
+pub const FLOW_CACHE_SLOTS: u32 = 256;
+
+/// The longest a flow-cache slot is trusted, when the timeouts allow it.
+pub const FLOW_CACHE_NS: u64 = 10_000_000;
+
+/// One slot of the flow cache ([`MapNames::FLOW_CACHE`]): a flow key the table vouched for,
+/// as the five words of its [`FlowKey`], and until when (flow clock) and under which loader
+/// epoch ([`Clock::epoch`]) it may be trusted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheSlot {
+    pub key: [u64; 5],
+    pub until_ns: u64,
+    pub epoch: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowCacheSlot>() == 56);
 
 /// How stale a flow's `seen_ns` may get before a packet refreshes it.
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
@@ -609,6 +646,9 @@ impl MapNames {
     pub const FLOWS: &'static str = "PFW_FLOWS";
     /// `Array<Clock>`, one entry: the flow table's clock.
     pub const CLOCK: &'static str = "PFW_CLOCK";
+    /// `PerCpuArray<FlowCacheSlot>` of [`FLOW_CACHE_SLOTS`]: the exact-match cache in front
+    /// of the flow table. Not pinned; a new object starts with an empty cache.
+    pub const FLOW_CACHE: &'static str = "PFW_FLOW_CACHE";
 }
 
 /// portfw's directory on bpffs: one subdirectory of pins per network namespace.
@@ -640,4 +680,5 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::Clock {}
+    unsafe impl aya::Pod for super::FlowCacheSlot {}
 }

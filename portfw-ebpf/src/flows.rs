@@ -14,13 +14,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portfw_common::{
-    FlowKey, FlowValue, NO_SOURCE_GROUP, Settings, action, counter, flow_state, ipproto,
+    FLOW_CACHE_SLOTS, FlowKey, FlowValue, NO_SOURCE_GROUP, Settings, action, counter, flow_state,
+    ipproto,
 };
 
 use crate::{
     headers::tcp_flag,
     judge::port_entry,
-    maps::{PFW_CLOCK, PFW_COUNTERS, PFW_FLOWS, bump},
+    maps::{PFW_CLOCK, PFW_COUNTERS, PFW_FLOW_CACHE, PFW_FLOWS, bump},
     parse::{Frame, IcmpSays, IpHdr, Kind, Packet, icmp_about},
 };
 
@@ -73,21 +74,114 @@ struct ValueWords {
 
 const _: () = assert!(core::mem::size_of::<ValueWords>() == core::mem::size_of::<FlowValue>());
 
+/// A reading of the flow clock, with the loader's epoch of the flow table.
+#[derive(Clone, Copy)]
+struct Now {
+    ns: u64,
+    epoch: u64,
+}
+
 #[inline(always)]
-pub fn now_ns() -> u64 {
+fn clock() -> Now {
     // Tick resolution is plenty for timeouts of seconds. Jiffies cost one load; the
     // coarse ktime helper, 15 ns of a reply's budget.
     match PFW_CLOCK.get(0) {
         Some(clock) if clock.ns_per_jiffy != 0 => {
             // SAFETY: a plain helper call with no arguments (inlined by the verifier).
             let jiffies = unsafe { bpf_jiffies64() };
-            jiffies
-                .wrapping_mul(clock.ns_per_jiffy)
-                .wrapping_add(clock.offset_ns)
+            Now {
+                ns: jiffies
+                    .wrapping_mul(clock.ns_per_jiffy)
+                    .wrapping_add(clock.offset_ns),
+                epoch: clock.epoch,
+            }
         }
-        // SAFETY: a plain helper call with no arguments.
-        _ => unsafe { bpf_ktime_get_coarse_ns() },
+        clock => Now {
+            // SAFETY: a plain helper call with no arguments.
+            ns: unsafe { bpf_ktime_get_coarse_ns() },
+            epoch: clock.map_or(0, |c| c.epoch),
+        },
     }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    clock().ns
+}
+
+/// A flow key as the five words the cache compares.
+#[inline(always)]
+fn key_words(key: &FlowKey) -> [u64; 5] {
+    // SAFETY: `FlowKey` is 40 bytes of plain integers with no padding (its pad is a field);
+    // an unaligned read copies them as five words.
+    unsafe { core::ptr::read_unaligned((key as *const FlowKey).cast::<[u64; 5]>()) }
+}
+
+/// The cache slot of a key: its ports, protocol and both addresses folded, then a
+/// multiplicative hash's top bits. A collision only costs a table lookup.
+#[inline(always)]
+fn slot_of(w: &[u64; 5]) -> u32 {
+    let h = w[0] ^ w[1] ^ w[2] ^ w[3].rotate_left(16) ^ w[4].rotate_left(16);
+    let h = (h ^ (h >> 32)) as u32;
+    h.wrapping_mul(0x9E37_79B1) >> (32 - FLOW_CACHE_SLOTS.trailing_zeros())
+}
+
+const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
+
+/// Whether the table vouched for this flow on this CPU under the current loader epoch, no
+/// longer ago than the cache's trust and never past the flow's own expiry (see
+/// [`remember`]). Only packets that cannot move a flow's state ask.
+#[inline(always)]
+fn cached(w: &[u64; 5], now: Now) -> bool {
+    let Some(slot) = PFW_FLOW_CACHE.get_ptr(slot_of(w)) else {
+        return false;
+    };
+    // SAFETY: a pointer into this CPU's slots from a successful lookup.
+    let slot = unsafe { &*slot };
+    same(&slot.key, w) && slot.epoch == now.epoch && now.ns < slot.until_ns
+}
+
+/// Whether two keys are equal, compared as one OR of differences: a chain of `==` may
+/// become a call to a byte-wise `bcmp`.
+#[inline(always)]
+fn same(a: &[u64; 5], b: &[u64; 5]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
+}
+
+/// Puts a flow the table has just vouched for into this CPU's cache, or takes it out when
+/// its state lets only some packets through. Trusted at most `cache_ns` (10 ms), never
+/// past the flow's expiry: an entry evicted or moved by another CPU within that time is
+/// the only thing the cache can miss, and it is a flow the host opened and used within it.
+#[inline(always)]
+fn remember(w: &[u64; 5], flow: &FlowValue, protocol: u8, now: Now, s: &Settings) {
+    let Some(slot) = PFW_FLOW_CACHE.get_ptr_mut(slot_of(w)) else {
+        return;
+    };
+    // SAFETY: a pointer into this CPU's slots from a successful lookup; programs on one CPU
+    // do not interleave (they run with bottom halves off).
+    let slot = unsafe { &mut *slot };
+    let steady = flow.state == flow_state::ESTABLISHED || flow.state == flow_state::OPEN;
+    if !steady || s.flow_timeouts.cache_ns == 0 {
+        if same(&slot.key, w) {
+            slot.until_ns = 0;
+        }
+        return;
+    }
+    let expires = flow
+        .seen_ns
+        .wrapping_add(s.flow_timeouts.for_flow(protocol, flow.state));
+    let trusted = now.ns.wrapping_add(s.flow_timeouts.cache_ns);
+    slot.until_ns = 0;
+    slot.key = *w;
+    slot.epoch = now.epoch;
+    slot.until_ns = if expires < trusted { expires } else { trusted };
+}
+
+/// Whether a packet cannot move its flow's state: anything but TCP, and TCP segments
+/// without SYN, FIN or RST.
+#[inline(always)]
+fn steady_packet(tcp: bool, flags: u8) -> bool {
+    !tcp || flags & (tcp_flag::SYN | tcp_flag::FIN | tcp_flag::RST) == 0
 }
 
 /// Refreshes a flow's timestamp once it is `refresh_ns` stale (`FlowTimeouts::refresh_ns`).
@@ -162,20 +256,31 @@ pub fn is_reply(ctx: &XdpContext, packet: &Packet, s: &Settings) -> bool {
     }
     let (src_port, dst_port) = (packet.src_port(), packet.dst_port());
     let key = flow_key(hdr, packet.protocol(), false, src_port, dst_port);
-    let now = now_ns();
-    match live(&key, s, now) {
-        Some(flow) if tcp => tcp_inbound(flow, packet.tcp_flags(), now, s.flow_timeouts.refresh_ns),
+    let words = key_words(&key);
+    let flags = packet.tcp_flags();
+    let steady = steady_packet(tcp, flags);
+    let now = clock();
+    if steady && cached(&words, now) {
+        return true;
+    }
+    let refresh = s.flow_timeouts.refresh_ns;
+    match live(&key, s, now.ns) {
         Some(flow) => {
-            touch(flow, now, s.flow_timeouts.refresh_ns);
-            true
+            let ok = if tcp {
+                tcp_inbound(flow, flags, now.ns, refresh)
+            } else {
+                touch(flow, now.ns, refresh);
+                true
+            };
+            if ok {
+                remember(&words, flow, key.protocol, now, s);
+            }
+            ok
         }
         // A TCP connection older than the table (opened before `apply`, or before
         // `replies: allow`): the kernel's own socket for the exact four-tuple vouches for it.
         // A new SYN never takes this path.
-        None => {
-            tcp && packet.tcp_flags() & tcp_flag::SYN == 0
-                && socket_vouches(ctx, hdr, src_port, dst_port)
-        }
+        None => tcp && flags & tcp_flag::SYN == 0 && socket_vouches(ctx, hdr, src_port, dst_port),
     }
 }
 
@@ -315,26 +420,34 @@ pub fn record(f: Frame, packet: &Packet, ifindex: u32, generation: u32, s: &Sett
         }
         _ => return,
     };
-    let now = now_ns();
+    let now = clock();
     let tcp = packet.protocol() == ipproto::TCP;
+    let words = key_words(&key);
+    // A busy flow's steady packets only refresh it, which the table's own lookup does at
+    // least every `cache_ns`.
+    if steady_packet(tcp, flags) && cached(&words, now) {
+        return;
+    }
     let syn = flags & tcp_flag::SYN != 0 && flags & tcp_flag::ACK == 0;
     if let Some(flow) = PFW_FLOWS.get_ptr_mut(&key) {
         // SAFETY: as in `live`.
         let flow = unsafe { &mut *flow };
+        let now_ns = now.ns;
         if !tcp {
-            touch(flow, now, refresh);
+            touch(flow, now_ns, refresh);
         } else if syn {
             // A new connection on the same four-tuple starts over.
-            flow.created_ns = now;
+            flow.created_ns = now_ns;
             flow.ifindex = ifindex;
-            set_state(flow, flow_state::SYN_SENT, now, refresh);
+            set_state(flow, flow_state::SYN_SENT, now_ns, refresh);
         } else if flags & (tcp_flag::FIN | tcp_flag::RST) != 0 {
-            set_state(flow, flow_state::CLOSING, now, refresh);
+            set_state(flow, flow_state::CLOSING, now_ns, refresh);
         } else if flow.state == flow_state::SYN_SENT && flags & tcp_flag::ACK != 0 {
-            set_state(flow, flow_state::ESTABLISHED, now, refresh);
+            set_state(flow, flow_state::ESTABLISHED, now_ns, refresh);
         } else {
-            touch(flow, now, refresh);
+            touch(flow, now_ns, refresh);
         }
+        remember(&words, flow, key.protocol, now, s);
         return;
     }
     // A flow is worth an entry only where the rules would drop its replies: on a local port
@@ -358,8 +471,8 @@ pub fn record(f: Frame, packet: &Packet, ifindex: u32, generation: u32, s: &Sett
         return;
     };
     let flow = ValueWords {
-        created_ns: now,
-        seen_ns: now,
+        created_ns: now.ns,
+        seen_ns: now.ns,
         ifindex,
         state: u32::from(state),
     };

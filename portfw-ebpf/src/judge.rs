@@ -312,6 +312,7 @@ static NO_SETTINGS: Settings = Settings {
         udp_ns: 0,
         icmp_ns: 0,
         refresh_ns: 0,
+        cache_ns: 0,
     },
     scan: ScanSettings {
         ports: 0,

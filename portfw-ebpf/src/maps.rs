@@ -8,11 +8,11 @@ use aya_ebpf::{
 };
 use portfw_common::{
     AggKey, AggValue, BLOCK_NETS_MAX, BLOCKS_MAX, BPF_F_MMAPABLE, BlockNetKey, BlockValue, Clock,
-    DOOR_STATE_MAX, DoorDef, DoorKey, DoorValue, EVENT_RING_BYTES, Event, FLOWS_DEFAULT_MAX,
-    FlowKey, FlowValue, GENERATIONS, KnockState, LIMIT_STATE_MAX, LOG_AGG_MAX, LOG_SOURCES_MAX,
-    LimitKey, MAX_DOORS, MAX_LIMITS, PORT_TABLE_GEN_ENTRIES, PortEntry, RULE_HIT_SLOTS, RuleLimit,
-    SCAN_PORTS_MAX, SCAN_SOURCES_MAX, SOURCE_TRIE_ENTRIES, ScanPortKey, ScanValue, Settings,
-    SourceKey, SourceKey4, SourceKey6, counter, rule_hit_index,
+    DOOR_STATE_MAX, DoorDef, DoorKey, DoorValue, EVENT_RING_BYTES, Event, FLOW_CACHE_SLOTS,
+    FLOWS_DEFAULT_MAX, FlowCacheSlot, FlowKey, FlowValue, GENERATIONS, KnockState, LIMIT_STATE_MAX,
+    LOG_AGG_MAX, LOG_SOURCES_MAX, LimitKey, MAX_DOORS, MAX_LIMITS, PORT_TABLE_GEN_ENTRIES,
+    PortEntry, RULE_HIT_SLOTS, RuleLimit, SCAN_PORTS_MAX, SCAN_SOURCES_MAX, SOURCE_TRIE_ENTRIES,
+    ScanPortKey, ScanValue, Settings, SourceKey, SourceKey4, SourceKey6, counter, rule_hit_index,
 };
 
 /// `BPF_F_NO_PREALLOC`: entries are allocated as they are added (required by tries).
@@ -47,6 +47,12 @@ pub static PFW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 #[map(name = "PFW_FLOWS")]
 pub static PFW_FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT_MAX, 0);
+
+/// The exact-match cache in front of [`PFW_FLOWS`], one direct-mapped set of slots per CPU
+/// (see `flows::cached`). Not pinned: a new object starts with an empty cache.
+#[map(name = "PFW_FLOW_CACHE")]
+pub static PFW_FLOW_CACHE: PerCpuArray<FlowCacheSlot> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 /// The flow table's clock, calibrated by the loader (see [`Clock`]).
 #[map(name = "PFW_CLOCK")]

@@ -47,9 +47,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn load(yaml: &str) -> Result<Loaded> {
+/// Loads the programs with `yaml`; without `cache`, the policy's flow cache is off
+/// (`cache_ns` 0), so every packet of a flow looks it up in the table: the cost of a flow's
+/// first packet, or of many flows interleaved on one CPU.
+fn load(yaml: &str, cache: bool) -> Result<Loaded> {
     let parsed = policy::parse(yaml, "flows bench").map_err(|d| anyhow::anyhow!("{d}"))?;
-    let compiled = compile::compile(&parsed.policy).context("compiling the bench policy")?;
+    let mut compiled = compile::compile(&parsed.policy).context("compiling the bench policy")?;
+    if !cache {
+        compiled.settings.flow_timeouts.cache_ns = 0;
+    }
     let mut loaded = Loaded::load().context("loading the programs (needs root)")?;
     loaded
         .tables
@@ -100,9 +106,11 @@ fn run() -> Result<()> {
         serde_json::json!({ "repeat": repeat, "repetitions": reps }),
     );
 
-    let mut loaded = load(POLICY)?;
+    let mut loaded = load(POLICY, true)?;
+    let mut uncached = load(POLICY, false)?;
     // As `portfw apply` does: the flow clock reads jiffies once calibrated.
     loaded.calibrate_clock()?;
+    uncached.calibrate_clock()?;
     loaded.load_extra(FLOOR_PASS)?;
     loaded.load_extra(FLOOR_DROP)?;
     loaded.load_extra_classifier(FLOOR_TC)?;
@@ -122,6 +130,13 @@ fn run() -> Result<()> {
         )?;
         host::attach_in(&netns, loaded.xdp_mut(name)?, &a)?;
     }
+    lab.run(
+        Side::Server,
+        [
+            "ip", "link", "add", "pfwbfua", "type", "veth", "peer", "name", "pfwbfub",
+        ],
+    )?;
+    host::attach_in(&netns, uncached.xdp_mut(PROGRAM_NAME)?, "pfwbfua")?;
 
     // Inbound frames come from the peer (198.18.0.2) to the host (198.18.0.1).
     let inbound = Endpoints::test();
@@ -138,14 +153,17 @@ fn run() -> Result<()> {
     ];
     // The flows the replies belong to: a connection through its handshake, a UDP query.
     let egress = loaded.classifier(EGRESS_PROGRAM_NAME)?;
-    for frame in [
-        frames::tcp4_syn(&outbound, LOCAL_TCP, REMOTE_TCP),
-        frames::tcp4(&outbound, LOCAL_TCP, REMOTE_TCP, TCP_ACK),
-        frames::udp4(&outbound, LOCAL_UDP, REMOTE_UDP, 18),
-    ] {
-        let (action, _) = time_tc(egress, &frame, 1)?;
-        if action != TC_NEXT {
-            bail!("the egress program returned {action}, not TC_ACT_UNSPEC");
+    let egress_uncached = uncached.classifier(EGRESS_PROGRAM_NAME)?;
+    for program in [egress, egress_uncached] {
+        for frame in [
+            frames::tcp4_syn(&outbound, LOCAL_TCP, REMOTE_TCP),
+            frames::tcp4(&outbound, LOCAL_TCP, REMOTE_TCP, TCP_ACK),
+            frames::udp4(&outbound, LOCAL_UDP, REMOTE_UDP, 18),
+        ] {
+            let (action, _) = time_tc(program, &frame, 1)?;
+            if action != TC_NEXT {
+                bail!("the egress program returned {action}, not TC_ACT_UNSPEC");
+            }
         }
     }
     let xdp_frames = [
@@ -174,6 +192,7 @@ fn run() -> Result<()> {
     let xdp_cols: Vec<String> = xdp_frames.iter().map(|(c, _, _)| (*c).to_owned()).collect();
     let floor_row = "floor: bare XDP program, same verdict".to_owned();
     let portfw_row = "portfw, replies: allow".to_owned();
+    let uncached_row = "portfw, flow cache off (every packet looks up the table)".to_owned();
     report.table(
         "flows-xdp",
         "Replies to the host's own flows, per packet in the kernel (BPF_PROG_TEST_RUN)",
@@ -181,14 +200,18 @@ fn run() -> Result<()> {
         &format!(
             "{repeat} runs of one 60-byte frame per figure, by the kernel's timer of the run (which \
              stops while the run yields the CPU; whole ns), each program attached to an idle veth; {reps} interleaved repetitions. The flows were recorded by \
-             running the egress program on the host's own packets first."
+             running the egress program on the host's own packets first. A run repeats one \
+             packet, the steady state of a busy flow, which the per-CPU flow cache answers; \
+             the cache-off row is the same program with `cache_ns` 0, which is what a flow's \
+             first packet after 10 ms, or one of many interleaved flows, costs."
         ),
-        &[floor_row.clone(), portfw_row.clone()],
+        &[floor_row.clone(), portfw_row.clone(), uncached_row.clone()],
         &xdp_cols,
     );
     let egress_cols: Vec<String> = egress_frames.iter().map(|(c, _)| (*c).to_owned()).collect();
     let tc_floor_row = "floor: empty TC program".to_owned();
     let egress_row = "portfw_egress".to_owned();
+    let egress_uncached_row = "portfw_egress, flow cache off".to_owned();
     report.table(
         "flows-egress",
         "The egress program per packet (SCHED_CLS through BPF_PROG_TEST_RUN)",
@@ -197,19 +220,31 @@ fn run() -> Result<()> {
             "{repeat} runs of one 60-byte frame per figure, by the kernel's timer of the run; {reps} \
              interleaved repetitions. The flow \
              exists, so a run is the steady state of a busy flow (its timestamp is refreshed at \
-             most once a second)."
+             most once a second). The cache-off row looks the flow up in the table on every \
+             packet."
         ),
-        &[tc_floor_row.clone(), egress_row.clone()],
+        &[
+            tc_floor_row.clone(),
+            egress_row.clone(),
+            egress_uncached_row.clone(),
+        ],
         &egress_cols,
     );
     let xdp_ratio_row = "portfw ÷ floor".to_owned();
     let tc_ratio_row = "portfw_egress ÷ empty TC program".to_owned();
+    let xdp_uncached_ratio_row = "portfw, flow cache off ÷ floor".to_owned();
+    let tc_uncached_ratio_row = "portfw_egress, flow cache off ÷ empty TC program".to_owned();
     report.table(
         "flows-ratio",
         "Replies and egress against their floors",
         "×",
         "Per repetition, ns/packet over the floor's from the same sweep; median, min and max.",
-        &[xdp_ratio_row.clone(), tc_ratio_row.clone()],
+        &[
+            xdp_ratio_row.clone(),
+            xdp_uncached_ratio_row.clone(),
+            tc_ratio_row.clone(),
+            tc_uncached_ratio_row.clone(),
+        ],
         &xdp_cols
             .iter()
             .chain(&egress_cols)
@@ -217,13 +252,18 @@ fn run() -> Result<()> {
             .collect::<Vec<_>>(),
     );
     for col in &egress_cols {
-        report.not_applicable("flows-ratio", &xdp_ratio_row, col, "an egress figure")?;
+        for row in [&xdp_ratio_row, &xdp_uncached_ratio_row] {
+            report.not_applicable("flows-ratio", row, col, "an egress figure")?;
+        }
     }
     for col in &xdp_cols {
-        report.not_applicable("flows-ratio", &tc_ratio_row, col, "an XDP figure")?;
+        for row in [&tc_ratio_row, &tc_uncached_ratio_row] {
+            report.not_applicable("flows-ratio", row, col, "an XDP figure")?;
+        }
     }
 
     let portfw = loaded.xdp(PROGRAM_NAME)?;
+    let portfw_uncached = uncached.xdp(PROGRAM_NAME)?;
     let floors = [loaded.xdp(FLOOR_DROP)?, loaded.xdp(FLOOR_PASS)?];
     let tc_floor = loaded.classifier(FLOOR_TC)?;
     for rep in 0..reps {
@@ -231,22 +271,30 @@ fn run() -> Result<()> {
             let floor = floors[usize::from(*verdict == XDP_PASS)];
             let (fv, f) = time_xdp(floor, frame, repeat)?;
             let (pv, p) = time_xdp(portfw, frame, repeat)?;
-            if fv != *verdict || pv != *verdict {
-                bail!("{col}: verdicts floor {fv}, portfw {pv}; expected {verdict}");
+            let (uv, u) = time_xdp(portfw_uncached, frame, repeat)?;
+            if fv != *verdict || pv != *verdict || uv != *verdict {
+                bail!(
+                    "{col}: verdicts floor {fv}, portfw {pv}, cache off {uv}; expected {verdict}"
+                );
             }
             report.push("flows-xdp", &floor_row, col, f)?;
             report.push("flows-xdp", &portfw_row, col, p)?;
+            report.push("flows-xdp", &uncached_row, col, u)?;
             report.push("flows-ratio", &xdp_ratio_row, col, p / f)?;
+            report.push("flows-ratio", &xdp_uncached_ratio_row, col, u / f)?;
         }
         for (col, frame) in &egress_frames {
             let (_, f) = time_tc(tc_floor, frame, repeat)?;
             let (action, p) = time_tc(egress, frame, repeat)?;
-            if action != TC_NEXT {
-                bail!("{col}: the egress program returned {action}");
+            let (uncached_action, u) = time_tc(egress_uncached, frame, repeat)?;
+            if action != TC_NEXT || uncached_action != TC_NEXT {
+                bail!("{col}: the egress programs returned {action} and {uncached_action}");
             }
             report.push("flows-egress", &tc_floor_row, col, f)?;
             report.push("flows-egress", &egress_row, col, p)?;
+            report.push("flows-egress", &egress_uncached_row, col, u)?;
             report.push("flows-ratio", &tc_ratio_row, col, p / f)?;
+            report.push("flows-ratio", &tc_uncached_ratio_row, col, u / f)?;
         }
         println!("bench flows: repetition {}/{reps} done", rep + 1);
     }
@@ -263,6 +311,7 @@ fn run() -> Result<()> {
         ),
     );
     drop(lab);
+    drop(uncached);
     report.write(&args.out)?;
     println!("bench flows: wrote {}", args.out.display());
     Ok(())

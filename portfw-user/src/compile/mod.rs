@@ -679,12 +679,14 @@ fn flow_timeouts(flows: &crate::policy::Flows) -> FlowTimeouts {
         nanos(flows.udp_timeout),
         nanos(flows.icmp_timeout),
     );
+    let refresh_ns = FlowTimeouts::refresh_for(tcp_ns, tcp_closing_ns, udp_ns, icmp_ns);
     FlowTimeouts {
         tcp_ns,
         tcp_closing_ns,
         udp_ns,
         icmp_ns,
-        refresh_ns: FlowTimeouts::refresh_for(tcp_ns, tcp_closing_ns, udp_ns, icmp_ns),
+        refresh_ns,
+        cache_ns: FlowTimeouts::cache_for(refresh_ns),
     }
 }
 

@@ -289,6 +289,7 @@ fn replies_and_flows_reach_the_kernel_settings() {
             udp_ns: 60 * 1_000_000_000,
             icmp_ns: 30 * 1_000_000_000,
             refresh_ns: 1_000_000_000,
+            cache_ns: 10_000_000,
         }
     );
     assert_eq!(defaults.flows_max, FLOWS_DEFAULT_MAX);
@@ -306,11 +307,15 @@ fn replies_and_flows_reach_the_kernel_settings() {
             udp_ns: 5 * 1_000_000_000,
             icmp_ns: 365 * 86_400 * 1_000_000_000,
             refresh_ns: 1_000_000_000,
+            cache_ns: 10_000_000,
         }
     );
     // A timeout of a second refreshes busy flows twice as often, so they never expire.
     let short = compiled("default: drop\nflows:\n  udp-timeout: 1s\n");
     assert_eq!(short.settings.flow_timeouts.refresh_ns, 500_000_000);
+    assert_eq!(short.settings.flow_timeouts.cache_ns, 10_000_000);
+    // A refresh interval shorter than twice the cache's trust shortens it.
+    assert_eq!(FlowTimeouts::cache_for(5_000_000), 2_500_000);
     assert_eq!(tuned.flows_max, 4096);
     // The kernel picks a timeout per flow state from these.
     let timeouts = tuned.settings.flow_timeouts;

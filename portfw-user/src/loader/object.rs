@@ -8,9 +8,9 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use portfw_common::{
-    CLOCK_PROGRAM_NAME, Clock, EGRESS_PROGRAM_NAME, FLOWS_DEFAULT_MAX, FlowKey, FlowValue,
-    GENERATIONS, L3_EGRESS_PROGRAM_NAME, L3_PROGRAM_NAME, MapNames, PROGRAM_NAME, RULE_HIT_SLOTS,
-    counter, flow_map_entries,
+    CLOCK_PROGRAM_NAME, Clock, EGRESS_PROGRAM_NAME, FLOWS_DEFAULT_MAX, FlowCacheSlot, FlowKey,
+    FlowValue, GENERATIONS, L3_EGRESS_PROGRAM_NAME, L3_PROGRAM_NAME, MapNames, PROGRAM_NAME,
+    RULE_HIT_SLOTS, counter, flow_map_entries,
 };
 
 use super::{
@@ -139,12 +139,54 @@ impl Loaded {
     }
 
     /// The flow table, to read or seed it (tests, and carrying flows over to a resized table).
+    /// Whatever the caller writes, the flow cache forgets what it remembered first.
     pub fn flows(&mut self) -> Result<HashMap<&mut MapData, FlowKey, FlowValue>, LoaderError> {
+        self.flows_changed()?;
         let map = self
             .ebpf
             .map_mut(MapNames::FLOWS)
             .ok_or(LoaderError::MissingMap(MapNames::FLOWS))?;
         HashMap::try_from(map).map_err(map_err(MapNames::FLOWS))
+    }
+
+    /// Every entry of the flow table, live or expired, read without telling the flow cache
+    /// anything changed.
+    pub fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowValue)>, LoaderError> {
+        let map = self
+            .ebpf
+            .map(MapNames::FLOWS)
+            .ok_or(LoaderError::MissingMap(MapNames::FLOWS))?;
+        HashMap::<_, FlowKey, FlowValue>::try_from(map)
+            .map_err(map_err(MapNames::FLOWS))?
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MapNames::FLOWS))
+    }
+
+    /// The flow table through a handle of its own whose writes are *not* announced to the
+    /// flow cache, unlike [`Loaded::flows`]: for tests that show what the cache remembers.
+    #[doc(hidden)]
+    pub fn flows_unannounced(&self) -> Result<HashMap<MapData, FlowKey, FlowValue>, LoaderError> {
+        let data = reopen(map_data(&self.ebpf, MapNames::FLOWS)?, MapNames::FLOWS)?;
+        HashMap::try_from(Map::LruHashMap(data)).map_err(map_err(MapNames::FLOWS))
+    }
+
+    /// Every CPU's flow-cache slots, slot by slot.
+    pub fn flow_cache(&self) -> Result<Vec<Vec<FlowCacheSlot>>, LoaderError> {
+        let data = reopen(
+            map_data(&self.ebpf, MapNames::FLOW_CACHE)?,
+            MapNames::FLOW_CACHE,
+        )?;
+        let cache = PerCpuArray::<MapData, FlowCacheSlot>::try_from(Map::PerCpuArray(data))
+            .map_err(map_err(MapNames::FLOW_CACHE))?;
+        (0..cache.len())
+            .map(|i| {
+                cache
+                    .get(&i, 0)
+                    .map(|per_cpu| per_cpu.iter().copied().collect())
+                    .map_err(map_err(MapNames::FLOW_CACHE))
+            })
+            .collect()
     }
 
     /// Puts `flows` into this object's (empty) flow table.
@@ -264,17 +306,32 @@ impl Loaded {
             .find(|known: &f64| (hz - known).abs() < known * 0.1)
             .unwrap_or(hz.round());
         let ns_per_jiffy = (1e9 / hz).round() as u64;
+        let mut clock =
+            Array::<MapData, Clock>::try_from(Map::Array(reopen(data, MapNames::CLOCK)?))
+                .map_err(map_err(MapNames::CLOCK))?;
+        let old = clock.get(&0, 0).map_err(map_err(MapNames::CLOCK))?;
         let calibrated = Clock {
             ns_per_jiffy,
             offset_ns: t2.wrapping_sub(j2.wrapping_mul(ns_per_jiffy)),
             sample: 0,
+            // A new clock: what the flow cache remembered was timed by the old one.
+            epoch: old.epoch.wrapping_add(1),
         };
-        let mut clock =
-            Array::<MapData, Clock>::try_from(Map::Array(reopen(data, MapNames::CLOCK)?))
-                .map_err(map_err(MapNames::CLOCK))?;
         clock
             .set(0, calibrated, 0)
             .map_err(map_err(MapNames::CLOCK))
+    }
+
+    /// Tells the programs' flow cache that the flow table changed under it: nothing the
+    /// cache remembered is trusted after this (see [`Clock::epoch`]).
+    fn flows_changed(&self) -> Result<(), LoaderError> {
+        let data = map_data(&self.ebpf, MapNames::CLOCK)?;
+        let mut clock =
+            Array::<MapData, Clock>::try_from(Map::Array(reopen(data, MapNames::CLOCK)?))
+                .map_err(map_err(MapNames::CLOCK))?;
+        let mut value = clock.get(&0, 0).map_err(map_err(MapNames::CLOCK))?;
+        value.epoch = value.epoch.wrapping_add(1);
+        clock.set(0, value, 0).map_err(map_err(MapNames::CLOCK))
     }
 
     /// The kernel's id of the `portfw` program.

@@ -100,8 +100,7 @@ pub fn model_of(table: &[(FlowKey, FlowValue)], policy: &Policy, now: u64) -> Fl
 
 /// Every entry of the loaded object's flow table, in key order.
 pub fn entries(loaded: &mut Loaded) -> Vec<(FlowKey, FlowValue)> {
-    let map = loaded.flows().expect("flow table");
-    let mut all: Vec<(FlowKey, FlowValue)> = map.iter().map(|e| e.expect("flow entry")).collect();
+    let mut all = loaded.flow_entries().expect("flow table");
     all.sort_by_key(|(k, _)| {
         (
             k.family,
