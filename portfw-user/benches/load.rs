@@ -25,6 +25,7 @@ mod common;
 
 use std::{
     fs,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -1025,6 +1026,7 @@ fn replies(
                     config.label()
                 );
                 if rep == 1 {
+                    tracked_by(dut, config, local, remote)?;
                     untracked_dropped(lab, injector, e, config)?;
                 }
                 Ok(samples)
@@ -1069,6 +1071,62 @@ fn replies(
                     };
                     report.push(ratio, ratio_row, col, x / y)?;
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the filter's own tracker holds both flows, as the replies matched them:
+/// portfw's flow table (`portfw flows --json`), or conntrack's table, replied and
+/// established.
+fn tracked_by(dut: &Dut<'_>, config: Config, local: Ipv4Addr, remote: Ipv4Addr) -> Result<()> {
+    let p = REPLY_PORTS;
+    match config {
+        Config::None => {}
+        Config::PortfwNative => {
+            let portfw = dut.portfw.display().to_string();
+            let out = dut
+                .lab
+                .run(Side::Server, [portfw.as_str(), "flows", "--json"])
+                .context("portfw flows")?;
+            let flows: Vec<serde_json::Value> =
+                serde_json::from_str(&out).context("parsing portfw flows --json")?;
+            for (protocol, lport, rport, state) in [
+                ("udp", p.local_udp, p.remote_udp, None),
+                ("tcp", p.local_tcp, p.remote_tcp, Some("established")),
+            ] {
+                let (l, r) = (format!("{local}:{lport}"), format!("{remote}:{rport}"));
+                ensure!(
+                    flows.iter().any(|f| f["protocol"] == protocol
+                        && f["local"] == l.as_str()
+                        && f["remote"] == r.as_str()
+                        && state.is_none_or(|s| f["state"] == s)),
+                    "portfw's flow table has no {protocol} flow {l} -> {r}{}: {out}",
+                    state.map(|s| format!(" ({s})")).unwrap_or_default()
+                );
+            }
+        }
+        _ => {
+            let table = dut
+                .lab
+                .run(Side::Server, ["cat", "/proc/net/nf_conntrack"])
+                .context("reading conntrack's table")?;
+            for (protocol, lport, rport) in [
+                ("udp", p.local_udp, p.remote_udp),
+                ("tcp", p.local_tcp, p.remote_tcp),
+            ] {
+                let tuple = format!(
+                    "src={local} dst={remote} sport={lport} dport={rport} src={remote} dst={local} sport={rport} dport={lport}"
+                );
+                ensure!(
+                    table.lines().any(|l| l.contains(&format!(" {protocol} "))
+                        && l.contains(&tuple)
+                        && !l.contains("UNREPLIED")
+                        && (protocol != "tcp" || l.contains(" ESTABLISHED "))),
+                    "conntrack has no replied {protocol} entry {tuple} under {}: {table}",
+                    config.label()
+                );
             }
         }
     }
