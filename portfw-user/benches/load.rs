@@ -904,15 +904,18 @@ fn replies(
         "64-byte replies to flows the receiver opened for real after each configuration was put in \
          place (a connected UDP socket sent one datagram to the generator's {remote_udp}/udp; a \
          TCP connection to a listener on {remote_tcp}/tcp), at local ports the rules drop: \
-         the policy and sets of the main table (1,000 allowed ports, default drop), portfw \
-         with `replies: allow` (the default), nftables at inet input with `ct state \
-         established,related accept` first. The TCP frame is a duplicate ACK, in window (its \
-         seq and ack are the connection's, read in TCP repair mode), so TCP and conntrack \
-         take it as the connection's own. The UDP socket is never read and has the smallest \
-         receive buffer: every datagram that passes dies there (`RcvbufErrors`), the same \
-         work under every configuration. From an XDP live-frames generator on CPU {GEN_CPU}; \
-         the receiver's threaded NAPI on CPU {RX_CPU}. {reps} interleaved repetitions of \
-         {:.1} s each per cell.",
+         portfw with the main table's policy (1,000 allowed ports, default drop) and \
+         `replies: allow` (the default); nftables at inet input with `ct state \
+         established,related accept` before the same sets; iptables with `-m conntrack \
+         --ctstate ESTABLISHED,RELATED -j ACCEPT` before 10 linear rules. Conntrack runs only \
+         where a rule uses it, so its own cost (prerouting, input, confirm) is in the \
+         nftables and iptables rows and in no other. The TCP frame is a duplicate ACK, in \
+         window (its seq and ack are the connection's, read in TCP repair mode), so TCP and \
+         conntrack take it as the connection's own. The UDP socket is never read and has the \
+         smallest receive buffer: every datagram that passes dies there (`RcvbufErrors`), the \
+         same work under every configuration. From an XDP live-frames generator on CPU \
+         {GEN_CPU}; the receiver's threaded NAPI on CPU {RX_CPU}. {reps} interleaved \
+         repetitions of {:.1} s each per cell.",
         window.as_secs_f64(),
         remote_udp = REPLY_PORTS.remote_udp,
         remote_tcp = REPLY_PORTS.remote_tcp,
