@@ -2,7 +2,10 @@
 //! A generator namespace floods the device under test over a veth pair with 64-byte TCP SYNs
 //! and UDP datagrams; each filter configuration in turn (no filter, portfw native and
 //! generic, xdp-filter, nftables and iptables) judges the flood, interleaved, and the figures
-//! are packets handled per second and CPU nanoseconds per packet on the receiving CPU.
+//! are packets handled per second and CPU nanoseconds per packet on the receiving CPU. Two
+//! sections follow on the same lab: the active defences under a spoofed SYN flood, and
+//! replies to flows the device under test opened itself (portfw's flow table next to
+//! conntrack's `ct state established`).
 //!
 //! How the lab is wired, and why (see BENCHMARKS.md too):
 //! - The generator is an XDP program run with BPF_F_TEST_XDP_LIVE_FRAMES (`bench_tx` of
@@ -22,6 +25,7 @@ mod common;
 
 use std::{
     fs,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -33,9 +37,10 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp};
 use common::{
     filters::{Config, DEFENDED_LIMIT, Dut, SET_SIZE, TCP_ALLOWED, UDP_ALLOWED},
-    frames::{self, Endpoints},
+    frames::{self, Endpoints, TCP_ACK},
     host,
     report::{Args, Report, median, require_root},
+    tracked::{self, Peers},
     xdpfilter::XdpFilter,
 };
 use portfw::loader::Loaded;
@@ -62,6 +67,20 @@ const SPOOF_HOLDER_PEER: &str = "pfwbts1";
 /// Segments that reached TCP at all, whatever became of them (the limit lets some SYNs
 /// through, whose resets are routed back to the generator's side).
 const REACHED_TCP_IN: (&str, &str) = ("Tcp", "InSegs");
+/// The replies section's flows, opened by the device under test: its local ports, which no
+/// configuration allows, and the peers' (a DNS query, an HTTPS connection).
+const REPLY_PORTS: tracked::Ports = tracked::Ports {
+    local_udp: 40001,
+    remote_udp: 53,
+    local_tcp: 40000,
+    remote_tcp: 443,
+};
+/// The untracked packets of the replies section's check: a datagram from another remote
+/// port to the device's UDP port, an ACK to a local port with no connection.
+const UNTRACKED_REMOTE_UDP: u16 = 54;
+const UNTRACKED_LOCAL_TCP: u16 = 40002;
+/// Datagrams that reached the device's UDP socket and died at its full receive buffer.
+const REACHED_UDP_SOCKET: (&str, &str) = ("Udp", "RcvbufErrors");
 
 fn main() -> ExitCode {
     match run() {
@@ -82,8 +101,8 @@ const REACHED_UDP: (&str, &str) = ("Udp", "NoPorts");
 /// One flood: its label, frame, whether the configurations drop it, and the receiver's SNMP
 /// counter that counts each of its packets reaching the transport layer (no socket listens:
 /// a SYN is answered by a reset, a datagram counted as sent to no port).
-struct Flow {
-    label: &'static str,
+struct Flow<'a> {
+    label: &'a str,
     frame: Vec<u8>,
     dropped: bool,
     reached: (&'static str, &'static str),
@@ -220,7 +239,7 @@ struct PerfOut<'a> {
 fn measure(
     lab: &Lab,
     injector: &Xdp,
-    flow: &Flow,
+    flow: &Flow<'_>,
     ramp: Duration,
     window: Duration,
     perf: Option<PerfOut<'_>>,
@@ -604,6 +623,23 @@ fn run() -> Result<()> {
             args.perf.as_deref(),
         )?;
     }
+    if args
+        .only
+        .as_deref()
+        .is_none_or(|only| "replies".contains(only))
+    {
+        replies(
+            &lab,
+            &mut dut,
+            holder.xdp(INJECTOR)?,
+            &e,
+            &mut report,
+            reps,
+            ramp,
+            window,
+            args.perf.as_deref(),
+        )?;
+    }
     report.write(&args.out)?;
     println!("bench load: wrote {}", args.out.display());
     drop(dut);
@@ -822,6 +858,335 @@ fn defences(
                     report.push(ratio, row, col, x / y)?;
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Replies to flows the device under test opened, under a flood: UDP datagrams and TCP ACKs
+/// from the peers of a real UDP flow and a real TCP connection, to local ports the rules
+/// drop, passed by portfw's flow table (`replies: allow`, the default) or by conntrack
+/// (`ct state established,related accept`), interleaved. The flows are opened anew after
+/// each configuration is in place, so each filter learns them from the packets themselves.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the lab's parts, passed down from run"
+)]
+fn replies(
+    lab: &Lab,
+    dut: &mut Dut<'_>,
+    injector: &Xdp,
+    e: &Endpoints,
+    report: &mut Report,
+    reps: usize,
+    ramp: Duration,
+    window: Duration,
+    perf: Option<&Path>,
+) -> Result<()> {
+    let (server_ns, client_ns) = (lab.netns_path(Side::Server), lab.netns_path(Side::Client));
+    let (local, remote) = (lab.server_v4(), lab.client_v4());
+    let peers = tracked::in_netns(&client_ns, || {
+        Peers::bind(remote, REPLY_PORTS.remote_udp, REPLY_PORTS.remote_tcp)
+    })
+    .context("the peers in the generator's namespace")?;
+    let udp_col = format!(
+        "UDP replies, {}/udp → {}/udp",
+        REPLY_PORTS.remote_udp, REPLY_PORTS.local_udp
+    );
+    let tcp_col = format!(
+        "TCP ACKs of a connection, {}/tcp → {}/tcp",
+        REPLY_PORTS.remote_tcp, REPLY_PORTS.local_tcp
+    );
+    let cols = vec![udp_col.clone(), tcp_col.clone()];
+    let configs = Config::replies();
+    let rows: Vec<String> = configs.iter().map(|c| c.label()).collect();
+    let how = format!(
+        "64-byte replies to flows the receiver opened for real after each configuration was put in \
+         place (a connected UDP socket sent one datagram to the generator's {remote_udp}/udp; a \
+         TCP connection to a listener on {remote_tcp}/tcp), at local ports the rules drop: \
+         portfw with the main table's policy (1,000 allowed ports, default drop) and \
+         `replies: allow` (the default); nftables at inet input with `ct state \
+         established,related accept` before the same sets; iptables with `-m conntrack \
+         --ctstate ESTABLISHED,RELATED -j ACCEPT` before 10 linear rules. Conntrack runs only \
+         where a rule uses it, so its own cost (prerouting, input, confirm) is in the \
+         nftables and iptables rows and in no other. The TCP frame is a duplicate ACK, in \
+         window (its seq and ack are the connection's, read in TCP repair mode), so TCP and \
+         conntrack take it as the connection's own. The UDP socket is never read and has the \
+         smallest receive buffer: every datagram that passes dies there (`RcvbufErrors`), the \
+         same work under every configuration. From an XDP live-frames generator on CPU \
+         {GEN_CPU}; the receiver's threaded NAPI on CPU {RX_CPU}. {reps} interleaved \
+         repetitions of {:.1} s each per cell.",
+        window.as_secs_f64(),
+        remote_udp = REPLY_PORTS.remote_udp,
+        remote_tcp = REPLY_PORTS.remote_tcp,
+    );
+    report.table(
+        "replies-load-rate",
+        "Replies to tracked flows under a flood: packets handled per second",
+        "Mpps",
+        &how,
+        &rows,
+        &cols,
+    );
+    report.table(
+        "replies-load-cpu",
+        "Replies to tracked flows under a flood: receiving CPU's busy time per packet",
+        "ns/packet",
+        &format!("{how} Busy time of CPU {RX_CPU} from /proc/stat over the packets handled."),
+        &rows,
+        &cols,
+    );
+    report.table(
+        "replies-load-napi",
+        "Replies to tracked flows under a flood: the receive thread's own run time per packet",
+        "ns/packet",
+        "schedstat of the NAPI thread: a cross-check of the /proc/stat figure, free of tick sampling \
+         and of other work on the CPU.",
+        &rows,
+        &cols,
+    );
+    report.table(
+        "replies-load-reached",
+        "Replies to tracked flows under a flood: share of the packets handled that reached their socket",
+        "%",
+        "UDP's RcvbufErrors, TCP's InSegs in the receiver over the packets handled. Each \
+         configuration was also checked, once, to drop a flood of untracked packets at the same \
+         ports (a datagram from another remote port, an ACK to a port with no connection).",
+        &rows,
+        &cols,
+    );
+    let base = Config::PortfwNative.label();
+    let ratio_rows: Vec<String> = rows
+        .iter()
+        .filter(|r| **r != base)
+        .map(|r| format!("{r} ÷ portfw native"))
+        .collect();
+    for (id, what) in [
+        ("replies-load-cpu-ratio", "receiving CPU's busy time"),
+        ("replies-load-napi-ratio", "NAPI thread's own run time"),
+    ] {
+        report.table(
+            id,
+            &format!("Replies to tracked flows under a flood: {what} per packet relative to portfw native"),
+            "×",
+            &format!("Per repetition, from the same round, of the {what} per packet."),
+            &ratio_rows,
+            &cols,
+        );
+    }
+    for rep in 1..=reps {
+        for (k, &config) in configs.iter().enumerate() {
+            dut.setup(config)
+                .with_context(|| format!("setting up {}", config.label()))?;
+            let measured = (|| -> Result<Vec<Sample>> {
+                let opened = tracked::open(&server_ns, local, remote, REPLY_PORTS, &peers)
+                    .context("opening the receiver's flows")?;
+                let flows = [
+                    Flow {
+                        label: &udp_col,
+                        frame: frames::udp4(e, REPLY_PORTS.remote_udp, REPLY_PORTS.local_udp, 18),
+                        dropped: false,
+                        reached: REACHED_UDP_SOCKET,
+                    },
+                    Flow {
+                        label: &tcp_col,
+                        frame: frames::tcp4_seq(
+                            e,
+                            REPLY_PORTS.remote_tcp,
+                            REPLY_PORTS.local_tcp,
+                            TCP_ACK,
+                            opened.peer_seq,
+                            opened.peer_ack,
+                        ),
+                        dropped: false,
+                        reached: REACHED_TCP_IN,
+                    },
+                ];
+                let mut samples = Vec::new();
+                for flow in &flows {
+                    let perf = perf.map(|dir| PerfOut {
+                        dir,
+                        name: format!(
+                            "replies-{rep}-{}-{}",
+                            slug(&config.label()),
+                            slug(flow.label)
+                        ),
+                    });
+                    let s = measure(lab, injector, flow, ramp, window, perf)
+                        .with_context(|| format!("{} under {}", flow.label, config.label()))?;
+                    ensure!(
+                        s.reached >= 0.9,
+                        "only {:.1}% of `{}` reached its socket under {}: the filter drops replies",
+                        s.reached * 100.0,
+                        flow.label,
+                        config.label()
+                    );
+                    samples.push(s);
+                }
+                ensure!(
+                    opened.connected(),
+                    "the connection was reset during the ACK flood under {}",
+                    config.label()
+                );
+                if rep == 1 {
+                    tracked_by(dut, config, local, remote)?;
+                    untracked_dropped(lab, injector, e, config)?;
+                }
+                Ok(samples)
+            })();
+            dut.teardown(config)
+                .with_context(|| format!("removing {}", config.label()))?;
+            let samples = measured?;
+            for (col, s) in cols.iter().zip(&samples) {
+                report.push("replies-load-rate", &rows[k], col, s.pps / 1e6)?;
+                report.push("replies-load-cpu", &rows[k], col, s.cpu_ns)?;
+                report.push("replies-load-napi", &rows[k], col, s.napi_ns)?;
+                report.push("replies-load-reached", &rows[k], col, s.reached * 100.0)?;
+            }
+            println!(
+                "bench load: replies {rep}/{reps} {:<66} {}",
+                rows[k],
+                samples
+                    .iter()
+                    .map(|s| format!(
+                        "{:6.3} Mpps {:6.0} ns (napi {:5.0} ns, {:3.0}% busy, {:5.2} Mpps offered) {:5.1}% reached",
+                        s.pps / 1e6,
+                        s.cpu_ns,
+                        s.napi_ns,
+                        s.utilisation * 100.0,
+                        s.offered / 1e6,
+                        s.reached * 100.0
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
+        for col in &cols {
+            for (row, ratio_row) in rows.iter().filter(|r| **r != base).zip(&ratio_rows) {
+                for (table, ratio) in [
+                    ("replies-load-cpu", "replies-load-cpu-ratio"),
+                    ("replies-load-napi", "replies-load-napi-ratio"),
+                ] {
+                    let (Some(x), Some(y)) =
+                        (report.last(table, row, col), report.last(table, &base, col))
+                    else {
+                        continue;
+                    };
+                    report.push(ratio, ratio_row, col, x / y)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the filter's own tracker holds both flows, as the replies matched them:
+/// portfw's flow table (`portfw flows --json`), or conntrack's table, replied and
+/// established.
+fn tracked_by(dut: &Dut<'_>, config: Config, local: Ipv4Addr, remote: Ipv4Addr) -> Result<()> {
+    let p = REPLY_PORTS;
+    match config {
+        Config::None => {}
+        Config::PortfwNative => {
+            let portfw = dut.portfw.display().to_string();
+            let out = dut
+                .lab
+                .run(Side::Server, [portfw.as_str(), "flows", "--json"])
+                .context("portfw flows")?;
+            let flows: Vec<serde_json::Value> =
+                serde_json::from_str(&out).context("parsing portfw flows --json")?;
+            for (protocol, lport, rport, state) in [
+                ("udp", p.local_udp, p.remote_udp, None),
+                ("tcp", p.local_tcp, p.remote_tcp, Some("established")),
+            ] {
+                let (l, r) = (format!("{local}:{lport}"), format!("{remote}:{rport}"));
+                ensure!(
+                    flows.iter().any(|f| f["protocol"] == protocol
+                        && f["local"] == l.as_str()
+                        && f["remote"] == r.as_str()
+                        && state.is_none_or(|s| f["state"] == s)),
+                    "portfw's flow table has no {protocol} flow {l} -> {r}{}: {out}",
+                    state.map(|s| format!(" ({s})")).unwrap_or_default()
+                );
+            }
+        }
+        _ => {
+            let table = dut
+                .lab
+                .run(Side::Server, ["cat", "/proc/net/nf_conntrack"])
+                .context("reading conntrack's table")?;
+            for (protocol, lport, rport) in [
+                ("udp", p.local_udp, p.remote_udp),
+                ("tcp", p.local_tcp, p.remote_tcp),
+            ] {
+                let tuple = format!(
+                    "src={local} dst={remote} sport={lport} dport={rport} src={remote} dst={local} sport={rport} dport={lport}"
+                );
+                ensure!(
+                    table.lines().any(|l| l.contains(&format!(" {protocol} "))
+                        && l.contains(&tuple)
+                        && !l.contains("UNREPLIED")
+                        && (protocol != "tcp" || l.contains(" ESTABLISHED "))),
+                    "conntrack has no replied {protocol} entry {tuple} under {}: {table}",
+                    config.label()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The check that makes the replies section's figures mean something: packets at the same
+/// local ports that belong to no flow are dropped by every filter (and reach the stack with
+/// none), so what passed in the flood passed as a reply. A short flood of each, not timed.
+fn untracked_dropped(lab: &Lab, injector: &Xdp, e: &Endpoints, config: Config) -> Result<()> {
+    let checks = [
+        Flow {
+            label: "UDP from another remote port, untracked",
+            frame: frames::udp4(e, UNTRACKED_REMOTE_UDP, REPLY_PORTS.local_udp, 18),
+            dropped: true,
+            // No socket is connected to that remote port.
+            reached: REACHED_UDP,
+        },
+        Flow {
+            label: "TCP ACK to a port with no connection",
+            frame: frames::tcp4_seq(
+                e,
+                REPLY_PORTS.remote_tcp,
+                UNTRACKED_LOCAL_TCP,
+                TCP_ACK,
+                1,
+                1,
+            ),
+            dropped: true,
+            reached: REACHED_TCP_IN,
+        },
+    ];
+    for flow in &checks {
+        let s = measure(
+            lab,
+            injector,
+            flow,
+            Duration::from_millis(50),
+            Duration::from_millis(150),
+            None,
+        )
+        .with_context(|| format!("{} under {}", flow.label, config.label()))?;
+        if config == Config::None {
+            ensure!(
+                s.reached >= 0.9,
+                "only {:.1}% of `{}` reached the stack with no filter: the check sees nothing",
+                s.reached * 100.0,
+                flow.label
+            );
+        } else {
+            ensure!(
+                s.reached <= 0.001,
+                "{:.1}% of `{}` reached the stack under {}: the filter passes untracked packets",
+                s.reached * 100.0,
+                flow.label,
+                config.label()
+            );
         }
     }
     Ok(())

@@ -135,6 +135,25 @@ fn nft_sets(family: &str, hook: &str, iface: &str, rules: &RuleSet) -> String {
     )
 }
 
+/// What nftables users write for a host that makes connections of its own: replies accepted
+/// by conntrack first (`ct state established,related accept`), then the port sets, at inet
+/// input.
+fn nft_established(rules: &RuleSet) -> String {
+    format!(
+        "table inet pfwbench {{\n\
+         \tset tcp_ok {{ type inet_service; elements = {{ {} }} }}\n\
+         \tset udp_ok {{ type inet_service; elements = {{ {} }} }}\n\
+         \tchain filter {{\n\
+         \t\ttype filter hook input priority 0; policy accept;\n\
+         \t\tct state established,related accept\n\
+         \t\ttcp dport != @tcp_ok drop\n\
+         \t\tudp dport != @udp_ok drop\n\
+         \t}}\n}}\n",
+        join(&rules.tcp, ", "),
+        join(&rules.udp, ", "),
+    )
+}
+
 fn nft_linear(rules: &RuleSet) -> String {
     let mut s = String::from(
         "table inet pfwbench {\n\tchain filter {\n\t\ttype filter hook input priority 0; policy accept;\n",
@@ -150,7 +169,16 @@ fn nft_linear(rules: &RuleSet) -> String {
 }
 
 fn iptables_linear(rules: &RuleSet) -> String {
+    iptables_rules(rules, false)
+}
+
+/// The linear list, behind `-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT` when
+/// `established`.
+fn iptables_rules(rules: &RuleSet, established: bool) -> String {
     let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n");
+    if established {
+        s.push_str("-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
+    }
     for p in &rules.tcp {
         s.push_str(&format!("-A INPUT -p tcp --dport {p} -j ACCEPT\n"));
     }
@@ -177,6 +205,12 @@ pub enum Config {
     PortfwDefended,
     /// nftables netdev ingress doing the same with `limit rate` and meters.
     NftNetdevDefended,
+    /// nftables inet input: `ct state established,related accept`, then the sets (the load
+    /// benchmark's replies section; not in [`Config::all`]).
+    NftInetEstablished,
+    /// iptables INPUT: `-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT`, then `n`
+    /// linear rules.
+    IptablesEstablished(usize),
 }
 
 impl Config {
@@ -205,6 +239,17 @@ impl Config {
         ]
     }
 
+    /// The configurations of the replies section: replies to the host's own flows at ports
+    /// the rules drop, passed by portfw's flow table or by conntrack.
+    pub fn replies() -> Vec<Config> {
+        vec![
+            Config::None,
+            Config::PortfwNative,
+            Config::NftInetEstablished,
+            Config::IptablesEstablished(10),
+        ]
+    }
+
     pub fn label(self) -> String {
         match self {
             Config::None => "no filter".into(),
@@ -218,6 +263,12 @@ impl Config {
             Config::PortfwDefended => "portfw native, scan: + limit: + log: drops".into(),
             Config::NftNetdevDefended => {
                 "nftables netdev ingress, set + limit rate, meters, log".into()
+            }
+            Config::NftInetEstablished => {
+                "nftables inet input, ct state established,related accept + set".into()
+            }
+            Config::IptablesEstablished(n) => {
+                format!("iptables INPUT, conntrack ESTABLISHED,RELATED + {n} linear rules")
             }
         }
     }
@@ -300,6 +351,16 @@ impl Dut<'_> {
                 let script = self.file("rules.nft", &nft_linear(&rule_set(n)))?;
                 lab.run(Side::Server, ["nft", "-f", &script])
                     .context("nft -f")?;
+            }
+            Config::NftInetEstablished => {
+                let script = self.file("rules.nft", &nft_established(&big))?;
+                lab.run(Side::Server, ["nft", "-f", &script])
+                    .context("nft -f")?;
+            }
+            Config::IptablesEstablished(n) => {
+                let script = self.file("rules.iptables", &iptables_rules(&rule_set(n), true))?;
+                lab.run(Side::Server, ["iptables-restore", &script])
+                    .context("iptables-restore")?;
             }
             Config::Iptables(n) => {
                 let script = self.file("rules.iptables", &iptables_linear(&rule_set(n)))?;

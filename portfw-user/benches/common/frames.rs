@@ -70,10 +70,23 @@ pub const TCP_ACK: u8 = 0x10;
 
 /// A TCP header (20 bytes) with `flags` and its checksum over `pseudo`.
 fn tcp_header(src_port: u16, dst_port: u16, flags: u8, pseudo: u32) -> Vec<u8> {
+    tcp_header_seq(src_port, dst_port, flags, 0x5046_0001, 0, pseudo)
+}
+
+/// The same with its sequence and acknowledgement numbers.
+fn tcp_header_seq(
+    src_port: u16,
+    dst_port: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    pseudo: u32,
+) -> Vec<u8> {
     let mut h = vec![0u8; 20];
     h[0..2].copy_from_slice(&src_port.to_be_bytes());
     h[2..4].copy_from_slice(&dst_port.to_be_bytes());
-    h[4..8].copy_from_slice(&0x5046_0001u32.to_be_bytes());
+    h[4..8].copy_from_slice(&seq.to_be_bytes());
+    h[8..12].copy_from_slice(&ack.to_be_bytes());
     h[12] = 5 << 4;
     h[13] = flags;
     h[14..16].copy_from_slice(&64240u16.to_be_bytes());
@@ -188,6 +201,20 @@ pub fn tcp4_syn(e: &Endpoints, src_port: u16, dst_port: u16) -> Vec<u8> {
 /// IPv4 TCP with `flags`, 60 bytes.
 pub fn tcp4(e: &Endpoints, src_port: u16, dst_port: u16, flags: u8) -> Vec<u8> {
     let l4 = tcp_header(src_port, dst_port, flags, pseudo4(e, TCP, 20));
+    ipv4(e, &[], TCP, &l4)
+}
+
+/// IPv4 TCP with `flags`, `seq` and `ack`, 60 bytes: a segment of a real connection, which
+/// the receiver's TCP and conntrack judge against their windows.
+pub fn tcp4_seq(
+    e: &Endpoints,
+    src_port: u16,
+    dst_port: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+) -> Vec<u8> {
+    let l4 = tcp_header_seq(src_port, dst_port, flags, seq, ack, pseudo4(e, TCP, 20));
     ipv4(e, &[], TCP, &l4)
 }
 
