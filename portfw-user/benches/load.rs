@@ -814,34 +814,7 @@ fn defences(
             dut.teardown(config)
                 .with_context(|| format!("removing {}", config.label()))?;
             let samples = measured?;
-            for (flow, s) in flows.iter().zip(&samples) {
-                report.push("defences-load-rate", &rows[k], flow.label, s.pps / 1e6)?;
-                report.push("defences-load-cpu", &rows[k], flow.label, s.cpu_ns)?;
-                report.push("defences-load-napi", &rows[k], flow.label, s.napi_ns)?;
-                report.push(
-                    "defences-load-reached",
-                    &rows[k],
-                    flow.label,
-                    s.reached * 100.0,
-                )?;
-            }
-            println!(
-                "bench load: defences {rep}/{reps} {:<52} {}",
-                rows[k],
-                samples
-                    .iter()
-                    .map(|s| format!(
-                        "{:6.3} Mpps {:6.0} ns (napi {:5.0} ns, {:3.0}% busy, {:5.2} Mpps offered) {:5.1}% reached",
-                        s.pps / 1e6,
-                        s.cpu_ns,
-                        s.napi_ns,
-                        s.utilisation * 100.0,
-                        s.offered / 1e6,
-                        s.reached * 100.0
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            );
+            report_samples(report, "defences", &rows[k], &cols, &samples, rep, reps)?;
         }
         for col in &cols {
             for (row, (a, b)) in ratio_rows.iter().zip(pairs) {
@@ -1037,29 +1010,7 @@ fn replies(
             dut.teardown(config)
                 .with_context(|| format!("removing {}", config.label()))?;
             let samples = measured?;
-            for (col, s) in cols.iter().zip(&samples) {
-                report.push("replies-load-rate", &rows[k], col, s.pps / 1e6)?;
-                report.push("replies-load-cpu", &rows[k], col, s.cpu_ns)?;
-                report.push("replies-load-napi", &rows[k], col, s.napi_ns)?;
-                report.push("replies-load-reached", &rows[k], col, s.reached * 100.0)?;
-            }
-            println!(
-                "bench load: replies {rep}/{reps} {:<66} {}",
-                rows[k],
-                samples
-                    .iter()
-                    .map(|s| format!(
-                        "{:6.3} Mpps {:6.0} ns (napi {:5.0} ns, {:3.0}% busy, {:5.2} Mpps offered) {:5.1}% reached",
-                        s.pps / 1e6,
-                        s.cpu_ns,
-                        s.napi_ns,
-                        s.utilisation * 100.0,
-                        s.offered / 1e6,
-                        s.reached * 100.0
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            );
+            report_samples(report, "replies", &rows[k], &cols, &samples, rep, reps)?;
         }
         for col in &cols {
             for (row, ratio_row) in rows.iter().filter(|r| **r != base).zip(&ratio_rows) {
@@ -1195,6 +1146,47 @@ fn untracked_dropped(lab: &Lab, injector: &Xdp, e: &Endpoints, config: Config) -
 /// Receive side: GRO on (veth then receives through NAPI) and threaded NAPI, on both ends:
 /// the receiver's thread goes to RX_CPU, the generator's (which takes the replies) to
 /// GEN_CPU.
+/// Pushes one configuration's samples (one per column) into the `{section}-load-*` tables
+/// and prints them.
+fn report_samples(
+    report: &mut Report,
+    section: &str,
+    row: &str,
+    cols: &[String],
+    samples: &[Sample],
+    rep: usize,
+    reps: usize,
+) -> Result<()> {
+    for (col, s) in cols.iter().zip(samples) {
+        report.push(&format!("{section}-load-rate"), row, col, s.pps / 1e6)?;
+        report.push(&format!("{section}-load-cpu"), row, col, s.cpu_ns)?;
+        report.push(&format!("{section}-load-napi"), row, col, s.napi_ns)?;
+        report.push(
+            &format!("{section}-load-reached"),
+            row,
+            col,
+            s.reached * 100.0,
+        )?;
+    }
+    println!(
+        "bench load: {section} {rep}/{reps} {row:<66} {}",
+        samples
+            .iter()
+            .map(|s| format!(
+                "{:6.3} Mpps {:6.0} ns (napi {:5.0} ns, {:3.0}% busy, {:5.2} Mpps offered) {:5.1}% reached",
+                s.pps / 1e6,
+                s.cpu_ns,
+                s.napi_ns,
+                s.utilisation * 100.0,
+                s.offered / 1e6,
+                s.reached * 100.0
+            ))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    Ok(())
+}
+
 fn tune_lab(lab: &Lab) -> Result<()> {
     for side in [Side::Server, Side::Client] {
         let iface = lab.iface(side);
