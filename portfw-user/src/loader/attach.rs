@@ -215,7 +215,8 @@ fn attach_egress(
 /// Attaches the egress program to `iface` as a direct-action filter on its clsact qdisc
 /// (added when missing) at portfw's priority and handle. portfw's filter already there (an
 /// earlier program's) is replaced in one netlink change, so that something records the
-/// host's flows throughout; `qdisc_ours` then says whether portfw created its qdisc.
+/// host's flows throughout. `qdisc_ours`: portfw's records say it added the interface's
+/// clsact qdisc.
 fn attach_clsact(
     program: &mut SchedClassifier,
     iface: &str,
@@ -265,8 +266,9 @@ fn attach_clsact(
             });
         }
         None => {
+            // A qdisc portfw added earlier (its filter went missing) is still portfw's.
             let created = if tc::has_clsact(index).map_err(io_err(asking()))? {
-                false
+                qdisc_ours
             } else {
                 match qdisc_add_clsact(iface) {
                     Ok(()) => true,
