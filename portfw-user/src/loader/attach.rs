@@ -161,8 +161,9 @@ fn tcx_unsupported(e: &ProgramError) -> bool {
 }
 
 /// Attaches the egress program to `iface` as `request` says: with tcx (after any program
-/// already there), its link pinned at `pin`, or through a clsact filter, or tcx falling back
-/// to clsact on a kernel without tcx.
+/// already there), its link pinned at `pin`, or through a clsact filter, or (auto) tcx
+/// falling back to clsact on a kernel without tcx, and clsact where portfw's clsact filter
+/// is already there.
 fn attach_egress(
     program: &mut SchedClassifier,
     iface: &str,
@@ -170,7 +171,11 @@ fn attach_egress(
     request: EgressAttach,
     qdisc_ours: bool,
 ) -> Result<Egress, LoaderError> {
-    if request == EgressAttach::Clsact {
+    // Under auto, portfw's clsact filter already there (from a kernel without tcx, or an
+    // operator's choice) is replaced in place rather than swapped for a tcx link.
+    if request == EgressAttach::Clsact
+        || (request == EgressAttach::Auto && portfw_filter_present(iface))
+    {
         return attach_clsact(program, iface, qdisc_ours);
     }
     let failed = |reason: String, source: Option<ProgramError>| LoaderError::Attach {
@@ -210,6 +215,19 @@ fn attach_egress(
             pin.display()
         )))?;
     Ok(Egress::Tcx)
+}
+
+/// Whether `iface` has portfw's filter on its clsact egress hook; `false` when that cannot
+/// be asked.
+fn portfw_filter_present(iface: &str) -> bool {
+    ifindex(iface)
+        .ok()
+        .and_then(|index| tc::filters(index, Hook::Egress).ok())
+        .is_some_and(|filters| {
+            filters.iter().any(|f| {
+                f.priority == CLSACT_PRIORITY && f.handle == CLSACT_HANDLE && is_portfw_filter(f)
+            })
+        })
 }
 
 /// Attaches the egress program to `iface` as a direct-action filter on its clsact qdisc

@@ -172,10 +172,37 @@ fn clsact_egress_records_flows_through_reapplies_and_detach_removes_its_filter_a
     assert!(created(&json) >= before + 4, "{json}");
     assert_eq!(attachment(&json)["egress_mode"], "clsact", "{json}");
 
+    // Another XDP mode attaches the interface again: under auto the clsact filter is
+    // replaced in place, not swapped for a tcx link.
+    let path = changed.path();
+    let out = portfw(
+        lab,
+        &[
+            "apply",
+            &path,
+            "--iface",
+            lab.server_iface(),
+            "--mode",
+            "generic",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let json = status(lab);
+    assert_eq!(attachment(&json)["mode"], "generic", "{json}");
+    assert_eq!(attachment(&json)["egress_mode"], "clsact", "{json}");
+    assert_eq!(attachment(&json)["filtered"], true, "{json}");
+    assert_eq!(
+        portfw_filters(lab).len(),
+        1,
+        "{}",
+        tc(lab, "filter", "egress")
+    );
+
     // A fresh reload (the flow table resized) replaces the filter's program in place: still
-    // one filter, now running the new program, which records what leaves next.
+    // one filter, now running the new program, which records what leaves next. Under auto
+    // too: portfw's filter is there, so it stays a filter.
     let resized = PolicyFile::new("host3.yaml", &host_with("flows: {max: 4096}\n"));
-    let out = apply_with(lab, "clsact", &resized);
+    let out = apply_with(lab, "auto", &resized);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("loaded program"),
         "a fresh load: {}",
