@@ -123,8 +123,8 @@ pub(super) fn is_portfw_filter(filter: &tc::Filter) -> bool {
 
 /// Attaches both programs to `iface`, pinning the XDP link at `xdp_pin` and a tcx egress
 /// link at `egress_pin`. Either both are attached or, on error, neither. portfw's clsact
-/// filter, if the interface has one, is replaced in place (clsact) or removed once the tcx
-/// link is attached; `qdisc_ours` says whether portfw created its qdisc.
+/// filter, if the interface has one, is replaced in place (clsact, auto) or removed once the
+/// tcx link is attached (tcx); `qdisc_ours` says whether portfw created its qdisc.
 pub(super) fn attach_interface(
     programs: Programs<'_>,
     iface: &str,
@@ -143,8 +143,9 @@ pub(super) fn attach_interface(
             return Err(e);
         }
     }
-    if attachment.egress == Egress::Tcx {
-        // A clsact filter of an earlier attach would record every flow twice.
+    // Forced onto tcx, an interface loses the clsact filter an earlier attach gave it, which
+    // would record every flow twice. (Under auto such a filter is kept and replaced instead.)
+    if request == EgressAttach::Tcx {
         let _ = remove_clsact_filter(iface, attachment.ifindex, qdisc_ours);
     }
     Ok(attachment)
