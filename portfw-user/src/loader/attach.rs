@@ -557,4 +557,21 @@ mod tests {
         assert!(!EgressAttach::Tcx.accepts(EgressMode::Clsact));
         assert!(!EgressAttach::Clsact.accepts(EgressMode::Tcx));
     }
+
+    #[test]
+    fn auto_falls_back_only_when_the_kernel_does_not_know_tcx() {
+        let refused = |errno| {
+            super::ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_mprog_attach",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            })
+        };
+        for errno in [libc::EINVAL, libc::EOPNOTSUPP, 524] {
+            assert!(super::tcx_unsupported(&refused(errno)), "errno {errno}");
+        }
+        // Refusals that clsact would meet as well (no permission, no memory) are reported.
+        for errno in [libc::EPERM, libc::ENOMEM, libc::EBUSY] {
+            assert!(!super::tcx_unsupported(&refused(errno)), "errno {errno}");
+        }
+    }
 }
