@@ -7,7 +7,7 @@ use portfw_common::{ABI_VERSION, guard};
 use super::{
     attach::{
         EgressAttach, Mode, attach_interface, attach_pinned, detach_egress, detach_pinned_link,
-        qdisc_ours, unpin_link,
+        qdisc_ours, remove_unrecorded_clsact_filters, unpin_link,
     },
     bpffs::{EGRESS_LINK_PREFIX, LINK_PREFIX, Paths, create_pin_root, ensure_mounted, pin_root},
     defences::{Carried, DEFENCE_MAPS, Purge, purge_pinned},
@@ -158,6 +158,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
             )
         })
         .collect();
+    let half_built = !notes.is_empty();
     notes.extend(reclaim_dead_namespaces(&paths));
     signals.check("prepared")?;
     let state = State::read(&paths.state)?;
@@ -311,6 +312,15 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
             host_except.len(),
             record_list(&defence.host_except)
         ));
+    }
+    if half_built {
+        // Its clsact filters hold no pin: those on interfaces now filtered were replaced in
+        // place, the others go.
+        for iface in remove_unrecorded_clsact_filters(&outcome.attachments) {
+            notes.push(format!(
+                "removed the clsact egress filter the interrupted apply left on {iface}"
+            ));
+        }
     }
     notes.append(&mut outcome.notes);
     outcome.notes = notes;
@@ -649,6 +659,8 @@ pub(super) fn detach_locked(
         if half_built.is_empty() {
             return Err(LoaderError::NotLoaded(paths.pins.clone()));
         }
+        // The clsact filters the interrupted apply attached hold no pin.
+        remove_unrecorded_clsact_filters(&[]);
         return Ok(DetachOutcome {
             detached: Vec::new(),
             half_built,
@@ -685,6 +697,9 @@ pub(super) fn detach_locked(
         detach_interface(paths, a)?;
     }
     state.attachments.retain(|a| !removing.contains(&a.iface));
+    if ifaces.is_none() || !half_built.is_empty() {
+        remove_unrecorded_clsact_filters(&state.attachments);
+    }
     if state.attachments.is_empty() {
         if let Some(root) = pin_root()? {
             remove_pins(&root, &paths.pins_name())?;

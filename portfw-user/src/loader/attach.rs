@@ -17,7 +17,7 @@ use super::{
     bpfsys,
     error::{LoaderError, io_err, program_err},
     fsafe::Dir,
-    iface::{Link, ifindex, link_type},
+    iface::{Link, ifindex, interfaces, link_type},
     state::{AttachMode, Attachment, Egress, EgressMode},
     tc::{self, Hook},
 };
@@ -405,6 +405,30 @@ pub(super) fn detach_egress(paths: &Paths, attachment: &Attachment) -> Result<()
         )?;
     }
     Ok(())
+}
+
+/// Removes portfw's clsact filters from the interfaces of this namespace that `recorded`
+/// does not list: a fresh apply killed after attaching leaves them, and no pin holds them.
+/// Their qdiscs stay (whether portfw added them went unrecorded). Returns the interfaces.
+pub(super) fn remove_unrecorded_clsact_filters(recorded: &[Attachment]) -> Vec<String> {
+    let mut removed = Vec::new();
+    for (index, name) in interfaces() {
+        if recorded
+            .iter()
+            .any(|a| a.iface == name && a.egress.mode() == EgressMode::Clsact)
+        {
+            continue;
+        }
+        let ours = tc::filters(index, Hook::Egress).is_ok_and(|filters| {
+            filters.iter().any(|f| {
+                f.priority == CLSACT_PRIORITY && f.handle == CLSACT_HANDLE && is_portfw_filter(f)
+            })
+        });
+        if ours && remove_clsact_filter(&name, index, false).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
 }
 
 /// Whether portfw created the clsact qdisc of `iface`, as `attachments` record it.

@@ -436,3 +436,50 @@ fn an_unknown_egress_attach_mode_is_refused_naming_the_variable() {
     );
     assert!(!lab.pin_dir().exists(), "nothing was loaded");
 }
+
+#[test]
+fn the_clsact_filter_of_a_killed_apply_is_removed_by_detach() {
+    use std::io::{BufRead as _, BufReader};
+
+    let mut lab = root_lab("rp-clsact-kill");
+    let policy = PolicyFile::new("host.yaml", HOST);
+    let path = policy.path();
+    let mut cmd = lab.server([
+        crate::common::e2e::PORTFW,
+        "apply",
+        path.as_str(),
+        "--iface",
+        lab.server_iface(),
+    ]);
+    cmd.env(ENV, "clsact")
+        .env("PORTFW_TEST_PAUSE_AT", "fresh-attached")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let id = lab.spawn(cmd).expect("portfw apply");
+    let stderr = lab
+        .child_mut(id)
+        .and_then(|c| c.stderr.take())
+        .expect("apply's stderr");
+    let paused = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("paused at fresh-attached"));
+    assert!(paused, "the apply never paused");
+    let pid = lab.child_mut(id).map(|c| c.id()).expect("pid");
+    lab.run(Side::Server, ["kill", "-KILL", &pid.to_string()])
+        .expect("kill the apply");
+    let _ = lab.wait(id, std::time::Duration::from_secs(10));
+    let lab = &lab;
+    assert_eq!(portfw_filters(lab).len(), 1, "the killed apply's filter");
+    let out = portfw(lab, &["status"]);
+    assert_eq!(out.status.code(), Some(1), "half-built: {}", text(&out));
+
+    let out = portfw(lab, &["detach"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        portfw_filters(lab).is_empty(),
+        "{}",
+        tc(lab, "filter", "egress")
+    );
+}
