@@ -483,3 +483,59 @@ fn the_clsact_filter_of_a_killed_apply_is_removed_by_detach() {
         tc(lab, "filter", "egress")
     );
 }
+
+#[test]
+fn a_trial_rolled_back_puts_the_clsact_attachment_back() {
+    let mut lab = root_lab("rp-clsact-try");
+    lab.start_responder_on(Side::Client, &[8080], &[5300])
+        .expect("peer responder");
+    let lab = &lab;
+    let policy = PolicyFile::new("host.yaml", HOST);
+    apply_with(lab, "clsact", &policy);
+    // On trial in another XDP mode: the interface is attached again, its filter replaced in
+    // place; the rollback (by the watchdog, which runs under auto) puts the native mode
+    // back, and the filter with it.
+    let changed = PolicyFile::new("host2.yaml", &format!("{HOST}  - allow: 443/tcp\n"));
+    let path = changed.path();
+    let out = portfw_with(
+        lab,
+        "auto",
+        &[
+            "apply",
+            &path,
+            "--iface",
+            lab.server_iface(),
+            "--mode",
+            "generic",
+            "--try",
+            "2",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let json = status(lab);
+    assert_eq!(attachment(&json)["mode"], "generic", "{json}");
+    assert_eq!(attachment(&json)["egress_mode"], "clsact", "{json}");
+    let started = std::time::Instant::now();
+    while !status(lab)["trial"].is_null() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the trial was not rolled back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let json = status(lab);
+    let a = attachment(&json);
+    assert_eq!(a["mode"], "native", "{json}");
+    assert_eq!(a["egress_mode"], "clsact", "{json}");
+    assert_eq!(a["filtered"], true, "{json}");
+    assert_eq!(
+        portfw_filters(lab).len(),
+        1,
+        "{}",
+        tc(lab, "filter", "egress")
+    );
+    outbound_works(lab, "after the rollback");
+    let out = portfw(lab, &["detach"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!has_clsact(lab), "{}", tc(lab, "qdisc", ""));
+}
