@@ -10,6 +10,7 @@ mod common;
 
 /// The tests, one module per concern; the rig they share stays here.
 mod replies {
+    pub mod clsact;
     pub mod outbound;
     pub mod router;
     pub mod spoofed;

@@ -77,7 +77,10 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let ifaces: Vec<String> = outcome
         .attachments
         .iter()
-        .map(|a| format!("{} ({})", a.iface, a.mode))
+        .map(|a| match a.egress.mode() {
+            loader::EgressMode::Tcx => format!("{} ({})", a.iface, a.mode),
+            loader::EgressMode::Clsact => format!("{} ({}, egress clsact)", a.iface, a.mode),
+        })
         .collect();
     println!(
         "portfw: applied {file} (sha256 {sha_short}…): {} rule{}, default {}{}, on {}",

@@ -19,6 +19,11 @@ Examples:
 With --try, a second apply is refused until the trial is confirmed or rolled back: the
 previous policy, which the rollback returns to, is kept in the generation a new apply writes.
 
+Environment: PORTFW_EGRESS_ATTACH chooses how the egress program that records the host's
+flows is attached: tcx (a pinned tcx link, Linux 6.6+), clsact (a filter on the interface's
+clsact qdisc, which portfw adds if it is missing), or auto, the default (tcx, and clsact where
+the kernel has no tcx). `portfw status` shows which each interface has.
+
 Exit status: 0 applied; 1 it could not be applied (nothing changed); 2 the policy is invalid.";
 
 pub const CONFIRM: &str = "\

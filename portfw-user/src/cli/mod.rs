@@ -60,7 +60,7 @@ pub enum Command {
     /// Validate POLICY and print what it does, without touching the kernel.
     #[command(after_help = examples::CHECK)]
     Check(CheckArgs),
-    /// Show the running filter: interfaces, mode, program, policy, a pending trial, counters.
+    /// Show the running filter: interfaces, modes, program, policy, a pending trial, counters.
     #[command(after_help = examples::STATUS)]
     Status(StatusArgs),
     /// Remove the filter from some or all interfaces, with its pins.
@@ -200,7 +200,8 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
     /// For monitoring: exit with status 2 unless every interface on record is really
-    /// filtered (both its links attached to it, as the kernel reports them).
+    /// filtered (its XDP link and its egress tcx link or clsact filter attached to it, as the
+    /// kernel reports them).
     #[arg(long)]
     pub check: bool,
 }

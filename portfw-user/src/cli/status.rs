@@ -65,10 +65,16 @@ fn print_text(status: &loader::Status) {
     // the policy's file name and rule summaries come from the policy's author.
     for a in &status.attachments {
         println!(
-            "interface {} (ifindex {}, {} mode{}){}",
+            "interface {} (ifindex {}, {} mode, egress {}{}){}",
             escape(&a.attachment.iface),
             a.attachment.ifindex,
             a.attachment.mode,
+            match a.attachment.egress {
+                loader::Egress::Tcx => "tcx".to_string(),
+                loader::Egress::Clsact {
+                    priority, handle, ..
+                } => format!("clsact filter priority {priority} handle {handle:#x}"),
+            },
             match a.attachment.link {
                 loader::Link::Ethernet => "",
                 loader::Link::Ip => ", frames start at the IP header",

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use portfw_common::{ABI_VERSION, guard};
 
 use super::{
-    attach::{Mode, attach_interface, attach_pinned, detach_pinned_link, unpin_link},
+    attach::{
+        EgressAttach, Mode, attach_interface, attach_pinned, detach_egress, detach_pinned_link,
+        qdisc_ours, remove_unrecorded_clsact_filters, unpin_link,
+    },
     bpffs::{EGRESS_LINK_PREFIX, LINK_PREFIX, Paths, create_pin_root, ensure_mounted, pin_root},
     defences::{Carried, DEFENCE_MAPS, Purge, purge_pinned},
     error::LoaderError,
@@ -17,7 +20,7 @@ use super::{
     object::{
         Loaded, flow_map_size, object_has_map, open_tables, pinned_flow_map_size, pinned_flows,
     },
-    state::{AttachMode, Attachment, DefenceRecord, PolicyRecord, State},
+    state::{AttachMode, Attachment, DefenceRecord, EgressMode, PolicyRecord, State},
     trial::{self, TrialError, TrialRequest},
 };
 use crate::{compile::CompiledPolicy, policy::Cidr};
@@ -53,16 +56,24 @@ pub struct ApplyOutcome {
     pub notes: Vec<String>,
 }
 
-/// Removes a half-built pin directory (by its name in the pin root) unless disarmed, so a
-/// failed fresh apply leaves nothing attached or pinned behind.
-struct TempPins(Option<String>);
+/// Removes a half-built pin directory (by its name in the pin root) unless disarmed, and the
+/// clsact filters it holds (which no pin holds), so a failed fresh apply leaves nothing
+/// attached or pinned behind.
+struct TempPins(Option<String>, Vec<Attachment>);
 
 impl Drop for TempPins {
     fn drop(&mut self) {
-        if let Some(name) = self.0.take()
-            && let Ok(Some(root)) = pin_root()
-        {
-            let _ = remove_pins(&root, &name);
+        if let Some(name) = self.0.take() {
+            if let Ok(Some(root)) = pin_root() {
+                let _ = remove_pins(&root, &name);
+            }
+            for a in self.1.drain(..) {
+                let _ = super::attach::remove_clsact_filter(
+                    &a.iface,
+                    a.ifindex,
+                    a.egress.created_qdisc(),
+                );
+            }
         }
     }
 }
@@ -120,6 +131,8 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
         ifindex(iface)?;
         link_type(iface)?;
     }
+    // A mistyped PORTFW_EGRESS_ATTACH must not leave anything half-changed either.
+    EgressAttach::from_env()?;
     let record = PolicyRecord::new(req.file, req.source, req.set_files, req.compiled);
     // The scan guard never blocks what the host depends on: a spoofed scan "from" its
     // gateway or resolver must not cut it off.
@@ -145,6 +158,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
             )
         })
         .collect();
+    let half_built = !notes.is_empty();
     notes.extend(reclaim_dead_namespaces(&paths));
     signals.check("prepared")?;
     let state = State::read(&paths.state)?;
@@ -251,9 +265,27 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
             // Pins without a record, or a record without pins (left by a namespace that was
             // deleted, whose inode this one reuses): start clean.
             let replacing = paths.prog().exists() || previous.is_some() || paths.pins.exists();
+            // The old filter's clsact filters hold no pin: those on interfaces still wanted
+            // are replaced in place by the new program (so the flows go on being recorded),
+            // the others go.
+            let clsact_before: Vec<Attachment> = match &previous {
+                Some(state) if ours => state
+                    .attachments
+                    .iter()
+                    .filter(|a| a.egress.mode() == EgressMode::Clsact)
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let (clsact_kept, clsact_gone): (Vec<Attachment>, Vec<Attachment>) = clsact_before
+                .into_iter()
+                .partition(|a| req.interfaces.contains(&a.iface));
             if replacing {
                 if let Some(root) = pin_root()? {
                     remove_pins(&root, &paths.pins_name())?;
+                }
+                for a in &clsact_gone {
+                    detach_egress(&paths, a)?;
                 }
                 State::remove(&paths.state)?;
             }
@@ -261,6 +293,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
                 flows: &carried,
                 defences: &defences,
                 host_except: &host_except,
+                clsact: clsact_kept,
             };
             fresh(
                 &paths,
@@ -279,6 +312,15 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<ApplyOutcome, LoaderError> {
             host_except.len(),
             record_list(&defence.host_except)
         ));
+    }
+    if half_built {
+        // Its clsact filters hold no pin: those on interfaces now filtered were replaced in
+        // place, the others go.
+        for iface in remove_unrecorded_clsact_filters(&outcome.attachments) {
+            notes.push(format!(
+                "removed the clsact egress filter the interrupted apply left on {iface}"
+            ));
+        }
     }
     notes.append(&mut outcome.notes);
     outcome.notes = notes;
@@ -306,6 +348,9 @@ struct Carry<'a> {
     defences: &'a Carried,
     /// The addresses the scan guard never blocks.
     host_except: &'a [Cidr],
+    /// The old filter's clsact attachments on interfaces the new one is wanted on, whose
+    /// filters it replaces in place.
+    clsact: Vec<Attachment>,
 }
 
 /// Removes the pins and state that dead namespaces left behind (each holds megabytes of
@@ -363,7 +408,7 @@ fn fresh(
     let tmp_name = format!("tmp-{}-{}", paths.netns, std::process::id());
     remove_pins(&root, &tmp_name)?;
     let tmp_dir = root.create_sub(&tmp_name)?.path().to_path_buf();
-    let mut guard = TempPins(Some(tmp_name.clone()));
+    let mut guard = TempPins(Some(tmp_name.clone()), carry.clsact.clone());
 
     let mut loaded = Loaded::load_sized(req.compiled.flows_max)?;
     // Before staging: the blocks carried over decide whether the generation looks them up.
@@ -384,14 +429,18 @@ fn fresh(
     let mut attachments = Vec::new();
     for iface in req.interfaces {
         let link = link_type(iface)?;
-        attachments.push(attach_interface(
+        let attachment = attach_interface(
             loaded.programs_mut(link)?,
             iface,
             link,
             req.mode,
-            &tmp_paths.link(iface),
-            &tmp_paths.egress_link(iface),
-        )?);
+            (&tmp_paths.link(iface), &tmp_paths.egress_link(iface)),
+            qdisc_ours(&carry.clsact, iface),
+        )?;
+        if attachment.egress.mode() == EgressMode::Clsact {
+            guard.1.push(attachment.clone());
+        }
+        attachments.push(attachment);
         point("fresh-attaching")?;
     }
     point("fresh-attached")?;
@@ -429,10 +478,18 @@ fn fresh(
     })
 }
 
-/// Detaches both links of `iface` in the filter at `paths`.
-fn unpin_links(paths: &Paths, iface: &str) -> Result<(), LoaderError> {
+/// Detaches the pinned links of `iface` in the filter at `paths`, the XDP link and a tcx
+/// egress link. A clsact filter stays, for the next attach to replace in place.
+pub(super) fn unpin_links(paths: &Paths, iface: &str) -> Result<(), LoaderError> {
     unpin_link(&paths.link(iface))?;
     unpin_link(&paths.egress_link(iface))
+}
+
+/// Takes the filter at `paths` off the interface of `attachment`: its links, and its clsact
+/// egress filter if it has one.
+pub(super) fn detach_interface(paths: &Paths, attachment: &Attachment) -> Result<(), LoaderError> {
+    unpin_link(&paths.link(&attachment.iface))?;
+    detach_egress(paths, attachment)
 }
 
 /// Detaches the links pinned for interfaces `state` does not list: an update killed after it
@@ -476,13 +533,15 @@ fn update(
     // The interfaces on record: kept (wanted, in an accepted mode, and both links really
     // attached to them), to attach again (wanted, but not so), and no longer wanted.
     let pins = Dir::open(&paths.pins)?;
+    let egress_request = EgressAttach::from_env()?;
     let (mut kept, mut again, mut unwanted) = (Vec::new(), Vec::new(), Vec::new());
     for old in std::mem::take(&mut state.attachments) {
         if !req.interfaces.contains(&old.iface) {
             unwanted.push(old);
         } else {
             let filtering = problem(pins.as_ref(), &old).is_none();
-            if filtering && req.mode.accepts(old.mode) {
+            if filtering && req.mode.accepts(old.mode) && egress_request.accepts(old.egress.mode())
+            {
                 kept.push(old);
             } else {
                 again.push((old, filtering));
@@ -495,11 +554,14 @@ fn update(
             if kept.iter().any(|a| &a.iface == iface) {
                 continue;
             }
-            // A dead link, or one in the other mode: it has to go before the new one.
-            if again.iter().any(|(a, _)| &a.iface == iface) {
+            // A dead link, or one in the other mode: it has to go before the new one (a
+            // clsact filter is replaced in place, or removed once a tcx link replaces it).
+            let old = again.iter().find(|(a, _)| &a.iface == iface);
+            if old.is_some() {
                 unpin_links(paths, iface)?;
             }
-            added.push(attach_pinned(paths, iface, req.mode)?);
+            let ours = old.is_some_and(|(a, _)| a.egress.created_qdisc());
+            added.push(attach_pinned(paths, iface, req.mode, ours)?);
         }
         signals.check("update-attached")?;
         // Record the new generation before switching: whichever generation is active, its
@@ -524,7 +586,7 @@ fn update(
         // another mode goes back to the one it had (one whose links were dead stays so, as
         // it was).
         for a in &added {
-            let _ = unpin_links(paths, &a.iface);
+            let _ = detach_interface(paths, a);
         }
         for (old, filtering) in &again {
             if *filtering && !paths.link(&old.iface).exists() {
@@ -532,7 +594,7 @@ fn update(
                     AttachMode::Native => Mode::Native,
                     AttachMode::Generic => Mode::Generic,
                 };
-                let _ = attach_pinned(paths, &old.iface, back);
+                let _ = attach_pinned(paths, &old.iface, back, old.egress.created_qdisc());
             }
         }
         return Err(e);
@@ -550,7 +612,7 @@ fn update(
 
     let mut detached = Vec::new();
     for old in unwanted {
-        unpin_links(paths, &old.iface)?;
+        detach_interface(paths, &old)?;
         detached.push(old.iface);
     }
     let attachments: Vec<Attachment> = kept.into_iter().chain(added).collect();
@@ -597,6 +659,8 @@ pub(super) fn detach_locked(
         if half_built.is_empty() {
             return Err(LoaderError::NotLoaded(paths.pins.clone()));
         }
+        // The clsact filters the interrupted apply attached hold no pin.
+        remove_unrecorded_clsact_filters(&[]);
         return Ok(DetachOutcome {
             detached: Vec::new(),
             half_built,
@@ -625,10 +689,17 @@ pub(super) fn detach_locked(
             list.to_vec()
         }
     };
-    for iface in &removing {
-        unpin_links(paths, iface)?;
+    for a in state
+        .attachments
+        .iter()
+        .filter(|a| removing.contains(&a.iface))
+    {
+        detach_interface(paths, a)?;
     }
     state.attachments.retain(|a| !removing.contains(&a.iface));
+    if ifaces.is_none() || !half_built.is_empty() {
+        remove_unrecorded_clsact_filters(&state.attachments);
+    }
     if state.attachments.is_empty() {
         if let Some(root) = pin_root()? {
             remove_pins(&root, &paths.pins_name())?;

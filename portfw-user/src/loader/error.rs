@@ -100,6 +100,24 @@ pub enum LoaderError {
     BlockTableFull { map: &'static str, max: u32 },
     #[error("refusing to block {0}: that is every source, the host's own gateway included")]
     BlockEverything(String),
+    #[error(
+        "{var}={value:?} is not an egress attach mode: use tcx, clsact or auto (the default: \
+         tcx, or clsact where the kernel has no tcx)",
+        var = super::attach::EGRESS_ATTACH_ENV
+    )]
+    EgressAttachEnv { value: String },
+    #[error(
+        "cannot attach to `{iface}` through clsact: priority {priority} handle {handle:#x} of \
+         its clsact egress hook holds a filter that is not portfw's ({holder}); portfw leaves \
+         it alone, so remove it or use tcx ({var}=tcx)",
+        var = super::attach::EGRESS_ATTACH_ENV
+    )]
+    ClsactTaken {
+        iface: String,
+        priority: u16,
+        handle: u32,
+        holder: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -1,6 +1,6 @@
 //! Whether what is on record really filters: that the records belong to this network
-//! namespace (not to a deleted one whose inode it reuses), that each interface's links are
-//! attached to it, and which pin directories are the leftovers of dead namespaces.
+//! namespace (not to a deleted one whose inode it reuses), that each interface's links (and
+//! clsact egress filter) are attached to it, and which pin directories are the leftovers of dead namespaces.
 use std::{
     collections::HashSet,
     fs,
@@ -13,7 +13,8 @@ use super::{
     error::LoaderError,
     fsafe::Dir,
     iface::ifindex,
-    state::{Attachment, State},
+    state::{Attachment, Egress, State},
+    tc::{self, Hook},
 };
 
 /// Where the link pinned as `name` in `dir` is attached; `None` when there is no such pin.
@@ -33,17 +34,18 @@ fn pinned_target(dir: &Dir, name: &str) -> Result<Option<LinkTarget>, LoaderErro
 }
 
 /// Why an interface on record is not filtered, in words for `status`; `None` when both its
-/// links are attached to it.
+/// programs are attached to it (its links, or its XDP link and its clsact filter).
 pub(super) fn problem(pins: Option<&Dir>, attachment: &Attachment) -> Option<String> {
     let iface = &attachment.iface;
     let now = ifindex(iface).ok();
     let Some(pins) = pins else {
         return Some("its pins are missing".into());
     };
-    for (prefix, kind, what) in [
-        (LINK_PREFIX, LinkKind::Xdp, "XDP"),
-        (EGRESS_LINK_PREFIX, LinkKind::Tcx, "tcx egress"),
-    ] {
+    let mut links = vec![(LINK_PREFIX, LinkKind::Xdp, "XDP")];
+    if attachment.egress == Egress::Tcx {
+        links.push((EGRESS_LINK_PREFIX, LinkKind::Tcx, "tcx egress"));
+    }
+    for (prefix, kind, what) in links {
         let target = match pinned_target(pins, &format!("{prefix}{iface}")) {
             Ok(Some(target)) => target,
             Ok(None) => return Some(format!("its {what} link is not pinned")),
@@ -73,6 +75,50 @@ pub(super) fn problem(pins: Option<&Dir>, attachment: &Attachment) -> Option<Str
                 target.ifindex
             ),
         });
+    }
+    clsact_problem(attachment)
+}
+
+/// Why the clsact egress filter on record for `attachment` (whose interface is checked to
+/// be the one on record) does not record its flows; `None` when it does, or when the
+/// interface has a tcx link instead.
+fn clsact_problem(attachment: &Attachment) -> Option<String> {
+    let Egress::Clsact {
+        priority,
+        handle,
+        program_id,
+        ..
+    } = attachment.egress
+    else {
+        return None;
+    };
+    let filters = match tc::filters(attachment.ifindex, Hook::Egress) {
+        Ok(filters) => filters,
+        Err(e) => return Some(format!("its clsact egress filter cannot be read ({e})")),
+    };
+    let Some(filter) = filters
+        .iter()
+        .find(|f| f.priority == priority && f.handle == handle)
+    else {
+        return Some(format!(
+            "its clsact egress filter (priority {priority}, handle {handle:#x}) is missing"
+        ));
+    };
+    if filter.program_id != Some(program_id) {
+        return Some(format!(
+            "its clsact egress filter (priority {priority}, handle {handle:#x}) runs {} \
+             instead of portfw's program {program_id}",
+            match filter.program_id {
+                Some(id) => format!("program {id}"),
+                None => format!("a {} classifier", filter.kind),
+            }
+        ));
+    }
+    if !filter.direct_action {
+        return Some(format!(
+            "its clsact egress filter (priority {priority}, handle {handle:#x}) is not in \
+             direct-action mode"
+        ));
     }
     None
 }

@@ -96,3 +96,24 @@ pub fn ifname(index: u32) -> Option<String> {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
+
+/// The interfaces of this namespace, by index and name.
+pub(super) fn interfaces() -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    // SAFETY: if_nameindex allocates an array ending in an all-zero entry, or returns null.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return found;
+    }
+    let mut entry = list;
+    // SAFETY: each entry up to the terminating one is valid, and its name a C string.
+    unsafe {
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*entry).if_name);
+            found.push(((*entry).if_index, name.to_string_lossy().into_owned()));
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    found
+}

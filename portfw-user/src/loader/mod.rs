@@ -31,10 +31,11 @@ mod reattach;
 mod scrape;
 mod state;
 mod tables;
+mod tc;
 mod trial;
 
 pub use apply::{ApplyOutcome, ApplyRequest, DetachOutcome, apply, detach};
-pub use attach::Mode;
+pub use attach::{EGRESS_ATTACH_ENV, EgressAttach, Mode};
 pub use bpffs::{
     BPFFS, BPFFS_MOUNT_OPTIONS, PIN_ROOT, Paths, STATE_ROOT, ensure_mounted, netns_cookie,
     netns_inode,
@@ -56,7 +57,8 @@ pub use query::{
 pub use reattach::reattach;
 pub use scrape::StatusCache;
 pub use state::{
-    AttachMode, Attachment, DefenceRecord, DoorRecord, PolicyRecord, RuleRecord, State, Trial,
+    AttachMode, Attachment, DefenceRecord, DoorRecord, Egress, EgressMode, PolicyRecord,
+    RuleRecord, State, Trial,
 };
 pub use tables::Tables;
 pub use trial::{

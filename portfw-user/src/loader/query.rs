@@ -16,7 +16,7 @@ use super::{
     object::{
         monotonic_ns, open_tables, pinned_active, pinned_counters, pinned_events, pinned_settings,
     },
-    state::{Attachment, PolicyRecord, State, Trial},
+    state::{Attachment, EgressMode, PolicyRecord, State, Trial},
 };
 
 /// The policy the running filter enforces.
@@ -139,6 +139,9 @@ impl TrialStatus {
 pub struct AttachmentStatus {
     #[serde(flatten)]
     pub attachment: Attachment,
+    /// How the egress program that records the host's flows is attached: `tcx` or
+    /// `clsact` (the details, a clsact filter's priority and handle, are in `egress`).
+    pub egress_mode: EgressMode,
     /// The interface still exists under its name.
     pub live: bool,
     /// Both links are attached to the interface, as the kernel reports them: the filter
@@ -217,6 +220,7 @@ pub(super) fn status_of(
             .map(|a| {
                 let problem = problem(pins.as_ref(), a);
                 AttachmentStatus {
+                    egress_mode: a.egress.mode(),
                     live: a.is_live(),
                     filtered: problem.is_none(),
                     problem,

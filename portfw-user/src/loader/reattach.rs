@@ -3,7 +3,7 @@
 //! written: the running one simply covers the interface again.
 
 use super::{
-    attach::{Mode, attach_pinned, unpin_link},
+    attach::{Mode, attach_pinned, qdisc_ours, unpin_link},
     bpffs::Paths,
     error::LoaderError,
     state::{Attachment, State},
@@ -29,8 +29,10 @@ pub fn reattach(ifaces: &[String], mode: Mode) -> Result<Vec<Attachment>, Loader
         }
         unpin_link(&paths.link(iface))?;
         unpin_link(&paths.egress_link(iface))?;
+        // A clsact filter still there (the interface was not re-created) is replaced in place.
+        let ours = qdisc_ours(&state.attachments, iface);
         state.attachments.retain(|a| &a.iface != iface);
-        let attached = attach_pinned(&paths, iface, mode);
+        let attached = attach_pinned(&paths, iface, mode, ours);
         match attached {
             Ok(a) => {
                 state.attachments.push(a.clone());

@@ -47,6 +47,77 @@ impl fmt::Display for AttachMode {
     }
 }
 
+/// How the TC egress program that records the host's flows is attached to an interface.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum EgressMode {
+    /// A tcx `bpf_link` (Linux 6.6+), pinned beside the XDP link.
+    #[default]
+    Tcx,
+    /// A filter on a clsact qdisc, added over netlink: kernels without tcx.
+    Clsact,
+}
+
+impl EgressMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcx => "tcx",
+            Self::Clsact => "clsact",
+        }
+    }
+}
+
+impl fmt::Display for EgressMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The egress attachment of an interface. A clsact filter cannot be pinned: it stays
+/// attached as long as its qdisc, and what finds it again (and tells it from other
+/// filters, which portfw never touches) is recorded here.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(
+    tag = "mode",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case"
+)]
+pub enum Egress {
+    /// The link is pinned as [`super::bpffs::Paths::egress_link`].
+    #[default]
+    Tcx,
+    Clsact {
+        /// The filter's priority and handle on the clsact egress hook.
+        priority: u16,
+        handle: u32,
+        /// The program the filter runs.
+        program_id: u32,
+        /// portfw added the clsact qdisc (it had none), so `detach` removes the qdisc too
+        /// once it holds no other filter.
+        created_qdisc: bool,
+    },
+}
+
+impl Egress {
+    pub fn mode(&self) -> EgressMode {
+        match self {
+            Self::Tcx => EgressMode::Tcx,
+            Self::Clsact { .. } => EgressMode::Clsact,
+        }
+    }
+
+    /// portfw added the clsact qdisc its filter is on.
+    pub fn created_qdisc(&self) -> bool {
+        matches!(
+            self,
+            Self::Clsact {
+                created_qdisc: true,
+                ..
+            }
+        )
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub struct Attachment {
@@ -56,6 +127,9 @@ pub struct Attachment {
     /// Which header the interface's frames start with, so which programs filter it.
     #[serde(default)]
     pub link: Link,
+    /// How the egress program is attached; tcx in files written before clsact was known.
+    #[serde(default)]
+    pub egress: Egress,
 }
 
 impl Attachment {
@@ -316,7 +390,7 @@ impl State {
 mod tests {
     use std::path::Path;
 
-    use super::{AttachMode, Attachment, PolicyRecord, RuleRecord, State};
+    use super::{AttachMode, Attachment, Egress, PolicyRecord, RuleRecord, State};
     use crate::{compile, policy};
 
     #[test]
@@ -390,19 +464,27 @@ mod tests {
             ifindex: 2,
             mode: AttachMode::Generic,
             link: Link::Ip,
+            egress: Egress::Clsact {
+                priority: 1,
+                handle: 2,
+                program_id: 3,
+                created_qdisc: true,
+            },
         };
         let json = serde_json::to_value(&attachment).unwrap_or_default();
         assert_eq!(json["mode"], "generic");
         assert_eq!(json["link"], "ip");
+        assert_eq!(json["egress"]["mode"], "clsact");
+        assert_eq!(json["egress"]["created-qdisc"], true);
+        let back: Result<Attachment, _> = serde_json::from_value(json);
+        assert_eq!(back.ok().as_ref(), Some(&attachment));
         let state: Result<State, _> = serde_json::from_str(
             r#"{"abi": 3, "program-id": 7, "generations": [null, null],
                 "attachments": [{"iface": "eth0", "ifindex": 2, "mode": "native"}]}"#,
         );
-        assert_eq!(
-            state
-                .ok()
-                .and_then(|s| s.attachments.first().map(|a| a.mode)),
-            Some(AttachMode::Native)
-        );
+        let first = state.ok().and_then(|s| s.attachments.first().cloned());
+        assert_eq!(first.as_ref().map(|a| a.mode), Some(AttachMode::Native));
+        // Written before clsact was known: the egress link is tcx.
+        assert_eq!(first.map(|a| a.egress), Some(Egress::Tcx));
     }
 }

@@ -11,13 +11,15 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{
-    apply::detach_locked,
-    attach::{Mode, attach_pinned, unpin_link},
+    apply::{detach_interface, detach_locked, unpin_links},
+    attach::{Mode, attach_pinned, qdisc_ours},
     bpffs::Paths,
     error::LoaderError,
+    fsafe::Dir,
+    health::problem,
     iface::ifindex,
     object::open_tables,
-    state::{AttachMode, Attachment, State, Trial},
+    state::{AttachMode, Attachment, EgressMode, State, Trial},
 };
 use crate::events::datetime;
 
@@ -243,19 +245,26 @@ fn restore_attachments(
 ) -> Result<Vec<String>, LoaderError> {
     let mut notes = Vec::new();
     let mut kept = Vec::new();
+    let mut removed = Vec::new();
     for current in std::mem::take(&mut state.attachments) {
         let same = previous
             .iter()
             .any(|p| p.iface == current.iface && p.mode == current.mode);
-        if same
-            && current.is_live()
-            && paths.link(&current.iface).exists()
-            && paths.egress_link(&current.iface).exists()
-        {
+        let egress_there = match current.egress.mode() {
+            EgressMode::Tcx => paths.egress_link(&current.iface).exists(),
+            EgressMode::Clsact => {
+                let pins = Dir::open(&paths.pins)?;
+                problem(pins.as_ref(), &current).is_none()
+            }
+        };
+        if same && current.is_live() && paths.link(&current.iface).exists() && egress_there {
             kept.push(current);
+        } else if previous.iter().any(|p| p.iface == current.iface) {
+            // Attached again below, its clsact filter (if any) replaced in place.
+            unpin_links(paths, &current.iface)?;
+            removed.push(current);
         } else {
-            unpin_link(&paths.link(&current.iface))?;
-            unpin_link(&paths.egress_link(&current.iface))?;
+            detach_interface(paths, &current)?;
         }
     }
     for p in previous {
@@ -273,12 +282,19 @@ fn restore_attachments(
             AttachMode::Native => Mode::Native,
             AttachMode::Generic => Mode::Generic,
         };
-        match attach_pinned(paths, &p.iface, mode) {
+        let ours = qdisc_ours(&removed, &p.iface) || qdisc_ours(previous, &p.iface);
+        match attach_pinned(paths, &p.iface, mode, ours) {
             Ok(a) => kept.push(a),
-            Err(e) => notes.push(format!(
-                "interface {} could not be re-attached: {e}",
-                p.iface
-            )),
+            Err(e) => {
+                // Nothing on record may go on running there.
+                if let Some(current) = removed.iter().find(|c| c.iface == p.iface) {
+                    let _ = detach_interface(paths, current);
+                }
+                notes.push(format!(
+                    "interface {} could not be re-attached: {e}",
+                    p.iface
+                ));
+            }
         }
     }
     state.attachments = kept;
