@@ -111,6 +111,18 @@ pub(super) const CLSACT_PRIORITY: u16 = 247;
 /// "pfw".
 pub(super) const CLSACT_HANDLE: u32 = 0x0070_6677;
 
+/// portfw's clsact egress filter on `iface`, as a link to replace or detach.
+fn our_clsact_filter(iface: &str) -> Result<SchedClassifierLink, LoaderError> {
+    SchedClassifierLink::attached(
+        iface,
+        TcAttachType::Egress,
+        CLSACT_PRIORITY,
+        TcHandle::from(CLSACT_HANDLE),
+        None,
+    )
+    .map_err(io_err(format!("finding portfw's clsact filter on {iface}")))
+}
+
 /// A filter on a clsact hook is portfw's: a BPF program of portfw's egress pair (the
 /// kernel keeps 15 bytes of a program's name, `portfw_egress_l`).
 pub(super) fn is_portfw_filter(filter: &tc::Filter) -> bool {
@@ -255,14 +267,7 @@ fn attach_clsact(
         .find(|f| f.priority == CLSACT_PRIORITY && f.handle == CLSACT_HANDLE);
     let (link_id, created_qdisc) = match present {
         Some(filter) if is_portfw_filter(&filter) => {
-            let link = SchedClassifierLink::attached(
-                iface,
-                TcAttachType::Egress,
-                CLSACT_PRIORITY,
-                TcHandle::from(CLSACT_HANDLE),
-                None,
-            )
-            .map_err(io_err(format!("finding portfw's clsact filter on {iface}")))?;
+            let link = our_clsact_filter(iface)?;
             let id = program.attach_to_link(link).map_err(|e| {
                 failed(
                     "the kernel refused to replace portfw's clsact egress filter".into(),
@@ -365,14 +370,7 @@ pub(super) fn remove_clsact_filter(
         .iter()
         .any(|f| f.priority == CLSACT_PRIORITY && f.handle == CLSACT_HANDLE && is_portfw_filter(f));
     if ours {
-        let link = SchedClassifierLink::attached(
-            iface,
-            TcAttachType::Egress,
-            CLSACT_PRIORITY,
-            TcHandle::from(CLSACT_HANDLE),
-            None,
-        )
-        .map_err(io_err(format!("finding portfw's clsact filter on {iface}")))?;
+        let link = our_clsact_filter(iface)?;
         aya::programs::links::Link::detach(link).map_err(program_err(format!(
             "removing portfw's clsact egress filter from {iface}"
         )))?;
