@@ -14,8 +14,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portfw_common::{
-    FLOW_CACHE_SLOTS, FlowKey, FlowValue, NO_SOURCE_GROUP, Settings, action, counter, flow_state,
-    ipproto,
+    FLOW_CACHE_SLOTS, FlowCacheSlot, FlowKey, FlowValue, NO_SOURCE_GROUP, Settings, action,
+    counter, flow_state, ipproto,
 };
 
 use crate::{
@@ -128,17 +128,22 @@ fn slot_of(w: &[u64; 5]) -> u32 {
 
 const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
 
+/// This CPU's cache slot for a key: looked up once per packet, then asked ([`cached`]) and
+/// refilled ([`remember`]).
+#[inline(always)]
+fn cache_slot(w: &[u64; 5]) -> Option<&'static mut FlowCacheSlot> {
+    let slot = PFW_FLOW_CACHE.get_ptr_mut(slot_of(w))?;
+    // SAFETY: a pointer into this CPU's slots from a successful lookup; programs on one CPU
+    // do not interleave (they run with bottom halves off).
+    Some(unsafe { &mut *slot })
+}
+
 /// Whether the table vouched for this flow on this CPU under the current loader epoch, no
 /// longer ago than the cache's trust and never past the flow's own expiry (see
 /// [`remember`]). Only packets that cannot move a flow's state ask.
 #[inline(always)]
-fn cached(w: &[u64; 5], now: Now) -> bool {
-    let Some(slot) = PFW_FLOW_CACHE.get_ptr(slot_of(w)) else {
-        return false;
-    };
-    // SAFETY: a pointer into this CPU's slots from a successful lookup.
-    let slot = unsafe { &*slot };
-    same(&slot.key, w) && slot.epoch == now.epoch && now.ns < slot.until_ns
+fn cached(slot: Option<&FlowCacheSlot>, w: &[u64; 5], now: Now) -> bool {
+    slot.is_some_and(|slot| same(&slot.key, w) && slot.epoch == now.epoch && now.ns < slot.until_ns)
 }
 
 /// Whether two keys are equal, compared as one OR of differences: a chain of `==` may
@@ -153,13 +158,17 @@ fn same(a: &[u64; 5], b: &[u64; 5]) -> bool {
 /// past the flow's expiry: an entry evicted or moved by another CPU within that time is
 /// the only thing the cache can miss, and it is a flow the host opened and used within it.
 #[inline(always)]
-fn remember(w: &[u64; 5], flow: &FlowValue, protocol: u8, now: Now, s: &Settings) {
-    let Some(slot) = PFW_FLOW_CACHE.get_ptr_mut(slot_of(w)) else {
+fn remember(
+    slot: Option<&mut FlowCacheSlot>,
+    w: &[u64; 5],
+    flow: &FlowValue,
+    protocol: u8,
+    now: Now,
+    s: &Settings,
+) {
+    let Some(slot) = slot else {
         return;
     };
-    // SAFETY: a pointer into this CPU's slots from a successful lookup; programs on one CPU
-    // do not interleave (they run with bottom halves off).
-    let slot = unsafe { &mut *slot };
     let steady = flow.state == flow_state::ESTABLISHED || flow.state == flow_state::OPEN;
     if !steady || s.flow_timeouts.cache_ns == 0 {
         if same(&slot.key, w) {
@@ -249,18 +258,19 @@ pub fn is_reply(ctx: &XdpContext, packet: &Packet, s: &Settings) -> bool {
         return false;
     };
     let tcp = packet.protocol() == ipproto::TCP;
+    let flags = packet.tcp_flags();
     // A bare SYN opens a connection: it is never a reply, and a SYN flood at a dropped port
     // costs no lookup.
-    if tcp && packet.tcp_flags() & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN {
+    if tcp && flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN {
         return false;
     }
     let (src_port, dst_port) = (packet.src_port(), packet.dst_port());
     let key = flow_key(hdr, packet.protocol(), false, src_port, dst_port);
     let words = key_words(&key);
-    let flags = packet.tcp_flags();
     let steady = steady_packet(tcp, flags);
     let now = clock();
-    if steady && cached(&words, now) {
+    let slot = cache_slot(&words);
+    if steady && cached(slot.as_deref(), &words, now) {
         return true;
     }
     let refresh = s.flow_timeouts.refresh_ns;
@@ -273,7 +283,7 @@ pub fn is_reply(ctx: &XdpContext, packet: &Packet, s: &Settings) -> bool {
                 true
             };
             if ok {
-                remember(&words, flow, key.protocol, now, s);
+                remember(slot, &words, flow, key.protocol, now, s);
             }
             ok
         }
@@ -425,7 +435,8 @@ pub fn record(f: Frame, packet: &Packet, ifindex: u32, generation: u32, s: &Sett
     let words = key_words(&key);
     // A busy flow's steady packets only refresh it, which the table's own lookup does at
     // least every `cache_ns`.
-    if steady_packet(tcp, flags) && cached(&words, now) {
+    let slot = cache_slot(&words);
+    if steady_packet(tcp, flags) && cached(slot.as_deref(), &words, now) {
         return;
     }
     let syn = flags & tcp_flag::SYN != 0 && flags & tcp_flag::ACK == 0;
@@ -447,7 +458,7 @@ pub fn record(f: Frame, packet: &Packet, ifindex: u32, generation: u32, s: &Sett
         } else {
             touch(flow, now_ns, refresh);
         }
-        remember(&words, flow, key.protocol, now, s);
+        remember(slot, &words, flow, key.protocol, now, s);
         return;
     }
     // A flow is worth an entry only where the rules would drop its replies: on a local port
