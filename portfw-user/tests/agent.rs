@@ -6,22 +6,12 @@
 //! within 50 ms. Needs root.
 mod common;
 
-use std::{
-    collections::HashMap,
-    fs,
-    io::{BufRead as _, BufReader},
-    net::IpAddr,
-    path::PathBuf,
-    process::Stdio,
-    sync::{Arc, Mutex},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, fs, net::IpAddr, path::PathBuf, process::Stdio, time::Duration};
 
 use common::e2e::{
-    PORTFW, PolicyFile, apply,
-    lab::{ChildId, Lab, Side},
-    nc_connects, portfw, root_lab, text,
+    Logged, PORTFW, PolicyFile, apply,
+    lab::{Lab, Side},
+    nc_connects, portfw, root_lab, text, wait_for,
 };
 
 const METRICS: &str = "127.0.0.1:9713";
@@ -36,63 +26,12 @@ fn reaches(lab: &Lab, port: u16) -> bool {
     nc_connects(lab, IpAddr::V4(lab.server_v4()), port)
 }
 
-/// Waits (bounded) until `done` holds.
-fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A running agent and the lines of its log.
-struct Agent {
-    id: ChildId,
-    pid: u32,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Agent {
-    fn start(lab: &mut Lab, args: &[&str]) -> Agent {
-        let mut full = vec![PORTFW, "agent", "--metrics-listen", METRICS];
-        full.extend_from_slice(args);
-        let mut cmd = lab.server(&full);
-        cmd.stdin(Stdio::null()).stderr(Stdio::piped());
-        let id = lab.spawn(cmd).expect("agent");
-        let child = lab.child_mut(id).expect("agent child");
-        let pid = child.id();
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-        Agent { id, pid, log }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.lines().iter().filter(|l| l.contains(needle)).count()
-    }
-
-    /// Waits until `needle` has appeared in `n` lines of the log.
-    fn wait_lines(&self, needle: &str, n: usize, limit: Duration) {
-        let start = Instant::now();
-        while self.count(needle) < n {
-            assert!(
-                start.elapsed() < limit,
-                "the agent did not log {needle:?} {n} times within {limit:?}; its log:\n{}",
-                self.lines().join("\n")
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
+/// Starts `portfw agent` in the server namespace with `args`, its log collected.
+fn start_agent(lab: &mut Lab, args: &[&str]) -> Logged {
+    let mut full = vec![PORTFW, "agent", "--metrics-listen", METRICS];
+    full.extend_from_slice(args);
+    let cmd = lab.server(&full);
+    Logged::spawn(lab, cmd, "the agent")
 }
 
 const APPLIED: &str = "level=info msg=\"applied ";
@@ -250,7 +189,7 @@ fn the_agent_keeps_its_policy_file_in_force() {
     let iface = lab.server_iface().to_string();
     let file = PolicyFile::new("policy.yaml", &only(&iface, 80));
     let path = PathBuf::from(file.path());
-    let agent = Agent::start(&mut lab, &["--policy", &file.path()]);
+    let agent = start_agent(&mut lab, &["--policy", &file.path()]);
     agent.wait_lines(APPLIED, 1, Duration::from_secs(30));
     assert!(
         reaches(&lab, 80) && !reaches(&lab, 8080),
@@ -438,7 +377,7 @@ fn a_scrape_of_sixteen_thousand_rules_answers_within_50_ms() {
     let policy = PolicyFile::new("big.yaml", &yaml);
     apply(&lab, &policy, &[]);
     // Without --policy, the agent serves the metrics of the filter applied by hand.
-    let agent = Agent::start(&mut lab, &[]);
+    let agent = start_agent(&mut lab, &[]);
     agent.wait_lines("serving metrics", 1, Duration::from_secs(20));
     wait_for(Duration::from_secs(20), "the metrics endpoint", || {
         lab.server([

@@ -29,9 +29,10 @@ use std::{
     path::{Path, PathBuf},
     process::{Output, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+pub use common::e2e::{Job, Logged, parallel, wait_for};
 use common::e2e::{
     PORTFW, PolicyFile,
     lab::{ChildId, Lab, PYTHON, Side},
@@ -347,30 +348,6 @@ pub fn seconds(value: &Value) -> Option<f64> {
         return m.trim().parse::<f64>().ok().map(|v| v * 60.0);
     }
     text.trim_end_matches('s').trim().parse().ok()
-}
-
-/// Waits (bounded) until `done` holds, polling; panics with `what` after `limit`.
-pub fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// One of the checks [`parallel`] runs.
-pub type Job<'a, T> = Box<dyn FnOnce() -> T + Send + 'a>;
-
-/// Runs `jobs` at once and returns their results in order, so that checks that wait for
-/// silence take their wait only once.
-pub fn parallel<'a, T: Send + 'a>(jobs: Vec<Job<'a, T>>) -> Vec<T> {
-    thread::scope(|s| {
-        let handles: Vec<_> = jobs.into_iter().map(|job| s.spawn(job)).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("parallel job"))
-            .collect()
-    })
 }
 
 /// A started child's whole stdout, read on a thread, once the child ended.

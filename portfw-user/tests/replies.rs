@@ -20,13 +20,13 @@ mod replies {
 use std::{
     net::{IpAddr, SocketAddr},
     process::Stdio,
-    thread,
     time::Duration,
 };
 
 use common::e2e::{
+    Job,
     lab::{Lab, Probe, Proto, Side},
-    portfw, text,
+    parallel, portfw, text,
 };
 use serde_json::Value;
 
@@ -53,21 +53,6 @@ fn host_with(extra: &str) -> String {
 
 fn peer_ips(lab: &Lab) -> [IpAddr; 2] {
     [lab.client_v4().into(), lab.client_v6().into()]
-}
-
-/// One of the checks [`parallel`] runs.
-type Job<'a, T> = Box<dyn FnOnce() -> T + Send + 'a>;
-
-/// Runs `jobs` at once and returns their results in order: probes that wait for silence
-/// take their timeout only once.
-fn parallel<'a, T: Send + 'a>(jobs: Vec<Job<'a, T>>) -> Vec<T> {
-    thread::scope(|s| {
-        let handles: Vec<_> = jobs.into_iter().map(|job| s.spawn(job)).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("parallel job"))
-            .collect()
-    })
 }
 
 fn url(ip: IpAddr, port: u16) -> String {

@@ -10,13 +10,13 @@ use std::{
     net::IpAddr,
     process::Stdio,
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use common::e2e::{
     PORTFW, PolicyFile, apply,
     lab::{Lab, Side},
-    nc_connects, portfw, root_lab, text,
+    nc_connects, portfw, root_lab, text, wait_for,
 };
 use portfw::cli::{EXIT_ERROR, EXIT_INVALID};
 
@@ -56,15 +56,6 @@ fn unix_now() -> u64 {
 /// The pending trial's status object.
 fn trial(lab: &Lab) -> serde_json::Value {
     status(lab).map(|s| s["trial"].clone()).unwrap_or_default()
-}
-
-/// Waits (bounded) until `done` holds, polling; panics with `what` after `limit`.
-fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn lab_with_responder(tag: &str) -> Lab {

@@ -139,3 +139,85 @@ pub fn curl(lab: &Lab, ip: IpAddr, port: u16) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// One of the checks [`parallel`] runs.
+pub type Job<'a, T> = Box<dyn FnOnce() -> T + Send + 'a>;
+
+/// Runs `jobs` at once and returns their results in order, so that checks that wait for
+/// silence take their wait only once.
+pub fn parallel<'a, T: Send + 'a>(jobs: Vec<Job<'a, T>>) -> Vec<T> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = jobs.into_iter().map(|job| s.spawn(job)).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("parallel job"))
+            .collect()
+    })
+}
+
+/// A process started in the lab whose stderr is collected, line by line, while it runs (the
+/// agent's log).
+pub struct Logged {
+    pub id: lab::ChildId,
+    pub pid: u32,
+    /// Who the process is, for messages: "the agent".
+    name: &'static str,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Logged {
+    /// Starts `cmd` in `lab` with its stderr piped into the log.
+    pub fn spawn(lab: &mut Lab, mut cmd: std::process::Command, name: &'static str) -> Self {
+        use std::io::{BufRead as _, BufReader};
+        cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+        let id = lab.spawn(cmd).expect(name);
+        let child = lab.child_mut(id).expect(name);
+        let pid = child.id();
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        Self { id, pid, name, log }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// Log lines that mention `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until `needle` has appeared in `n` lines of the log.
+    pub fn wait_lines(&self, needle: &str, n: usize, limit: Duration) {
+        let start = std::time::Instant::now();
+        while self.count(needle) < n {
+            assert!(
+                start.elapsed() < limit,
+                "{} did not log {needle:?} {n} times within {limit:?}; its log:\n{}",
+                self.name,
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Waits until `done`, failing the test after `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

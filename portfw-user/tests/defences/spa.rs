@@ -5,17 +5,15 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader},
     net::IpAddr,
     os::unix::fs::PermissionsExt as _,
     path::Path,
     process::Stdio,
-    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
-use crate::{ChildId, PORTFW, PYTHON, Rig, TOOLS, TempDir, counter, door_of, json_line, wait_for};
+use crate::{Logged, PORTFW, PYTHON, Rig, TOOLS, TempDir, counter, door_of, json_line, wait_for};
 
 const OPENS: u16 = 2222;
 const SPA_PORT: u16 = 62201;
@@ -32,52 +30,14 @@ fn policy(iface: &str, key: &Path) -> String {
     )
 }
 
-/// A running `portfw agent` and the lines of its log.
-struct Agent {
-    id: ChildId,
-    pid: u32,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Agent {
-    fn start(rig: &mut Rig, policy: &Path) -> Agent {
-        let policy = policy.display().to_string();
-        let iface = rig.lab.server_iface().to_owned();
-        let mut cmd = rig
-            .lab
-            .server([PORTFW, "agent", "--policy", &policy, "--iface", &iface]);
-        cmd.stdin(Stdio::null()).stderr(Stdio::piped());
-        let id = rig.lab.spawn(cmd).expect("agent");
-        let child = rig.lab.child_mut(id).expect("agent child");
-        let pid = child.id();
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-        Agent { id, pid, log }
-    }
-
-    fn text(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .join("\n")
-    }
-
-    /// Log lines that mention `needle`.
-    fn mentions(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
+/// Starts `portfw agent` with `policy` on the lab's server interface, its log collected.
+fn start_agent(rig: &mut Rig, policy: &Path) -> Logged {
+    let policy = policy.display().to_string();
+    let iface = rig.lab.server_iface().to_owned();
+    let cmd = rig
+        .lab
+        .server([PORTFW, "agent", "--policy", &policy, "--iface", &iface]);
+    Logged::spawn(&mut rig.lab, cmd, "the agent")
 }
 
 /// Whether something in the server namespace listens on UDP `port`.
@@ -159,7 +119,7 @@ fn single_packet_knocks_open_the_door_only_when_signed_fresh_and_new() {
         "a knock opened the door without an agent"
     );
 
-    let agent = Agent::start(&mut rig, &file);
+    let agent = start_agent(&mut rig, &file);
     wait_for(
         Duration::from_secs(20),
         "the agent listens on the SPA port",
@@ -273,7 +233,7 @@ fn single_packet_knocks_open_the_door_only_when_signed_fresh_and_new() {
             status["doors"]
         );
         assert!(
-            agent.mentions(&src.to_string()) > 0,
+            agent.count(&src.to_string()) > 0,
             "the agent did not log the refused knock from {src}:\n{}",
             agent.text()
         );
@@ -313,7 +273,7 @@ fn an_ipv6_single_packet_knock_opens_the_door_for_its_address() {
     rig.portfw_ok(&["knock-key", &key.display().to_string()]);
     let file = dir.join("spa.yaml");
     fs::write(&file, policy(rig.lab.server_iface(), &key)).expect("policy");
-    let _agent = Agent::start(&mut rig, &file);
+    let _agent = start_agent(&mut rig, &file);
     wait_for(
         Duration::from_secs(20),
         "the agent listens on the SPA port",
