@@ -17,6 +17,7 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use common::{
+    FLOOR_DROP, FLOOR_PASS, XDP_DROP, XDP_PASS,
     frames::{self, Endpoints},
     host,
     report::{Args, Report, read_setting, require_root, thousands},
@@ -30,12 +31,6 @@ use portfw_common::{
     block_reason, counter, opens_id, proto,
 };
 use portfw_lab::{Lab, Rng, Side};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-
-const FLOOR_PASS: &str = "bench_pass";
-const FLOOR_DROP: &str = "bench_drop";
 
 /// The ports of the benchmark policies: allowed, allowed under a limit, opened by a knock
 /// door (dropped otherwise), and dropped by a rule.

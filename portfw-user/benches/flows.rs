@@ -10,6 +10,7 @@ mod common;
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 use common::{
+    FLOOR_DROP, FLOOR_PASS, FLOOR_TC, XDP_DROP, XDP_PASS,
     frames::{self, Endpoints, TCP_ACK},
     host,
     report::{Args, Report, require_root},
@@ -18,14 +19,8 @@ use portfw::{compile, loader::Loaded, policy};
 use portfw_common::{EGRESS_PROGRAM_NAME, FLOWS_DEFAULT_MAX, MapNames, PROGRAM_NAME};
 use portfw_lab::{Lab, Side};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 /// `TC_ACT_UNSPEC`: both TC programs hand every packet on.
 const TC_NEXT: i32 = -1;
-
-const FLOOR_PASS: &str = "bench_pass";
-const FLOOR_DROP: &str = "bench_drop";
-const FLOOR_TC: &str = "bench_tc_pass";
 
 /// The peer's side of the tracked flows; the host's ports are ephemeral ones the policy drops.
 const REMOTE_TCP: u16 = 443;

@@ -18,6 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use common::{
+    FLOOR_DROP, FLOOR_PASS, XDP_DROP, XDP_PASS,
     frames::{self, Endpoints},
     host,
     policies::{self, SOURCE_HIT, SOURCE_MISS, TCP_ALLOWED, TCP_DROPPED, UDP_SOURCE_PORT},
@@ -32,12 +33,7 @@ use portfw::{
 use portfw_common::{PROGRAM_NAME, counter};
 use portfw_lab::{Lab, Side};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-
-/// The benchmark programs of `portfw-ebpf/src/bench.rs`.
-const FLOOR_PASS: &str = "bench_pass";
-const FLOOR_DROP: &str = "bench_drop";
+/// The cut-short programs of `portfw-ebpf/src/bench.rs`.
 const PARSE_ONLY: &str = "bench_parse";
 const PARSE_LOOKUP: &str = "bench_lookup";
 const PARSE_LOOKUP_COUNT: &str = "bench_count";

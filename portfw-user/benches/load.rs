@@ -709,36 +709,15 @@ fn defences(
          listener). {reps} interleaved repetitions of {:.1} s each per cell.",
         window.as_secs_f64()
     );
-    report.table(
-        "defences-load-rate",
-        "The defences under a spoofed SYN flood: packets handled per second",
-        "Mpps",
+    flood_tables(
+        report,
+        "defences",
+        "The defences under a spoofed SYN flood",
         &how,
-        &rows,
-        &cols,
-    );
-    report.table(
-        "defences-load-cpu",
-        "The defences under a spoofed SYN flood: receiving CPU's busy time per packet",
-        "ns/packet",
-        &format!("{how} Busy time of CPU {RX_CPU} from /proc/stat over the packets handled."),
-        &rows,
-        &cols,
-    );
-    report.table(
-        "defences-load-napi",
-        "The defences under a spoofed SYN flood: the receive thread's own run time per packet",
-        "ns/packet",
-        "schedstat of the NAPI thread: a cross-check of the /proc/stat figure, free of tick sampling \
-         and of other work on the CPU.",
-        &rows,
-        &cols,
-    );
-    report.table(
-        "defences-load-reached",
-        "The defences under a spoofed SYN flood: share of the packets handled that reached TCP",
-        "%",
-        "TCP's InSegs in the receiver over the packets handled: what the limit let through.",
+        (
+            "TCP",
+            "TCP's InSegs in the receiver over the packets handled: what the limit let through.",
+        ),
         &rows,
         &cols,
     );
@@ -893,38 +872,17 @@ fn replies(
         remote_udp = REPLY_PORTS.remote_udp,
         remote_tcp = REPLY_PORTS.remote_tcp,
     );
-    report.table(
-        "replies-load-rate",
-        "Replies to tracked flows under a flood: packets handled per second",
-        "Mpps",
+    flood_tables(
+        report,
+        "replies",
+        "Replies to tracked flows under a flood",
         &how,
-        &rows,
-        &cols,
-    );
-    report.table(
-        "replies-load-cpu",
-        "Replies to tracked flows under a flood: receiving CPU's busy time per packet",
-        "ns/packet",
-        &format!("{how} Busy time of CPU {RX_CPU} from /proc/stat over the packets handled."),
-        &rows,
-        &cols,
-    );
-    report.table(
-        "replies-load-napi",
-        "Replies to tracked flows under a flood: the receive thread's own run time per packet",
-        "ns/packet",
-        "schedstat of the NAPI thread: a cross-check of the /proc/stat figure, free of tick sampling \
-         and of other work on the CPU.",
-        &rows,
-        &cols,
-    );
-    report.table(
-        "replies-load-reached",
-        "Replies to tracked flows under a flood: share of the packets handled that reached their socket",
-        "%",
-        "UDP's RcvbufErrors, TCP's InSegs in the receiver over the packets handled. Each \
-         configuration was also checked, once, to drop a flood of untracked packets at the same \
-         ports (a datagram from another remote port, an ACK to a port with no connection).",
+        (
+            "their socket",
+            "UDP's RcvbufErrors, TCP's InSegs in the receiver over the packets handled. Each \
+             configuration was also checked, once, to drop a flood of untracked packets at the same \
+             ports (a datagram from another remote port, an ACK to a port with no connection).",
+        ),
         &rows,
         &cols,
     );
@@ -1146,6 +1104,55 @@ fn untracked_dropped(lab: &Lab, injector: &Xdp, e: &Endpoints, config: Config) -
 /// Receive side: GRO on (veth then receives through NAPI) and threaded NAPI, on both ends:
 /// the receiver's thread goes to RX_CPU, the generator's (which takes the replies) to
 /// GEN_CPU.
+/// Declares the `{section}-load-*` tables [`report_samples`] fills: packets handled, CPU and
+/// NAPI time per packet, and the share that reached `reached.0` (explained by `reached.1`).
+fn flood_tables(
+    report: &mut Report,
+    section: &str,
+    subject: &str,
+    how: &str,
+    reached: (&str, &str),
+    rows: &[String],
+    cols: &[String],
+) {
+    report.table(
+        &format!("{section}-load-rate"),
+        &format!("{subject}: packets handled per second"),
+        "Mpps",
+        how,
+        rows,
+        cols,
+    );
+    report.table(
+        &format!("{section}-load-cpu"),
+        &format!("{subject}: receiving CPU's busy time per packet"),
+        "ns/packet",
+        &format!("{how} Busy time of CPU {RX_CPU} from /proc/stat over the packets handled."),
+        rows,
+        cols,
+    );
+    report.table(
+        &format!("{section}-load-napi"),
+        &format!("{subject}: the receive thread's own run time per packet"),
+        "ns/packet",
+        "schedstat of the NAPI thread: a cross-check of the /proc/stat figure, free of tick sampling \
+         and of other work on the CPU.",
+        rows,
+        cols,
+    );
+    report.table(
+        &format!("{section}-load-reached"),
+        &format!(
+            "{subject}: share of the packets handled that reached {}",
+            reached.0
+        ),
+        "%",
+        reached.1,
+        rows,
+        cols,
+    );
+}
+
 /// Pushes one configuration's samples (one per column) into the `{section}-load-*` tables
 /// and prints them.
 fn report_samples(
