@@ -241,6 +241,28 @@ fn clsact_egress_records_flows_through_reapplies_and_detach_removes_its_filter_a
     assert!(!lab.pin_dir().exists(), "no pins left");
 }
 
+/// Deletes whatever filter sits at portfw's place on the egress hook (priority 247, handle
+/// 0x706677), behind portfw's back.
+fn del_filter_at_portfws_place(lab: &Lab, what: &str) {
+    lab.run(
+        Side::Server,
+        [
+            "tc",
+            "filter",
+            "del",
+            "dev",
+            lab.server_iface(),
+            "egress",
+            "prio",
+            "247",
+            "handle",
+            "0x706677",
+            "bpf",
+        ],
+    )
+    .expect(what);
+}
+
 /// A classic BPF filter that matches nothing: someone else's, on the clsact hook `hook`.
 fn add_foreign_filter(lab: &Lab, hook: &str, priority: &str, handle: &str) {
     lab.run(
@@ -297,23 +319,7 @@ fn a_clsact_qdisc_that_is_not_portfws_and_its_filters_stay() {
         "the stranger's filter stays"
     );
     assert!(!lab.pin_dir().exists(), "a refused apply leaves no filter");
-    lab.run(
-        Side::Server,
-        [
-            "tc",
-            "filter",
-            "del",
-            "dev",
-            lab.server_iface(),
-            "egress",
-            "prio",
-            "247",
-            "handle",
-            "0x706677",
-            "bpf",
-        ],
-    )
-    .expect("remove the stranger's filter");
+    del_filter_at_portfws_place(lab, "remove the stranger's filter");
 
     apply_with(lab, "clsact", &policy);
     let json = status(lab);
@@ -362,23 +368,7 @@ fn a_missing_clsact_filter_shows_as_not_filtered_and_apply_puts_it_back() {
     let lab = &lab;
     let policy = PolicyFile::new("host.yaml", HOST);
     apply_with(lab, "clsact", &policy);
-    lab.run(
-        Side::Server,
-        [
-            "tc",
-            "filter",
-            "del",
-            "dev",
-            lab.server_iface(),
-            "egress",
-            "prio",
-            "247",
-            "handle",
-            "0x706677",
-            "bpf",
-        ],
-    )
-    .expect("remove portfw's filter behind its back");
+    del_filter_at_portfws_place(lab, "remove portfw's filter behind its back");
     let out = portfw(lab, &["status", "--check"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let json = status(lab);
