@@ -44,12 +44,19 @@ fn unique(tag: &str) -> String {
     )
 }
 
-/// Tests share the machine's namespace inodes: the one that waits for an inode to come round
-/// again runs alone (write), the others together (read).
+/// Tests share the machine's namespace inodes, which the kernel hands out again as soon as a
+/// namespace is gone. The tests that depend on what becomes of a dead namespace's inode run
+/// alone (write): the one that waits for it to come round again, and the one that expects a
+/// dead namespace's leftovers to be reclaimed (a namespace another test creates meanwhile may
+/// take the inode, and its leftovers are then rightly kept). The others run together (read).
 static INODES: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
     INODES.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    INODES.write().unwrap_or_else(|e| e.into_inner())
 }
 
 fn require_root() {

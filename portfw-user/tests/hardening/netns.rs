@@ -7,13 +7,13 @@ use std::{
 };
 
 use crate::{
-    ALLOW_ALL, INODES, Netns, Pair, PolicyFile, Sandbox, counter, hardening::interrupted::Paused,
-    lone_netns, shared, status_json, stderr, text,
+    ALLOW_ALL, Netns, Pair, PolicyFile, Sandbox, alone, counter, hardening::interrupted::Paused,
+    lone_netns, status_json, stderr, text,
 };
 
 #[test]
 fn a_namespace_that_reuses_a_dead_ones_inode_gets_a_real_filter() {
-    let _alone = INODES.write().unwrap_or_else(|e| e.into_inner());
+    let _alone = alone();
     let sandbox = Sandbox::new();
     let mut pair = Pair::new("recycle", 71);
     let policy = PolicyFile::new(ALLOW_ALL);
@@ -99,7 +99,7 @@ fn a_namespace_that_reuses_a_dead_ones_inode_gets_a_real_filter() {
 
 #[test]
 fn the_leftovers_of_dead_namespaces_are_reclaimed_and_live_ones_kept() {
-    let _shared = shared();
+    let _alone = alone();
     let sandbox = Sandbox::new();
     let policy = PolicyFile::new(ALLOW_ALL);
     let apply = ["apply", policy.path(), "--iface", "v0"];
