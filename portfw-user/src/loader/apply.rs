@@ -12,13 +12,15 @@ use super::{
     bpffs::{EGRESS_LINK_PREFIX, LINK_PREFIX, Paths, create_pin_root, ensure_mounted, pin_root},
     defences::{Carried, DEFENCE_MAPS, Purge, purge_pinned},
     error::LoaderError,
+    flows::{seed_connections, seed_note},
     fsafe::Dir,
     health::{belongs_here, is_leftover, leftover_candidates, problem, temp_pins},
     hostdeps::host_dependencies,
     iface::{Link, ifindex, link_type},
     interrupt::Signals,
     object::{
-        Loaded, flow_map_size, object_has_map, open_tables, pinned_flow_map_size, pinned_flows,
+        Loaded, flow_map_size, object_has_map, open_tables, pinned_flow_map_size,
+        pinned_flow_table, pinned_flows,
     },
     state::{AttachMode, Attachment, DefenceRecord, EgressMode, PolicyRecord, State},
     trial::{self, TrialError, TrialRequest},
@@ -416,6 +418,8 @@ fn fresh(
     let generation = loaded.tables.stage_with(req.compiled, carry.host_except)?;
     loaded.tables.switch_to(generation);
     loaded.restore_flows(carry.flows)?;
+    // Before anything is attached: a reply to one of them is never dropped.
+    let seeded = seed_connections(&mut loaded.flows()?, req.compiled);
     loaded.calibrate_clock()?;
     point("fresh-loaded")?;
     let tmp_paths = Paths {
@@ -460,7 +464,7 @@ fn fresh(
     signals.pause("fresh-recorded");
     root.rename(&tmp_name, &paths.pins_name())?;
     guard.0 = None;
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = seed_note(seeded).into_iter().collect();
     if let Some(signal) = signals.caught() {
         notes.push(format!(
             "interrupted by {signal} after the previous filter was removed: finished putting \
@@ -599,16 +603,23 @@ fn update(
         }
         return Err(e);
     }
+    // Connections opened while the rules let their replies through, or while `replies:
+    // drop`, are in no flow yet: before the switch, so that none of their replies is dropped.
+    let seeded = match pinned_flow_table(paths) {
+        Ok(mut table) => seed_connections(&mut table, req.compiled),
+        Err(e) => Err(e.to_string()),
+    };
     tables.switch_to(generation);
     signals.pause("update-switched");
+    let mut notes: Vec<String> = seed_note(seeded).into_iter().collect();
     // Once the new policy is in force: the state of doors it no longer has, and scan blocks
     // when it has no `scan:`, go. Best effort: the kernel never reads what is left.
-    let notes = match purge_pinned(paths, &Purge::of(req.compiled)) {
-        Ok(purged) => purged.notes(),
-        Err(e) => vec![format!(
+    match purge_pinned(paths, &Purge::of(req.compiled)) {
+        Ok(purged) => notes.extend(purged.notes()),
+        Err(e) => notes.push(format!(
             "could not remove the defence state the new policy no longer uses: {e}"
-        )],
-    };
+        )),
+    }
 
     let mut detached = Vec::new();
     for old in unwanted {

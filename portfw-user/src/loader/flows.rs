@@ -1,8 +1,12 @@
 //! The flow table as user space sees it: the flows the host opened (`portfw flows`), and the
 //! table's fill and evictions (`portfw status`).
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    borrow::BorrowMut,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use portfw_common::{FlowKey, FlowTimeouts, FlowValue, counter, flow_state, ipproto};
+use aya::maps::{HashMap, MapData, MapError};
+use portfw_common::{FlowKey, FlowTimeouts, FlowValue, MapNames, counter, flow_state, ipproto};
 use serde::Serialize;
 
 use super::{
@@ -13,7 +17,12 @@ use super::{
         flow_map_slack, monotonic_ns, pinned_active, pinned_counters, pinned_flow_map_size,
         pinned_flows, pinned_settings,
     },
+    sockets,
 };
+use crate::compile::CompiledPolicy;
+
+/// `BPF_NOEXIST`: insert only where the key is absent.
+const BPF_NOEXIST: u32 = 1;
 
 /// One tracked flow, as `conntrack -L` would show it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -153,4 +162,55 @@ pub(super) fn table_status(paths: &Paths) -> Result<FlowTableStatus, LoaderError
         created,
         evicted: created.saturating_sub(all.len() as u64),
     })
+}
+
+/// Puts the host's connections that the flow table does not hold yet into `table`, as the
+/// egress program would have recorded them, when `compiled` tracks replies: those on local
+/// ports whose replies its rules may drop ([`sockets::replies_need_a_flow`]). At most half
+/// of `flows: max`, so that a host with a great many sockets leaves room for new flows.
+/// Returns how many went in, or why the host's sockets could not be read (the socket lookup
+/// still vouches for older TCP connections then).
+pub(super) fn seed_connections<T: BorrowMut<MapData>>(
+    table: &mut HashMap<T, FlowKey, FlowValue>,
+    compiled: &CompiledPolicy,
+) -> Result<usize, String> {
+    if compiled.settings.replies != portfw_common::action::ALLOW {
+        return Ok(0);
+    }
+    let connections = sockets::connections().map_err(|e| format!("sock_diag: {e}"))?;
+    let now = monotonic_ns();
+    let room = (compiled.flows_max / 2) as usize;
+    let mut seeded = 0;
+    for connection in connections
+        .iter()
+        .filter(|c| sockets::replies_need_a_flow(compiled, c))
+    {
+        if seeded == room {
+            break;
+        }
+        let (key, value) = connection.flow(now);
+        match table.insert(key, value, u64::from(BPF_NOEXIST)) {
+            Ok(()) => seeded += 1,
+            // Recorded already, by the egress program or a carried-over table.
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(format!("{}: {e}", MapNames::FLOWS)),
+        }
+    }
+    Ok(seeded)
+}
+
+/// The note `apply` gives about [`seed_connections`].
+pub(super) fn seed_note(seeded: Result<usize, String>) -> Option<String> {
+    match seeded {
+        Ok(0) => None,
+        Ok(n) => Some(format!(
+            "tracking {n} connection{} the host already had open, for their replies",
+            if n == 1 { "" } else { "s" }
+        )),
+        Err(e) => Some(format!(
+            "could not read the host's open connections ({e}): older TCP connections are \
+             still vouched for by their sockets, older connected UDP sockets get their replies \
+             once they send"
+        )),
+    }
 }

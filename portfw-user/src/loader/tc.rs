@@ -2,15 +2,14 @@
 //! hold and what they run, whether it has a clsact qdisc, and removing that qdisc. aya 0.14
 //! adds the qdisc and attaches, replaces and detaches filters, but lists them only by name
 //! and only inside the crate, and cannot remove the qdisc.
-use std::{
-    io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-};
+use std::io;
 
 use aya_obj::generated::{
     TC_H_CLSACT, TC_H_MIN_EGRESS, TC_H_MIN_INGRESS, TCA_BPF_FLAG_ACT_DIRECT, TCA_BPF_FLAGS,
     TCA_BPF_ID, TCA_BPF_NAME, TCA_KIND, TCA_OPTIONS,
 };
+
+use super::netlink::{self, align4, message, u16_at, u32_at};
 
 /// One of clsact's two hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,39 +43,20 @@ pub(super) struct Filter {
     pub direct_action: bool,
 }
 
-const NLMSG_HDR: usize = 16;
 const TCMSG: usize = 20;
 /// `struct nlattr`'s type bits, without the nested and byte-order flags.
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
 /// A request of `kind` with `flags` about a TC object of interface `ifindex`.
 fn request(kind: u16, flags: u16, ifindex: u32, handle: u32, parent: u32) -> Vec<u8> {
-    let len = (NLMSG_HDR + TCMSG) as u32;
-    let mut msg = Vec::with_capacity(NLMSG_HDR + TCMSG);
-    msg.extend_from_slice(&len.to_ne_bytes());
-    msg.extend_from_slice(&kind.to_ne_bytes());
-    msg.extend_from_slice(&(flags | libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+    let mut tcmsg = Vec::with_capacity(TCMSG);
     // tcmsg: family (AF_UNSPEC) and padding, ifindex, handle, parent, info.
-    msg.extend_from_slice(&[0; 4]);
-    msg.extend_from_slice(&ifindex.to_ne_bytes());
-    msg.extend_from_slice(&handle.to_ne_bytes());
-    msg.extend_from_slice(&parent.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg
-}
-
-fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    tcmsg.extend_from_slice(&[0; 4]);
+    tcmsg.extend_from_slice(&ifindex.to_ne_bytes());
+    tcmsg.extend_from_slice(&handle.to_ne_bytes());
+    tcmsg.extend_from_slice(&parent.to_ne_bytes());
+    tcmsg.extend_from_slice(&0u32.to_ne_bytes());
+    message(kind, flags, &tcmsg)
 }
 
 /// The attributes in `bytes`, as (type, payload).
@@ -98,67 +78,9 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-/// A route netlink socket.
-fn socket() -> io::Result<OwnedFd> {
-    // SAFETY: a plain socket call.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: socket returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Sends `msg` and collects the payloads of the replies of type `want` until the dump ends
-/// or the kernel acknowledges; a negative acknowledgement is the error it names.
+/// One rtnetlink request and its replies of type `want`.
 fn exchange(msg: &[u8], want: u16) -> io::Result<Vec<Vec<u8>>> {
-    let sock = socket()?;
-    // SAFETY: `msg` is valid for reads of its length.
-    let sent = unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut replies = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: `buf` is valid for writes of its length.
-        let got = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if got < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        let mut rest = buf.get(..got as usize).unwrap_or_default();
-        while let (Some(len), Some(kind)) = (u32_at(rest, 0), u16_at(rest, 4)) {
-            let len = len as usize;
-            if len < NLMSG_HDR || len > rest.len() {
-                return Err(io::Error::other("a truncated netlink reply"));
-            }
-            let payload = &rest[NLMSG_HDR..len];
-            match kind {
-                k if k == libc::NLMSG_DONE as u16 => return Ok(replies),
-                k if k == libc::NLMSG_ERROR as u16 => {
-                    let code = u32_at(payload, 0).map_or(0, |c| c as i32);
-                    return if code == 0 {
-                        Ok(replies)
-                    } else {
-                        Err(io::Error::from_raw_os_error(-code))
-                    };
-                }
-                k if k == want => replies.push(payload.to_vec()),
-                _ => {}
-            }
-            rest = rest.get(align4(len)..).unwrap_or_default();
-        }
-    }
+    netlink::exchange(libc::NETLINK_ROUTE, msg, want)
 }
 
 /// The filters on `hook` of interface `ifindex` (none without a clsact qdisc).

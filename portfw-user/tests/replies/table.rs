@@ -1,5 +1,6 @@
 //! The flow table's lifetime: a reply after its UDP flow timed out, a tiny table that evicts
-//! and fails closed, a connection opened before apply, and `replies: drop`.
+//! and fails closed, connections opened before apply (held across it, and tracked from the
+//! start from the kernel's socket table), and `replies: drop`.
 
 use std::{
     io::{Read as _, Write as _},
@@ -240,6 +241,81 @@ fn a_connection_opened_before_apply_survives_it_and_shows_in_flows() {
             "{local} -> {remote} kept across the re-apply: {relisted:?}"
         );
     }
+}
+
+#[test]
+fn connections_open_before_apply_are_tracked_from_the_start() {
+    let lab = root_lab("rp-seed");
+    let (host_ns, peer_ns) = (lab.netns_path(Side::Server), lab.netns_path(Side::Client));
+    let wait = Duration::from_secs(3);
+    let (mut tcp, mut connected) = (Vec::new(), Vec::new());
+    for peer_ip in peer_ips(&lab) {
+        let listener = listen(&peer_ns, SocketAddr::new(peer_ip, 9002));
+        let host = connect(&host_ns, SocketAddr::new(peer_ip, 9002), wait);
+        let (peer, _) = listener.accept().expect("accept");
+        tcp.push((host, peer));
+        // A connected UDP socket, as a resolver, a QUIC or a VPN client holds one.
+        let peer_udp = udp(&peer_ns, SocketAddr::new(peer_ip, 5302), WAIT);
+        let host_udp = udp(&host_ns, SocketAddr::new(unspecified(peer_ip), 0), WAIT);
+        host_udp
+            .connect(SocketAddr::new(peer_ip, 5302))
+            .expect("connect udp");
+        host_udp.send(b"before apply").expect("send");
+        let (_, from) = recv(&peer_udp).expect("the peer hears the host before apply");
+        connected.push((host_udp, peer_udp, from));
+    }
+    let policy = PolicyFile::new("host.yaml", HOST);
+    let out = apply(&lab, &policy, &[]);
+    let notes = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        notes.contains("tracking 4 connections the host already had open"),
+        "{notes}"
+    );
+    // Listed at once, before any of them sends again.
+    let listed = flows(&lab);
+    let pairs = tcp
+        .iter()
+        .map(|(h, p)| ("tcp", "established", h.local_addr(), p.local_addr()))
+        .chain(
+            connected
+                .iter()
+                .map(|(h, p, _)| ("udp", "open", h.local_addr(), p.local_addr())),
+        );
+    for (proto, state, local, remote) in pairs {
+        let (local, remote) = (local.expect("addr"), remote.expect("addr"));
+        let flow = find_flow(&listed, proto, local, remote)
+            .unwrap_or_else(|| panic!("{proto} {local} -> {remote} not listed: {listed:?}"));
+        assert_eq!(flow["state"], state, "{flow}");
+    }
+    // The peer speaks first: its datagram answers a flow the host opened before the filter,
+    // to a port the rules drop. The socket lookup on a miss could not have vouched for it.
+    for (host_udp, peer_udp, from) in &connected {
+        peer_udp.send_to(b"pushed", *from).expect("peer send");
+        let got = recv(host_udp).map(|(data, _)| data);
+        assert_eq!(
+            got.as_deref(),
+            Some(&b"pushed"[..]),
+            "{from}: the peer's datagram reaches the connected socket"
+        );
+    }
+    let json = status(&lab);
+    assert!(counter(&json, "allow_reply") >= 2, "{json}");
+    // A stranger's datagram to the same port is still the rules' to judge: dropped.
+    let before = counter(&json, "drop_default");
+    let stranger = udp(&peer_ns, SocketAddr::new(peer_ips(&lab)[0], 5303), WAIT);
+    stranger
+        .send_to(b"stranger", connected[0].2)
+        .expect("stranger send");
+    thread::sleep(Duration::from_millis(200));
+    let json = status(&lab);
+    assert!(counter(&json, "drop_default") > before, "{json}");
+    // A re-apply finds them recorded already.
+    let out = apply(&lab, &policy, &[]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("tracking"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
