@@ -585,11 +585,12 @@ fn run() -> Result<()> {
         "median receive-CPU utilisation over all cells",
         format!("{:.1}%", median(&util)),
     );
-    if args
-        .only
-        .as_deref()
-        .is_none_or(|only| "defences".contains(only))
-    {
+    let wanted = |section: &str| {
+        args.only
+            .as_deref()
+            .is_none_or(|only| section.contains(only))
+    };
+    if wanted("defences") {
         holder.load_extra(SPOOF_INJECTOR)?;
         lab.run(
             Side::Client,
@@ -611,34 +612,25 @@ fn run() -> Result<()> {
             SPOOF_HOLDER,
         )
         .context("attaching the spoofing injector to its holder veth")?;
-        defences(
-            &lab,
-            &mut dut,
-            holder.xdp(SPOOF_INJECTOR)?,
-            &e,
-            &mut report,
-            reps,
-            ramp,
-            window,
-            args.perf.as_deref(),
-        )?;
     }
-    if args
-        .only
-        .as_deref()
-        .is_none_or(|only| "replies".contains(only))
-    {
-        replies(
-            &lab,
-            &mut dut,
-            holder.xdp(INJECTOR)?,
-            &e,
-            &mut report,
-            reps,
-            ramp,
-            window,
-            args.perf.as_deref(),
-        )?;
+    let rig = Rig {
+        lab: &lab,
+        injector: holder.xdp(INJECTOR)?,
+        e: &e,
+        reps,
+        ramp,
+        window,
+        perf: args.perf.as_deref(),
+    };
+    if wanted("defences") {
+        let spoofing = Rig {
+            injector: holder.xdp(SPOOF_INJECTOR)?,
+            ..rig
+        };
+        defences(&spoofing, &mut dut, &mut report)?;
+    }
+    if wanted("replies") {
+        replies(&rig, &mut dut, &mut report)?;
     }
     report.write(&args.out)?;
     println!("bench load: wrote {}", args.out.display());
@@ -646,24 +638,98 @@ fn run() -> Result<()> {
     lab.close()
 }
 
-/// The defences under a flood: 64-byte SYNs from 10,000 spoofed sources, at the port with
-/// the limit and at a dropped port, against portfw and nftables each without and with their
-/// defences (scan guard, per-source limit, logged drops), interleaved.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the lab's parts, passed down from run"
-)]
-fn defences(
-    lab: &Lab,
-    dut: &mut Dut<'_>,
-    injector: &Xdp,
-    e: &Endpoints,
-    report: &mut Report,
+/// What the flood sections run on: the lab and its addresses, the generator's injector, and
+/// how often and how long each cell is measured.
+#[derive(Clone, Copy)]
+struct Rig<'a> {
+    lab: &'a Lab,
+    injector: &'a Xdp,
+    e: &'a Endpoints,
     reps: usize,
     ramp: Duration,
     window: Duration,
-    perf: Option<&Path>,
-) -> Result<()> {
+    perf: Option<&'a Path>,
+}
+
+impl Rig<'_> {
+    /// One window of `flow` under `config` in repetition `rep` of `section`, profiled into
+    /// `<section>-<rep>-<config>-<flow>.data` under `--perf`.
+    fn measure(
+        &self,
+        section: &str,
+        rep: usize,
+        config: Config,
+        flow: &Flow<'_>,
+    ) -> Result<Sample> {
+        let perf = self.perf.map(|dir| PerfOut {
+            dir,
+            name: format!(
+                "{section}-{rep}-{}-{}",
+                slug(&config.label()),
+                slug(flow.label)
+            ),
+        });
+        measure(self.lab, self.injector, flow, self.ramp, self.window, perf)
+            .with_context(|| format!("{} under {}", flow.label, config.label()))
+    }
+}
+
+/// A flood section's interleaved rounds, over the tables [`flood_tables`] declared for
+/// `name`: rows are `configs`' labels, columns the flows.
+struct Section<'a> {
+    name: &'a str,
+    configs: &'a [Config],
+    rows: &'a [String],
+    cols: &'a [String],
+    /// `(ratio row, numerator row, denominator row)` of the `{name}-load-cpu-ratio` and
+    /// `{name}-load-napi-ratio` tables, computed within each round.
+    ratios: &'a [(&'a str, &'a str, &'a str)],
+}
+
+impl Section<'_> {
+    /// Each repetition puts each configuration in place in turn, takes its samples (one per
+    /// column) from `round`, removes it whatever happened, and records the samples; then the
+    /// round's ratios.
+    fn rounds(
+        &self,
+        rig: &Rig<'_>,
+        dut: &mut Dut<'_>,
+        report: &mut Report,
+        mut round: impl FnMut(&Dut<'_>, Config, usize) -> Result<Vec<Sample>>,
+    ) -> Result<()> {
+        let name = self.name;
+        for rep in 1..=rig.reps {
+            for (row, &config) in self.rows.iter().zip(self.configs) {
+                dut.setup(config)
+                    .with_context(|| format!("setting up {}", config.label()))?;
+                let measured = round(dut, config, rep);
+                dut.teardown(config)
+                    .with_context(|| format!("removing {}", config.label()))?;
+                report_samples(report, name, row, self.cols, &measured?, rep, rig.reps)?;
+            }
+            for col in self.cols {
+                for &(ratio_row, a, b) in self.ratios {
+                    for metric in ["cpu", "napi"] {
+                        let table = format!("{name}-load-{metric}");
+                        let (Some(x), Some(y)) =
+                            (report.last(&table, a, col), report.last(&table, b, col))
+                        else {
+                            continue;
+                        };
+                        report.push(&format!("{table}-ratio"), ratio_row, col, x / y)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The defences under a flood: 64-byte SYNs from 10,000 spoofed sources, at the port with
+/// the limit and at a dropped port, against portfw and nftables each without and with their
+/// defences (scan guard, per-source limit, logged drops), interleaved.
+fn defences(rig: &Rig<'_>, dut: &mut Dut<'_>, report: &mut Report) -> Result<()> {
+    let (lab, e, reps) = (rig.lab, rig.e, rig.reps);
     // The resets to the spoofed sources go back to the generator's side, where they are
     // dropped, as replies to a real spoofed flood would go nowhere.
     lab.run(
@@ -694,7 +760,10 @@ fn defences(
     // The per-source state (limit buckets, scan windows, aggregation keys) of 10,000
     // sources builds up first: the figures are of the flood's steady state, every source
     // past its burst.
-    let ramp = ramp.max(Duration::from_millis(1000));
+    let rig = &Rig {
+        ramp: rig.ramp.max(Duration::from_millis(1000)),
+        ..*rig
+    };
     let configs = Config::defences();
     let rows: Vec<String> = configs.iter().map(|c| c.label()).collect();
     let cols: Vec<String> = flows.iter().map(|f| f.label.to_owned()).collect();
@@ -707,7 +776,7 @@ fn defences(
          source in a meter, distinct dropped ports against a meter, NFLOG under `limit rate 1000/second`); \
          no event reader runs (portfw's ring fills and the rest is counted; NFLOG has no \
          listener). {reps} interleaved repetitions of {:.1} s each per cell.",
-        window.as_secs_f64()
+        rig.window.as_secs_f64()
     );
     flood_tables(
         report,
@@ -743,76 +812,51 @@ fn defences(
         &ratio_rows,
         &cols,
     );
-    for rep in 1..=reps {
-        for (k, &config) in configs.iter().enumerate() {
-            dut.setup(config)
-                .with_context(|| format!("setting up {}", config.label()))?;
-            let measured = (|| -> Result<Vec<Sample>> {
-                let mut samples = Vec::new();
-                for flow in &flows {
-                    let perf = perf.map(|dir| PerfOut {
-                        dir,
-                        name: format!(
-                            "defences-{rep}-{}-{}",
-                            slug(&config.label()),
-                            slug(flow.label)
-                        ),
-                    });
-                    let s = measure(lab, injector, flow, ramp, window, perf)
-                        .with_context(|| format!("{} under {}", flow.label, config.label()))?;
-                    let defended =
-                        matches!(config, Config::PortfwDefended | Config::NftNetdevDefended);
-                    if flow.dropped && s.reached > 0.001 {
-                        bail!(
-                            "{:.1}% of `{}` reached TCP under {}: the filter does not drop it",
-                            s.reached * 100.0,
-                            flow.label,
-                            config.label()
-                        );
-                    }
-                    if !flow.dropped && defended && s.reached > 0.5 {
-                        bail!(
-                            "{:.1}% of `{}` reached TCP under {}: the limit does not hold",
-                            s.reached * 100.0,
-                            flow.label,
-                            config.label()
-                        );
-                    }
-                    if !flow.dropped && !defended && s.reached < 0.9 {
-                        bail!(
-                            "only {:.1}% of `{}` reached TCP under {}: the filter drops it",
-                            s.reached * 100.0,
-                            flow.label,
-                            config.label()
-                        );
-                    }
-                    samples.push(s);
-                }
-                Ok(samples)
-            })();
-            dut.teardown(config)
-                .with_context(|| format!("removing {}", config.label()))?;
-            let samples = measured?;
-            report_samples(report, "defences", &rows[k], &cols, &samples, rep, reps)?;
-        }
-        for col in &cols {
-            for (row, (a, b)) in ratio_rows.iter().zip(pairs) {
-                for (table, ratio) in [
-                    ("defences-load-cpu", "defences-load-cpu-ratio"),
-                    ("defences-load-napi", "defences-load-napi-ratio"),
-                ] {
-                    let (Some(x), Some(y)) = (
-                        report.last(table, &rows[a], col),
-                        report.last(table, &rows[b], col),
-                    ) else {
-                        continue;
-                    };
-                    report.push(ratio, row, col, x / y)?;
-                }
+    let ratios: Vec<(&str, &str, &str)> = ratio_rows
+        .iter()
+        .zip(pairs)
+        .map(|(row, (a, b))| (row.as_str(), rows[a].as_str(), rows[b].as_str()))
+        .collect();
+    let section = Section {
+        name: "defences",
+        configs: &configs,
+        rows: &rows,
+        cols: &cols,
+        ratios: &ratios,
+    };
+    section.rounds(rig, dut, report, |_, config, rep| {
+        let mut samples = Vec::new();
+        for flow in &flows {
+            let s = rig.measure("defences", rep, config, flow)?;
+            let defended = matches!(config, Config::PortfwDefended | Config::NftNetdevDefended);
+            if flow.dropped && s.reached > 0.001 {
+                bail!(
+                    "{:.1}% of `{}` reached TCP under {}: the filter does not drop it",
+                    s.reached * 100.0,
+                    flow.label,
+                    config.label()
+                );
             }
+            if !flow.dropped && defended && s.reached > 0.5 {
+                bail!(
+                    "{:.1}% of `{}` reached TCP under {}: the limit does not hold",
+                    s.reached * 100.0,
+                    flow.label,
+                    config.label()
+                );
+            }
+            if !flow.dropped && !defended && s.reached < 0.9 {
+                bail!(
+                    "only {:.1}% of `{}` reached TCP under {}: the filter drops it",
+                    s.reached * 100.0,
+                    flow.label,
+                    config.label()
+                );
+            }
+            samples.push(s);
         }
-    }
-    Ok(())
+        Ok(samples)
+    })
 }
 
 /// Replies to flows the device under test opened, under a flood: UDP datagrams and TCP ACKs
@@ -820,21 +864,8 @@ fn defences(
 /// drop, passed by portfw's flow table (`replies: allow`, the default) or by conntrack
 /// (`ct state established,related accept`), interleaved. The flows are opened anew after
 /// each configuration is in place, so each filter learns them from the packets themselves.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the lab's parts, passed down from run"
-)]
-fn replies(
-    lab: &Lab,
-    dut: &mut Dut<'_>,
-    injector: &Xdp,
-    e: &Endpoints,
-    report: &mut Report,
-    reps: usize,
-    ramp: Duration,
-    window: Duration,
-    perf: Option<&Path>,
-) -> Result<()> {
+fn replies(rig: &Rig<'_>, dut: &mut Dut<'_>, report: &mut Report) -> Result<()> {
+    let (lab, e, reps) = (rig.lab, rig.e, rig.reps);
     let (server_ns, client_ns) = (lab.netns_path(Side::Server), lab.netns_path(Side::Client));
     let (local, remote) = (lab.server_v4(), lab.client_v4());
     let peers = tracked::in_netns(&client_ns, || {
@@ -868,7 +899,7 @@ fn replies(
          same work under every configuration. From an XDP live-frames generator on CPU \
          {GEN_CPU}; the receiver's threaded NAPI on CPU {RX_CPU}. {reps} interleaved \
          repetitions of {:.1} s each per cell.",
-        window.as_secs_f64(),
+        rig.window.as_secs_f64(),
         remote_udp = REPLY_PORTS.remote_udp,
         remote_tcp = REPLY_PORTS.remote_tcp,
     );
@@ -905,88 +936,66 @@ fn replies(
             &cols,
         );
     }
-    for rep in 1..=reps {
-        for (k, &config) in configs.iter().enumerate() {
-            dut.setup(config)
-                .with_context(|| format!("setting up {}", config.label()))?;
-            let measured = (|| -> Result<Vec<Sample>> {
-                let opened = tracked::open(&server_ns, local, remote, REPLY_PORTS, &peers)
-                    .context("opening the receiver's flows")?;
-                let flows = [
-                    Flow {
-                        label: &udp_col,
-                        frame: frames::udp4(e, REPLY_PORTS.remote_udp, REPLY_PORTS.local_udp, 18),
-                        dropped: false,
-                        reached: REACHED_UDP_SOCKET,
-                    },
-                    Flow {
-                        label: &tcp_col,
-                        frame: frames::tcp4_seq(
-                            e,
-                            REPLY_PORTS.remote_tcp,
-                            REPLY_PORTS.local_tcp,
-                            TCP_ACK,
-                            opened.peer_seq,
-                            opened.peer_ack,
-                        ),
-                        dropped: false,
-                        reached: REACHED_TCP_IN,
-                    },
-                ];
-                let mut samples = Vec::new();
-                for flow in &flows {
-                    let perf = perf.map(|dir| PerfOut {
-                        dir,
-                        name: format!(
-                            "replies-{rep}-{}-{}",
-                            slug(&config.label()),
-                            slug(flow.label)
-                        ),
-                    });
-                    let s = measure(lab, injector, flow, ramp, window, perf)
-                        .with_context(|| format!("{} under {}", flow.label, config.label()))?;
-                    ensure!(
-                        s.reached >= 0.9,
-                        "only {:.1}% of `{}` reached its socket under {}: the filter drops replies",
-                        s.reached * 100.0,
-                        flow.label,
-                        config.label()
-                    );
-                    samples.push(s);
-                }
-                ensure!(
-                    opened.connected(),
-                    "the connection was reset during the ACK flood under {}",
-                    config.label()
-                );
-                if rep == 1 {
-                    tracked_by(dut, config, local, remote)?;
-                    untracked_dropped(lab, injector, e, config)?;
-                }
-                Ok(samples)
-            })();
-            dut.teardown(config)
-                .with_context(|| format!("removing {}", config.label()))?;
-            let samples = measured?;
-            report_samples(report, "replies", &rows[k], &cols, &samples, rep, reps)?;
+    let ratios: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .filter(|r| **r != base)
+        .zip(&ratio_rows)
+        .map(|(row, ratio_row)| (ratio_row.as_str(), row.as_str(), base.as_str()))
+        .collect();
+    let section = Section {
+        name: "replies",
+        configs: &configs,
+        rows: &rows,
+        cols: &cols,
+        ratios: &ratios,
+    };
+    section.rounds(rig, dut, report, |dut, config, rep| {
+        let opened = tracked::open(&server_ns, local, remote, REPLY_PORTS, &peers)
+            .context("opening the receiver's flows")?;
+        let flows = [
+            Flow {
+                label: &udp_col,
+                frame: frames::udp4(e, REPLY_PORTS.remote_udp, REPLY_PORTS.local_udp, 18),
+                dropped: false,
+                reached: REACHED_UDP_SOCKET,
+            },
+            Flow {
+                label: &tcp_col,
+                frame: frames::tcp4_seq(
+                    e,
+                    REPLY_PORTS.remote_tcp,
+                    REPLY_PORTS.local_tcp,
+                    TCP_ACK,
+                    opened.peer_seq,
+                    opened.peer_ack,
+                ),
+                dropped: false,
+                reached: REACHED_TCP_IN,
+            },
+        ];
+        let mut samples = Vec::new();
+        for flow in &flows {
+            let s = rig.measure("replies", rep, config, flow)?;
+            ensure!(
+                s.reached >= 0.9,
+                "only {:.1}% of `{}` reached its socket under {}: the filter drops replies",
+                s.reached * 100.0,
+                flow.label,
+                config.label()
+            );
+            samples.push(s);
         }
-        for col in &cols {
-            for (row, ratio_row) in rows.iter().filter(|r| **r != base).zip(&ratio_rows) {
-                for (table, ratio) in [
-                    ("replies-load-cpu", "replies-load-cpu-ratio"),
-                    ("replies-load-napi", "replies-load-napi-ratio"),
-                ] {
-                    let (Some(x), Some(y)) =
-                        (report.last(table, row, col), report.last(table, &base, col))
-                    else {
-                        continue;
-                    };
-                    report.push(ratio, ratio_row, col, x / y)?;
-                }
-            }
+        ensure!(
+            opened.connected(),
+            "the connection was reset during the ACK flood under {}",
+            config.label()
+        );
+        if rep == 1 {
+            tracked_by(dut, config, local, remote)?;
+            untracked_dropped(lab, rig.injector, e, config)?;
         }
-    }
-    Ok(())
+        Ok(samples)
+    })
 }
 
 /// Checks that the filter's own tracker holds both flows, as the replies matched them:
