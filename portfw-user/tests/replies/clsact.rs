@@ -5,16 +5,16 @@
 //! its health check know the attachment, and detach removes the filter and the qdisc
 //! portfw added, and nothing that is not portfw's.
 
-use std::process::Output;
+use std::{process::Output, time::Duration};
 
 use serde_json::Value;
 
 use crate::{
     ANSWER, HOST,
     common::e2e::{
-        PolicyFile,
+        PolicyFile, apply,
         lab::{Lab, Proto, Side},
-        portfw, root_lab, text,
+        portfw, root_lab, text, wait_for,
     },
     curl_out, host_with, peer_ips, probe_out, status,
 };
@@ -33,16 +33,29 @@ fn portfw_with(lab: &Lab, mode: &str, args: &[&str]) -> Output {
         .expect("run portfw")
 }
 
-/// Applies `policy` to the server interface with the egress attach `mode`; must succeed.
-fn apply_with(lab: &Lab, mode: &str, policy: &PolicyFile) -> Output {
+/// `portfw apply POLICY --iface <server iface> EXTRA` with the egress attach `mode`.
+fn try_apply_with(lab: &Lab, mode: &str, policy: &PolicyFile, extra: &[&str]) -> Output {
     let path = policy.path();
-    let out = portfw_with(
-        lab,
-        mode,
-        &["apply", path.as_str(), "--iface", lab.server_iface()],
-    );
+    let mut args = vec!["apply", path.as_str(), "--iface", lab.server_iface()];
+    args.extend_from_slice(extra);
+    portfw_with(lab, mode, &args)
+}
+
+/// Applies `policy` to the server interface with the egress attach `mode`; must succeed.
+fn apply_with(lab: &Lab, mode: &str, policy: &PolicyFile, extra: &[&str]) -> Output {
+    let out = try_apply_with(lab, mode, policy, extra);
     assert!(out.status.success(), "apply ({ENV}={mode}): {}", text(&out));
     out
+}
+
+/// Portfw's is the one filter on the egress hook.
+fn one_portfw_filter(lab: &Lab) {
+    assert_eq!(
+        portfw_filters(lab).len(),
+        1,
+        "{}",
+        tc(lab, "filter", "egress")
+    );
 }
 
 /// `tc ARGS dev <server iface> HOOK`'s output, e.g. `tc(lab, "filter", "egress")`.
@@ -101,7 +114,7 @@ fn clsact_egress_records_flows_through_reapplies_and_detach_removes_its_filter_a
     let lab = &lab;
     assert!(!has_clsact(lab), "a fresh veth has no clsact qdisc");
     let policy = PolicyFile::new("host.yaml", HOST);
-    let out = apply_with(lab, "clsact", &policy);
+    let out = apply_with(lab, "clsact", &policy, &[]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("egress clsact"),
         "{}",
@@ -154,7 +167,7 @@ fn clsact_egress_records_flows_through_reapplies_and_detach_removes_its_filter_a
     // attachment is kept as it is.
     let changed = PolicyFile::new("host2.yaml", &format!("{HOST}  - allow: 443/tcp\n"));
     for mode in ["clsact", "auto"] {
-        let out = apply_with(lab, mode, &changed);
+        let out = apply_with(lab, mode, &changed, &[]);
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("updated program"),
             "an in-place update: {}",
@@ -174,35 +187,18 @@ fn clsact_egress_records_flows_through_reapplies_and_detach_removes_its_filter_a
 
     // Another XDP mode attaches the interface again: under auto the clsact filter is
     // replaced in place, not swapped for a tcx link.
-    let path = changed.path();
-    let out = portfw(
-        lab,
-        &[
-            "apply",
-            &path,
-            "--iface",
-            lab.server_iface(),
-            "--mode",
-            "generic",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    apply(lab, &changed, &["--mode", "generic"]);
     let json = status(lab);
     assert_eq!(attachment(&json)["mode"], "generic", "{json}");
     assert_eq!(attachment(&json)["egress_mode"], "clsact", "{json}");
     assert_eq!(attachment(&json)["filtered"], true, "{json}");
-    assert_eq!(
-        portfw_filters(lab).len(),
-        1,
-        "{}",
-        tc(lab, "filter", "egress")
-    );
+    one_portfw_filter(lab);
 
     // A fresh reload (the flow table resized) replaces the filter's program in place: still
     // one filter, now running the new program, which records what leaves next. Under auto
     // too: portfw's filter is there, so it stays a filter.
     let resized = PolicyFile::new("host3.yaml", &host_with("flows: {max: 4096}\n"));
-    let out = apply_with(lab, "auto", &resized);
+    let out = apply_with(lab, "auto", &resized, &[]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("loaded program"),
         "a fresh load: {}",
@@ -302,12 +298,7 @@ fn a_clsact_qdisc_that_is_not_portfws_and_its_filters_stay() {
     // Someone else's filter at portfw's priority and handle is refused, not replaced.
     add_foreign_filter(lab, "egress", "247", "0x706677");
     let policy = PolicyFile::new("host.yaml", HOST);
-    let path = policy.path();
-    let out = portfw_with(
-        lab,
-        "clsact",
-        &["apply", path.as_str(), "--iface", lab.server_iface()],
-    );
+    let out = try_apply_with(lab, "clsact", &policy, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not portfw's"),
@@ -321,7 +312,7 @@ fn a_clsact_qdisc_that_is_not_portfws_and_its_filters_stay() {
     assert!(!lab.pin_dir().exists(), "a refused apply leaves no filter");
     del_filter_at_portfws_place(lab, "remove the stranger's filter");
 
-    apply_with(lab, "clsact", &policy);
+    apply_with(lab, "clsact", &policy, &[]);
     let json = status(lab);
     assert_eq!(
         attachment(&json)["egress"]["created-qdisc"],
@@ -346,7 +337,7 @@ fn a_clsact_qdisc_portfw_added_stays_while_it_holds_another_filter() {
     let lab = root_lab("rp-clsact-shared");
     let lab = &lab;
     let policy = PolicyFile::new("host.yaml", HOST);
-    apply_with(lab, "clsact", &policy);
+    apply_with(lab, "clsact", &policy, &[]);
     add_foreign_filter(lab, "ingress", "10", "1");
     let out = portfw(lab, &["detach"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -367,7 +358,7 @@ fn a_missing_clsact_filter_shows_as_not_filtered_and_apply_puts_it_back() {
     let lab = root_lab("rp-clsact-gone");
     let lab = &lab;
     let policy = PolicyFile::new("host.yaml", HOST);
-    apply_with(lab, "clsact", &policy);
+    apply_with(lab, "clsact", &policy, &[]);
     del_filter_at_portfws_place(lab, "remove portfw's filter behind its back");
     let out = portfw(lab, &["status", "--check"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -381,20 +372,15 @@ fn a_missing_clsact_filter_shows_as_not_filtered_and_apply_puts_it_back() {
         "{json}"
     );
     // Applying again attaches it again, on the qdisc portfw added.
-    apply_with(lab, "clsact", &policy);
-    assert_eq!(
-        portfw_filters(lab).len(),
-        1,
-        "{}",
-        tc(lab, "filter", "egress")
-    );
+    apply_with(lab, "clsact", &policy, &[]);
+    one_portfw_filter(lab);
     let out = portfw(lab, &["status", "--check"]);
     assert!(out.status.success(), "{}", text(&out));
     let json = status(lab);
     assert_eq!(attachment(&json)["egress"]["created-qdisc"], true, "{json}");
     // Forcing tcx moves the interface to a tcx link: the clsact filter and the qdisc
     // portfw added go.
-    apply_with(lab, "tcx", &policy);
+    apply_with(lab, "tcx", &policy, &[]);
     assert!(
         portfw_filters(lab).is_empty(),
         "{}",
@@ -411,12 +397,7 @@ fn an_unknown_egress_attach_mode_is_refused_naming_the_variable() {
     let lab = root_lab("rp-clsact-bad");
     let lab = &lab;
     let policy = PolicyFile::new("host.yaml", HOST);
-    let path = policy.path();
-    let out = portfw_with(
-        lab,
-        "netlink",
-        &["apply", path.as_str(), "--iface", lab.server_iface()],
-    );
+    let out = try_apply_with(lab, "netlink", &policy, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -481,49 +462,24 @@ fn a_trial_rolled_back_puts_the_clsact_attachment_back() {
         .expect("peer responder");
     let lab = &lab;
     let policy = PolicyFile::new("host.yaml", HOST);
-    apply_with(lab, "clsact", &policy);
+    apply_with(lab, "clsact", &policy, &[]);
     // On trial in another XDP mode: the interface is attached again, its filter replaced in
     // place; the rollback (by the watchdog, which runs under auto) puts the native mode
     // back, and the filter with it.
     let changed = PolicyFile::new("host2.yaml", &format!("{HOST}  - allow: 443/tcp\n"));
-    let path = changed.path();
-    let out = portfw_with(
-        lab,
-        "auto",
-        &[
-            "apply",
-            &path,
-            "--iface",
-            lab.server_iface(),
-            "--mode",
-            "generic",
-            "--try",
-            "2",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    apply_with(lab, "auto", &changed, &["--mode", "generic", "--try", "2"]);
     let json = status(lab);
     assert_eq!(attachment(&json)["mode"], "generic", "{json}");
     assert_eq!(attachment(&json)["egress_mode"], "clsact", "{json}");
-    let started = std::time::Instant::now();
-    while !status(lab)["trial"].is_null() {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "the trial was not rolled back"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    wait_for(Duration::from_secs(20), "the trial's rollback", || {
+        status(lab)["trial"].is_null()
+    });
     let json = status(lab);
     let a = attachment(&json);
     assert_eq!(a["mode"], "native", "{json}");
     assert_eq!(a["egress_mode"], "clsact", "{json}");
     assert_eq!(a["filtered"], true, "{json}");
-    assert_eq!(
-        portfw_filters(lab).len(),
-        1,
-        "{}",
-        tc(lab, "filter", "egress")
-    );
+    one_portfw_filter(lab);
     outbound_works(lab, "after the rollback");
     let out = portfw(lab, &["detach"]);
     assert!(out.status.success(), "{}", text(&out));
