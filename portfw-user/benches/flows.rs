@@ -1,8 +1,9 @@
 //! `cargo bench -p portfw-user --bench flows`: what replies to the host's own connections
 //! cost. Per packet through BPF_PROG_TEST_RUN, interleaved with their floors in the same run:
 //! the XDP program on replies to tracked flows at ports the rules drop (next to a bare XDP
-//! program with the same verdict), and the TC egress program on packets of tracked flows
-//! (next to an empty TC program); and the flow table's memory at its default size.
+//! program with the same verdict), and the TC egress program on packets of tracked flows and
+//! on a server's answer from a port the rules allow, which records nothing (next to an empty
+//! TC program); and the flow table's memory at its default size.
 //! Needs root. `cargo xtask bench` runs it and turns its JSON into BENCHMARKS.md.
 
 mod common;
@@ -28,6 +29,9 @@ const REMOTE_UDP: u16 = 53;
 const LOCAL_TCP: u16 = 40000;
 const LOCAL_UDP: u16 = 40001;
 const LOCAL_UNTRACKED: u16 = 40002;
+/// A port the policy serves, and its client's: the host's answers there record nothing.
+const SERVED_TCP: u16 = 80;
+const CLIENT_TCP: u16 = 50000;
 
 /// A host that serves ssh and http and drops everything else, replies allowed.
 const POLICY: &str = "default: drop\nreplies: allow\nrules:\n  - allow: [22/tcp, 80/tcp]\n";
@@ -144,6 +148,10 @@ fn run() -> Result<()> {
         (
             "UDP datagram of a tracked flow",
             frames::udp4(&outbound, LOCAL_UDP, REMOTE_UDP, 18),
+        ),
+        (
+            "TCP ACK from an open port (a server's answer)",
+            frames::tcp4(&outbound, SERVED_TCP, CLIENT_TCP, TCP_ACK),
         ),
     ];
     // The flows the replies belong to: a connection through its handshake, a UDP query.
