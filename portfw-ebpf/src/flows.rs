@@ -439,6 +439,15 @@ pub fn record(f: Frame, packet: &Packet, ifindex: u32, generation: u32, s: &Sett
     if steady_packet(tcp, flags) && cached(slot.as_deref(), &words, now) {
         return;
     }
+    // A flow is worth an entry only where the rules would drop its replies: on a local port
+    // the port table drops, or judges by source. Replies to a port the rules allow pass
+    // anyway, so a busy server's answers from its open ports fill nothing and cost no table
+    // lookup. (A flow recorded there while the rules dropped the port is no longer moved
+    // on: it expires, and its replies pass by the rules meanwhile.)
+    if packet.kind() == Kind::Ports && !rules_may_drop(generation, packet.slot(), packet.src_port())
+    {
+        return;
+    }
     let syn = flags & tcp_flag::SYN != 0 && flags & tcp_flag::ACK == 0;
     if let Some(flow) = PFW_FLOWS.get_ptr_mut(&key) {
         // SAFETY: as in `live`.
@@ -459,13 +468,6 @@ pub fn record(f: Frame, packet: &Packet, ifindex: u32, generation: u32, s: &Sett
             touch(flow, now_ns, refresh);
         }
         remember(slot, &words, flow, key.protocol, now, s);
-        return;
-    }
-    // A flow is worth an entry only where the rules would drop its replies: on a local port
-    // the port table drops, or judges by source. Replies to a port the rules allow pass
-    // anyway, so a busy server's answers from its open ports fill nothing.
-    if packet.kind() == Kind::Ports && !rules_may_drop(generation, packet.slot(), packet.src_port())
-    {
         return;
     }
     // TCP flows start with our SYN. A segment without SYN or RST leaving a port the rules
