@@ -133,6 +133,34 @@ pub(super) fn is_portfw_filter(filter: &tc::Filter) -> bool {
             .is_some_and(|n| n.starts_with("portfw_egress"))
 }
 
+/// A filter sits at portfw's place on the clsact egress hook, whoever's it is.
+fn at_portfw_place(filter: &tc::Filter) -> bool {
+    filter.priority == CLSACT_PRIORITY && filter.handle == CLSACT_HANDLE
+}
+
+/// Whether the clsact egress hook of interface `index` holds portfw's filter at portfw's
+/// place; `false` when that cannot be asked.
+fn portfw_filter_on(index: u32) -> bool {
+    tc::filters(index, Hook::Egress).is_ok_and(|filters| {
+        filters
+            .iter()
+            .any(|f| at_portfw_place(f) && is_portfw_filter(f))
+    })
+}
+
+/// The error of an attach of `mode` to `iface` that the kernel refused.
+fn refused<'a>(
+    iface: &'a str,
+    mode: &'static str,
+) -> impl Fn(String, Option<ProgramError>) -> LoaderError + 'a {
+    move |reason, source| LoaderError::Attach {
+        iface: iface.to_string(),
+        mode,
+        reason,
+        source: source.map(Box::new),
+    }
+}
+
 /// Attaches both programs to `iface`, pinning the XDP link at `xdp_pin` and a tcx egress
 /// link at `egress_pin`. Either both are attached or, on error, neither. portfw's clsact
 /// filter, if the interface has one, is replaced in place (clsact, auto) or removed once the
@@ -191,12 +219,7 @@ fn attach_egress(
     {
         return attach_clsact(program, iface, qdisc_ours);
     }
-    let failed = |reason: String, source: Option<ProgramError>| LoaderError::Attach {
-        iface: iface.to_string(),
-        mode: "tcx egress",
-        reason,
-        source: source.map(Box::new),
-    };
+    let failed = refused(iface, "tcx egress");
     let link_id = match program.attach_with_options(
         iface,
         TcAttachType::Egress,
@@ -233,14 +256,7 @@ fn attach_egress(
 /// Whether `iface` has portfw's filter on its clsact egress hook; `false` when that cannot
 /// be asked.
 fn portfw_filter_present(iface: &str) -> bool {
-    ifindex(iface)
-        .ok()
-        .and_then(|index| tc::filters(index, Hook::Egress).ok())
-        .is_some_and(|filters| {
-            filters.iter().any(|f| {
-                f.priority == CLSACT_PRIORITY && f.handle == CLSACT_HANDLE && is_portfw_filter(f)
-            })
-        })
+    ifindex(iface).is_ok_and(portfw_filter_on)
 }
 
 /// Attaches the egress program to `iface` as a direct-action filter on its clsact qdisc
@@ -253,18 +269,13 @@ fn attach_clsact(
     iface: &str,
     qdisc_ours: bool,
 ) -> Result<Egress, LoaderError> {
-    let failed = |reason: String, source: Option<ProgramError>| LoaderError::Attach {
-        iface: iface.to_string(),
-        mode: "clsact egress",
-        reason,
-        source: source.map(Box::new),
-    };
+    let failed = refused(iface, "clsact egress");
     let index = ifindex(iface)?;
     let asking = || format!("listing the clsact egress filters of {iface}");
     let present = tc::filters(index, Hook::Egress)
         .map_err(io_err(asking()))?
         .into_iter()
-        .find(|f| f.priority == CLSACT_PRIORITY && f.handle == CLSACT_HANDLE);
+        .find(at_portfw_place);
     let (link_id, created_qdisc) = match present {
         Some(filter) if is_portfw_filter(&filter) => {
             let link = our_clsact_filter(iface)?;
@@ -366,10 +377,10 @@ pub(super) fn remove_clsact_filter(
     }
     let asking = || format!("listing the clsact filters of {iface}");
     let egress = tc::filters(index, Hook::Egress).map_err(io_err(asking()))?;
-    let ours = egress
+    if egress
         .iter()
-        .any(|f| f.priority == CLSACT_PRIORITY && f.handle == CLSACT_HANDLE && is_portfw_filter(f));
-    if ours {
+        .any(|f| at_portfw_place(f) && is_portfw_filter(f))
+    {
         let link = our_clsact_filter(iface)?;
         aya::programs::links::Link::detach(link).map_err(program_err(format!(
             "removing portfw's clsact egress filter from {iface}"
@@ -417,12 +428,7 @@ pub(super) fn remove_unrecorded_clsact_filters(recorded: &[Attachment]) -> Vec<S
         {
             continue;
         }
-        let ours = tc::filters(index, Hook::Egress).is_ok_and(|filters| {
-            filters.iter().any(|f| {
-                f.priority == CLSACT_PRIORITY && f.handle == CLSACT_HANDLE && is_portfw_filter(f)
-            })
-        });
-        if ours && remove_clsact_filter(&name, index, false).is_ok() {
+        if portfw_filter_on(index) && remove_clsact_filter(&name, index, false).is_ok() {
             removed.push(name);
         }
     }
