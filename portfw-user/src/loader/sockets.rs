@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use portfw_common::{FlowKey, FlowValue, NO_SOURCE_GROUP, action, flow_state, ipproto};
+use portfw_common::{FlowKey, FlowValue, NO_SOURCE_GROUP, SourceKey, action, flow_state, ipproto};
 
 use super::netlink::{self, u16_at};
 use crate::{compile::CompiledPolicy, policy::Protocol};
@@ -69,10 +69,12 @@ impl Connection {
     /// The flow the egress program would have recorded for this connection, recorded at
     /// `now_ns`: its TCP state as the flow table knows it.
     pub fn flow(&self, now_ns: u64) -> (FlowKey, FlowValue) {
-        let (family, local, remote) = match (self.local, self.remote) {
-            (IpAddr::V4(l), IpAddr::V4(r)) => (4, v4_bytes(l), v4_bytes(r)),
-            (l, r) => (6, v6_bytes(l), v6_bytes(r)),
-        };
+        // Addressed as the state maps address a source: family, then 16 bytes (IPv4 in the
+        // first 4). Both sides are of one family once `address` has read them.
+        let (local, remote) = (
+            SourceKey::of(self.local, false),
+            SourceKey::of(self.remote, false),
+        );
         let state = match (self.protocol, self.state) {
             (ipproto::TCP, tcp_state::SYN_SENT) => flow_state::SYN_SENT,
             (ipproto::TCP, tcp_state::ESTABLISHED) => flow_state::ESTABLISHED,
@@ -80,13 +82,13 @@ impl Connection {
             _ => flow_state::OPEN,
         };
         let key = FlowKey {
-            family,
+            family: local.family,
             protocol: self.protocol,
             local_port: self.local_port,
             remote_port: self.remote_port,
             _pad: [0; 2],
-            local,
-            remote,
+            local: local.addr,
+            remote: remote.addr,
         };
         let value = FlowValue {
             created_ns: now_ns,
@@ -108,19 +110,6 @@ impl Connection {
     }
 }
 
-fn v4_bytes(a: Ipv4Addr) -> [u8; 16] {
-    let mut bytes = [0; 16];
-    bytes[..4].copy_from_slice(&a.octets());
-    bytes
-}
-
-fn v6_bytes(a: IpAddr) -> [u8; 16] {
-    match a {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
-
 /// An address of `family` from sock_diag's 16 bytes; an IPv4-mapped IPv6 address (a
 /// dual-stack socket talking IPv4) is the IPv4 address the packets carry.
 fn address(family: u8, bytes: &[u8]) -> Option<IpAddr> {
@@ -129,11 +118,7 @@ fn address(family: u8, bytes: &[u8]) -> Option<IpAddr> {
         return Some(IpAddr::V4(Ipv4Addr::from(octets)));
     }
     let octets: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
-    let a = Ipv6Addr::from(octets);
-    Some(match a.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(a),
-    })
+    Some(IpAddr::V6(Ipv6Addr::from(octets)).to_canonical())
 }
 
 /// The `inet_diag_req_v2` dump request for `family`'s sockets of `protocol`.
@@ -192,13 +177,10 @@ pub(super) fn connections() -> io::Result<Vec<Connection>> {
 /// as the egress program asks before it records a flow: the port's entry drops, or source
 /// rules decide it. A connection whose replies the rules let through needs no entry.
 pub(super) fn replies_need_a_flow(compiled: &CompiledPolicy, connection: &Connection) -> bool {
-    let protocol = if connection.protocol == ipproto::TCP {
-        Protocol::Tcp
-    } else {
-        Protocol::Udp
-    };
-    let entry = compiled.entry(protocol, connection.local_port);
-    entry.action == action::DROP || entry.group != NO_SOURCE_GROUP
+    Protocol::from_ip_proto(connection.protocol).is_some_and(|protocol| {
+        let entry = compiled.entry(protocol, connection.local_port);
+        entry.action == action::DROP || entry.group != NO_SOURCE_GROUP
+    })
 }
 
 /// The request and reply layouts, without asking the kernel; the namespace tests ask it.
