@@ -19,7 +19,7 @@ use super::{
     health::problem,
     iface::ifindex,
     object::open_tables,
-    state::{AttachMode, Attachment, EgressMode, State, Trial},
+    state::{AttachMode, Attachment, State, Trial},
 };
 use crate::events::datetime;
 
@@ -246,18 +246,14 @@ fn restore_attachments(
     let mut notes = Vec::new();
     let mut kept = Vec::new();
     let mut removed = Vec::new();
+    // Kept as it is: an interface in the mode it had, whose programs are attached to it
+    // (the health check `status` and an update use).
+    let pins = Dir::open(&paths.pins)?;
     for current in std::mem::take(&mut state.attachments) {
         let same = previous
             .iter()
             .any(|p| p.iface == current.iface && p.mode == current.mode);
-        let egress_there = match current.egress.mode() {
-            EgressMode::Tcx => paths.egress_link(&current.iface).exists(),
-            EgressMode::Clsact => {
-                let pins = Dir::open(&paths.pins)?;
-                problem(pins.as_ref(), &current).is_none()
-            }
-        };
-        if same && current.is_live() && paths.link(&current.iface).exists() && egress_there {
+        if same && problem(pins.as_ref(), &current).is_none() {
             kept.push(current);
         } else if previous.iter().any(|p| p.iface == current.iface) {
             // Attached again below, its clsact filter (if any) replaced in place.
